@@ -1,0 +1,1 @@
+"""research: MXNet/Gluon image classification, tracked in MLflow."""

@@ -1,0 +1,362 @@
+"""Recipe schema: dataclasses for every YAML section, strict loading, `--set` overrides.
+
+A recipe is validated completely before any data is read. Every key is the name of the
+function argument it feeds, so `grep -rn <key> research/` finds where it is used.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class RecipeError(ValueError):
+    """A problem in a recipe or an override, worded for the user who wrote it."""
+
+
+@dataclass
+class NetConfig:
+    name: str                 # a key of research.nets.NETS
+    classes: int
+    pretrained: str = ""      # "" none; a gluoncv model-zoo name or a .params file: weights to start from
+
+
+@dataclass
+class DigitsData:
+    """scikit-learn's bundled 8x8 digits, upscaled: needs no download."""
+    kind: str = "digits"
+    size: int = 28            # side the 8x8 images are upscaled to
+    val_fraction: float = 0.2
+    split_seed: int = 0       # the stratified split is fixed by this, not by train.seed
+
+
+@dataclass
+class MnistData:
+    kind: str = "mnist"
+    root: str = "data/mnist"  # folder holding the four IDX files (.gz or raw)
+    download: bool = True     # fetch missing files from the mirrors in research/data/mnist.py
+
+
+@dataclass
+class SyntheticData:
+    """Random tensors at a given shape: for speed measurements and smoke tests."""
+    kind: str = "synthetic"
+    data_shape: list[int] = field(default_factory=lambda: [3, 224, 224])
+    num_train: int = 1024
+    num_val: int = 256
+
+
+@dataclass
+class RecordData:
+    """Images in im2rec RecordIO files, decoded and augmented by MXNet's ImageRecordIter."""
+    kind: str = "recordio"
+    train_rec: str = ""
+    val_rec: str = ""
+    data_shape: list[int] = field(default_factory=lambda: [3, 224, 224])
+    resize: int = -1          # val: resize the shorter side to this before the centre crop; -1 keeps it
+    train_resize: int = -1    # train: same, before the random crop; -1 keeps it
+    rand_crop: bool = True
+    random_resized_crop: bool = False
+    min_random_area: float = 0.08
+    max_random_area: float = 1.0
+    min_aspect_ratio: float = 0.75
+    max_aspect_ratio: float = 1.3333333
+    rand_mirror: bool = True
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    pca_noise: float = 0.0
+    # RGB mean/std in 0-255 units; mean "rec" reads the mean computed by tools/build_rec.py
+    mean: list[float] | str = field(default_factory=lambda: [123.68, 116.779, 103.939])
+    std: list[float] = field(default_factory=lambda: [58.393, 57.12, 57.375])
+    preprocess_threads: int = 0   # 0: all cores (past MXNet's cores/2 - 1 cap)
+    prefetch_buffer: int = 4
+    shuffle: bool = True
+
+
+DATA_KINDS: dict[str, type] = {
+    "digits": DigitsData,
+    "mnist": MnistData,
+    "synthetic": SyntheticData,
+    "recordio": RecordData,
+}
+
+
+@dataclass
+class TrainConfig:
+    epochs: int
+    lr: float
+    batch_size: int
+    batch_per: str = "global"        # "global": batch_size is split over devices; "device": per device
+    base_batch_size: int = 0         # batch the lr was tuned for; lr scales linearly from it (0: batch_size)
+    optimizer: str = "sgd"           # sgd | nag | adam
+    momentum: float = 0.9
+    wd: float = 1e-4
+    lr_schedule: str = "step"        # step | cosine | poly | constant
+    lr_steps: list[int] = field(default_factory=list)   # epochs at which lr *= lr_factor
+    lr_factor: float = 0.1
+    lr_power: float = 2.0            # poly schedule exponent
+    warmup_epochs: float = 0.0       # linear warmup from 0 over this many epochs
+    frozen_epochs: int = 0           # train only net.output for this many epochs (fine-tuning)
+    kvstore: str = "device"          # local | device | dist_sync | dist_device_sync | dist_async
+    dtype: str = "float32"           # float32 | float16 (GPU only; multi-precision master weights)
+    hybridize: bool = True
+    log_every: int = 50              # batches between progress lines (each one a device sync)
+    seed: int = 0
+
+
+@dataclass
+class CheckpointConfig:
+    keep_last: int = 3               # newest checkpoints kept; the best by val/top1 is kept as well
+    every_minutes: float = 0.0       # also save mid-epoch this often; 0: only at epoch ends
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    experiment: str = ""             # "" : the recipe name
+
+
+@dataclass
+class TransferConfig:
+    """Features from a pretrained backbone + a grid-searched logistic regression."""
+    backbone: str = "resnet50_v1"    # a gluoncv model-zoo name
+    weights: str = ""                # "" : the model zoo's pretrained weights; else a .params file
+    layer: str = "features"          # which output to pool: "features" (global-pooled last stage)
+    train_rec: str = ""              # labeled images (tools/build_rec.py --layout dogs-vs-cats)
+    test_rec: str = ""               # unlabeled images; record ids are the Kaggle ids
+    data_shape: list[int] = field(default_factory=lambda: [3, 224, 224])
+    resize: int = 256
+    mean: list[float] = field(default_factory=lambda: [123.68, 116.779, 103.939])
+    std: list[float] = field(default_factory=lambda: [58.393, 57.12, 57.375])
+    batch_size: int = 64             # per device
+    cache_dir: str = "data/feature_cache"
+    holdout_fraction: float = 0.2
+    cs: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0])
+    cv_folds: int = 5
+    clip: float = 0.005              # submission probabilities clipped to [clip, 1 - clip] for log loss
+    submission: str = "submission.csv"
+    seed: int = 0
+
+
+@dataclass
+class Recipe:
+    name: str
+    net: NetConfig
+    train: TrainConfig
+    data: Any                        # one of DATA_KINDS, chosen by data.kind
+    task: str = "classify"           # classify | transfer
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    transfer: TransferConfig | None = None
+    source: str = field(default="", metadata={"internal": True})  # the YAML file it came from
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out.pop("source")
+        if out["transfer"] is None:
+            out.pop("transfer")
+        return out
+
+    def flat(self) -> dict[str, Any]:
+        """`section.key` -> value, the form MLflow params take."""
+        return dict(_flatten(self.to_dict()))
+
+
+TASKS = ("classify", "transfer")
+KVSTORES = ("local", "device", "nccl", "dist_sync", "dist_device_sync", "dist_async")
+OPTIMIZERS = ("sgd", "nag", "adam")
+SCHEDULES = ("step", "cosine", "poly", "constant")
+CHOICES = {
+    ("task",): TASKS,
+    ("train", "kvstore"): KVSTORES,
+    ("train", "optimizer"): OPTIMIZERS,
+    ("train", "lr_schedule"): SCHEDULES,
+    ("train", "batch_per"): ("global", "device"),
+    ("train", "dtype"): ("float32", "float16"),
+    ("data", "kind"): tuple(DATA_KINDS),
+}
+
+
+def _flatten(tree: dict, prefix: str = ""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _closest(key: str, valid: list[str], prefix: str = "") -> str:
+    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f" Did you mean '{prefix}{match[0]}'?" if match else f" Valid keys: {', '.join(valid)}."
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type) and not typing.get_args(tp):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _check_value(value: Any, tp: Any, where: str) -> Any:
+    """Return value converted to tp (int -> float only), or raise naming the expected type."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _check_value(value, option, where)
+            except RecipeError:
+                continue
+        raise RecipeError(f"{where}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__}).")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise RecipeError(f"{where}: expected a list of {_type_name(item_tp)}, got {value!r}.")
+        return [_check_value(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is type(None):
+        if value is None:
+            return None
+    elif tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif tp is bool and isinstance(value, bool):
+        return value
+    elif tp in (int, str) and isinstance(value, tp) and not isinstance(value, bool):
+        return value
+    raise RecipeError(f"{where}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__}).")
+
+
+def _build(cls: type, raw: Any, path: tuple[str, ...], origin: str) -> Any:
+    where = f"{origin}: {'.'.join(path) or 'top level'}"
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{where}: expected a mapping of keys, got {raw!r}.")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    for key in raw:
+        if key not in fields:
+            dotted = ".".join(path + (str(key),))
+            prefix = ".".join(path + ("",))
+            raise RecipeError(f"{origin}: unknown key '{dotted}'.{_closest(str(key), list(fields), prefix)}")
+    values = {}
+    for name, f in fields.items():
+        key_path = path + (name,)
+        dotted = ".".join(key_path)
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise RecipeError(f"{origin}: missing required key '{dotted}' ({_type_name(hints[name])}).")
+            continue
+        value = raw[name]
+        tp = hints[name]
+        sub = _dataclass_for(cls, name, value, key_path, origin)
+        if sub is not None:
+            values[name] = _build(sub, value, key_path, origin)
+        elif value is None and f.default is None:
+            values[name] = None
+        else:
+            values[name] = _check_value(value, tp, f"{origin}: {dotted}")
+        if key_path in CHOICES and values[name] not in CHOICES[key_path]:
+            options = CHOICES[key_path]
+            hint = _closest(str(values[name]), list(options)).replace("Valid keys", "Valid values")
+            raise RecipeError(f"{origin}: {dotted} = {values[name]!r} is not one of {', '.join(options)}.{hint}")
+    return cls(**values)
+
+
+def _dataclass_for(cls: type, name: str, value: Any, key_path: tuple, origin: str) -> type | None:
+    """The dataclass a nested section is read into, or None for a plain value."""
+    if cls is Recipe and name == "data":
+        if not isinstance(value, dict) or "kind" not in value:
+            raise RecipeError(f"{origin}: data.kind is required: one of {', '.join(DATA_KINDS)}.")
+        kind = value["kind"]
+        if kind not in DATA_KINDS:
+            raise RecipeError(f"{origin}: data.kind = {kind!r} is not one of {', '.join(DATA_KINDS)}."
+                              f"{_closest(str(kind), list(DATA_KINDS))}")
+        return DATA_KINDS[kind]
+    tp = typing.get_type_hints(cls)[name]
+    for option in (tp, *typing.get_args(tp)):
+        if dataclasses.is_dataclass(option):
+            return option
+    return None
+
+
+def _apply_override(raw: dict, assignment: str, origin: str) -> None:
+    if "=" not in assignment:
+        raise RecipeError(f"--set {assignment}: expected section.key=value, e.g. train.lr=0.05.")
+    dotted, text = assignment.split("=", 1)
+    keys = dotted.strip().split(".")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as err:
+        raise RecipeError(f"--set {assignment}: the value is not valid YAML ({err}).") from None
+    node = raw
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise RecipeError(f"--set {assignment}: '{key}' is a value, not a section.")
+        node = child
+    node[keys[-1]] = value
+
+
+def _validate_semantics(recipe: Recipe, origin: str) -> None:
+    train = recipe.train
+    positive = {"train.epochs": train.epochs, "train.batch_size": train.batch_size,
+                "train.lr": train.lr, "net.classes": recipe.net.classes,
+                "train.log_every": train.log_every}
+    for key, value in positive.items():
+        if value <= 0:
+            raise RecipeError(f"{origin}: {key} must be positive, got {value}.")
+    if train.lr_schedule == "step" and sorted(train.lr_steps) != train.lr_steps:
+        raise RecipeError(f"{origin}: train.lr_steps must be increasing epochs, got {train.lr_steps}.")
+    if any(s <= 0 or s >= train.epochs for s in train.lr_steps):
+        raise RecipeError(f"{origin}: train.lr_steps {train.lr_steps} must lie inside 1..{train.epochs - 1}.")
+    if recipe.task == "transfer" and recipe.transfer is None:
+        raise RecipeError(f"{origin}: task 'transfer' needs a 'transfer:' section.")
+    data = recipe.data
+    if isinstance(data, RecordData):
+        if not data.train_rec or not data.val_rec:
+            raise RecipeError(f"{origin}: data.train_rec and data.val_rec are required for kind recordio.")
+        if len(data.data_shape) != 3:
+            raise RecipeError(f"{origin}: data.data_shape must be [channels, height, width], got {data.data_shape}.")
+        if isinstance(data.mean, str) and data.mean != "rec":
+            raise RecipeError(f"{origin}: data.mean must be 3 numbers or 'rec', got {data.mean!r}.")
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Read, override and validate a recipe; raises RecipeError naming the file and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}. The recipes shipped are in recipes/.")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of sections (net, data, train, ...).")
+    raw.setdefault("name", path.stem)
+    base = _build_checked(raw, str(path))
+    for assignment in overrides:
+        _apply_override(raw, assignment, str(path))
+    recipe = _build_checked(raw, f"{path} (with --set {' '.join(overrides)})" if overrides else str(path))
+    del base
+    recipe.source = str(path)
+    return recipe
+
+
+def _build_checked(raw: dict, origin: str) -> Recipe:
+    recipe = _build(Recipe, raw, (), origin)
+    _validate_semantics(recipe, origin)
+    return recipe
+
+
+def recipe_from_dict(raw: dict, origin: str = "<recipe>") -> Recipe:
+    """Validate an already-parsed recipe (a checkpoint's copy, a test's dict)."""
+    return _build_checked(dict(raw), origin)
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False)

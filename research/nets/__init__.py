@@ -1,0 +1,24 @@
+"""The one lookup every recipe uses for nets: `get_net(name, classes=...)`."""
+from __future__ import annotations
+
+from typing import Callable
+
+from mxnet.gluon import HybridBlock
+
+from .lenet import LeNet
+
+# name -> constructor taking `classes`. A literal dict: grep a recipe's net.name to find its code.
+NETS: dict[str, Callable[..., HybridBlock]] = {
+    "lenet": LeNet,
+}
+
+
+def get_net(name: str, classes: int, **kwargs) -> HybridBlock:
+    """Build an uninitialised net by recipe name.
+
+    Raises:
+        KeyError: the name is not in NETS; the message lists the valid names.
+    """
+    if name not in NETS:
+        raise KeyError(f"unknown net '{name}'. Valid names: {', '.join(sorted(NETS))}.")
+    return NETS[name](classes=classes, **kwargs)
