@@ -6,10 +6,13 @@ from typing import Callable
 from mxnet.gluon import HybridBlock
 
 from .lenet import LeNet
+from .squeezenet import squeezenet1_0, squeezenet1_1
 
 # name -> constructor taking `classes`. A literal dict: grep a recipe's net.name to find its code.
 NETS: dict[str, Callable[..., HybridBlock]] = {
     "lenet": LeNet,
+    "squeezenet1.0": squeezenet1_0,
+    "squeezenet1.1": squeezenet1_1,
 }
 
 

@@ -1,0 +1,51 @@
+"""SqueezeNet: the published parameter counts, hybridized == imperative, small inputs."""
+import mxnet as mx
+import numpy as np
+import pytest
+
+from research.nets import NETS, get_net
+
+
+def count_parameters(net) -> int:
+    return sum(int(np.prod(p.shape)) for p in net.collect_params().values())
+
+
+def initialized(name: str, classes: int, size: int = 64):
+    net = get_net(name, classes=classes)
+    net.initialize(mx.init.Xavier())
+    net(mx.nd.zeros((1, 3, size, size)))          # deferred init: shapes become known here
+    return net
+
+
+@pytest.mark.parametrize("name, expected", [("squeezenet1.0", 1_248_424), ("squeezenet1.1", 1_235_496)])
+def test_parameter_count_matches_the_published_figure(name, expected):
+    assert name in NETS
+    assert count_parameters(initialized(name, classes=1000)) == expected
+
+
+@pytest.mark.parametrize("name", ["squeezenet1.0", "squeezenet1.1"])
+def test_hybridized_output_equals_imperative(name):
+    net = initialized(name, classes=10)
+    x = mx.nd.random.uniform(-1, 1, (2, 3, 64, 64))
+    imperative = net(x).asnumpy()                 # predict mode: dropout is the identity
+    net.hybridize(static_alloc=True, static_shape=True)
+    hybridized = net(x).asnumpy()
+    assert imperative.shape == (2, 10)
+    assert np.abs(imperative).max() > 0          # a dead (all-zero) output would match trivially
+    np.testing.assert_allclose(hybridized, imperative, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("size, side", [(227, 13), (224, 13), (64, 3)])
+def test_features_shape_and_classifier_work_at_reference_and_small_sizes(size, side):
+    net = initialized("squeezenet1.0", classes=7, size=size)
+    x = mx.nd.zeros((1, 3, size, size))
+    assert net.features(x).shape == (1, 512, side, side)
+    assert net(x).shape == (1, 7)
+
+
+def test_classifier_is_replaceable_output():
+    net = initialized("squeezenet1.1", classes=1000)
+    conv10 = [b for b in net.output._children.values() if isinstance(b, mx.gluon.nn.Conv2D)]
+    assert len(conv10) == 1 and conv10[0].weight.shape == (1000, 512, 1, 1)
+    # conv10 starts from N(0, 0.01) as in the Caffe release, not from the global Xavier init
+    assert conv10[0].weight.data().asnumpy().std() == pytest.approx(0.01, rel=0.1)
