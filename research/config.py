@@ -15,8 +15,10 @@ from typing import Any
 
 import yaml
 
+from .errors import UserError
 
-class RecipeError(ValueError):
+
+class RecipeError(UserError):
     """A problem in a recipe or an override, worded for the user who wrote it."""
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import MnistData
+from ..errors import UserError
 from .arrays import ArrayIter
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,8 @@ _IDX_DTYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2")
                0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
-class MnistError(ValueError):
-    """MNIST files missing, damaged or not downloadable, worded for the user who must fix it."""
+class MnistError(UserError):
+    """MNIST files missing, damaged or not downloadable (a ValueError): tools exit 2 on it."""
 
 
 def read_idx(path: str | Path) -> np.ndarray:

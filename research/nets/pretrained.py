@@ -1,0 +1,103 @@
+"""Pretrained weights for a net's backbone: from a gluoncv model-zoo name or a local .params file.
+
+`load_pretrained(net, source)` copies every parameter except the new head (`net.output`),
+matching parameters by their structured names (`features.4.0.body.0.weight`).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mxnet as mx
+from mxnet.gluon import HybridBlock
+
+
+class PretrainedError(ValueError):
+    """Weights that cannot be found or do not fit the net; the message says what to do."""
+
+
+def zoo_weights_file(name: str) -> Path:
+    """Where gluoncv looks for `name`'s weights: $MXNET_HOME/models/{name}-{sha1[:8]}.params."""
+    from gluoncv.model_zoo.model_store import short_hash
+
+    root = Path(os.environ["MXNET_HOME"], "models") if "MXNET_HOME" in os.environ else Path("~/.mxnet/models")
+    try:
+        return root.expanduser() / f"{name}-{short_hash(name)}.params"
+    except ValueError:
+        raise PretrainedError(f"gluoncv's model zoo has no pretrained weights for '{name}'. Use a zoo name "
+                              f"with weights (e.g. resnet50_v1) or a local .params file.") from None
+
+
+def get_zoo_pretrained(name: str, ctx=None) -> HybridBlock:
+    """gluoncv's `get_model(name, pretrained=True)`, downloading when online.
+
+    Raises:
+        PretrainedError: offline and the file is absent (the message names the file to put where).
+    """
+    from gluoncv.model_zoo import get_model
+
+    path = zoo_weights_file(name)
+    try:
+        return get_model(name, pretrained=True, ctx=ctx or mx.cpu())
+    except Exception as err:  # noqa: BLE001 - requests, urllib and OS errors all mean "could not fetch"
+        state = "holds a file whose sha1 does not match" if path.exists() else "has no file"
+        raise PretrainedError(
+            f"could not download the pretrained weights of '{name}' ({type(err).__name__}: {err}), and "
+            f"{path} {state}. Offline: copy {path.name} from a machine that has it (gluoncv puts it in "
+            f"~/.mxnet/models) to {path.parent}/ (MXNET_HOME moves that folder), or point the recipe at a "
+            f"local file: transfer.weights=<file>.params for transfer, net.pretrained=<file>.params for "
+            f"fine-tuning.") from None
+
+
+def read_params(source: str) -> dict[str, mx.nd.NDArray]:
+    """Structured name -> array, from a `.params` file (net.save_parameters) or a model-zoo name."""
+    if source.endswith(".params") or os.path.sep in source or Path(source).is_file():
+        path = Path(source)
+        if not path.is_file():
+            raise PretrainedError(f"weights file not found: {path}. Give a file saved with "
+                                  f"net.save_parameters(), or a gluoncv model-zoo name.")
+        try:
+            params = mx.nd.load(str(path))
+        except mx.base.MXNetError as err:
+            raise PretrainedError(f"{path} is not an MXNet .params file: {str(err).splitlines()[0]}") from None
+        if not isinstance(params, dict):
+            raise PretrainedError(f"{path} holds an unnamed list of arrays, not a net's parameters.")
+        return params
+    net = get_zoo_pretrained(source)
+    # save_parameters uses these structured names; there is no public accessor for them.
+    return {name: p.data() for name, p in net._collect_params_with_prefix().items()}
+
+
+def load_pretrained(net: HybridBlock, source: str, skip: str = "output.") -> list[str]:
+    """Copy `source`'s weights into every parameter of `net` whose name does not start with `skip`.
+
+    Call after `net.initialize(ctx=ctxs)`: the weights are set on all of the net's contexts.
+    Parameters awaiting deferred shape inference take the weights at their first forward.
+
+    Returns:
+        The names of the parameters loaded.
+
+    Raises:
+        PretrainedError: a parameter missing from `source` or of another shape (another
+        architecture), or a file saved with `collect_params().save()`.
+    """
+    src = read_params(source)
+    wanted = {name: p for name, p in net._collect_params_with_prefix().items() if not name.startswith(skip)}
+    if src and not any("." in name for name in src):
+        example = next(iter(src))
+        raise PretrainedError(f"{source} names its arrays like '{example}' (saved by collect_params().save() "
+                              f"or a Module checkpoint). Re-save it with net.save_parameters(path) so the "
+                              f"names are structured (like 'features.0.weight').")
+    missing = [name for name in wanted if name not in src]
+    if missing:
+        raise PretrainedError(f"{source} does not fit this net: {len(missing)} of its {len(wanted)} parameters "
+                              f"are absent from the weights (first: {', '.join(missing[:3])}). Are the weights "
+                              f"of the same architecture?")
+    for name, param in wanted.items():
+        array = src[name]
+        known = param.shape is not None and all(d > 0 for d in param.shape)
+        if known and tuple(param.shape) != tuple(array.shape):
+            raise PretrainedError(f"{source} does not fit this net: '{name}' has shape {array.shape} in the "
+                                  f"weights, {param.shape} in the net. Same architecture and input channels?")
+        param.set_data(array.astype(param.dtype))
+    return list(wanted)

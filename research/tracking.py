@@ -1,0 +1,247 @@
+"""MLflow tracking for one run; the only module that imports mlflow.
+
+Calls are queued to one background thread, so a slow, locked or absent store never slows
+or kills training: failures become warnings. The default store is sqlite inside the repo's
+`mlruns/` whatever the working directory; MLFLOW_TRACKING_URI overrides it.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import platform
+import queue
+import subprocess
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parent.parent
+STORE_DIR = REPO / "mlruns"
+log = logging.getLogger(__name__)
+
+# Off unless the user asked for it: this machine class has no internet, and telemetry is not ours to send.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else sqlite:///<repo>/mlruns/mlflow.db (absolute)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{STORE_DIR / 'mlflow.db'}"
+
+
+def _local_dir(uri: str) -> Path | None:
+    """Folder of a local sqlite store (for its lock file and artifacts), else None."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):]).resolve().parent
+    return None
+
+
+@contextmanager
+def _store_lock(uri: str):
+    """Serialise store creation: two processes creating a fresh sqlite store corrupt it."""
+    folder = _local_dir(uri)
+    if folder is None:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".store.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def get_client():
+    """An MlflowClient on tracking_uri(), the store created if needed (under the lock)."""
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri()
+    with _store_lock(uri):
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)     # creates the sqlite schema on first use
+    return client
+
+
+def get_experiment_id(client, name: str) -> str:
+    """Id of experiment `name`, created (artifacts beside the store) if missing."""
+    uri = tracking_uri()
+    with _store_lock(uri):
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        folder = _local_dir(uri)
+        location = str(folder / name) if folder else None
+        return client.create_experiment(name, artifact_location=location)
+
+
+def git_state() -> dict[str, str]:
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", False
+    return {"git.commit": commit or "unknown", "git.dirty": str(dirty).lower()}
+
+
+def environment_tags(contexts: list, argv: list[str]) -> dict[str, str]:
+    import mxnet as mx
+    return {**git_state(), "host": platform.node(), "mxnet.version": mx.__version__,
+            "contexts": ",".join(str(c) for c in contexts), "command": " ".join(argv)}
+
+
+class Tracker:
+    """One MLflow run. Never raises into the caller; a disabled tracker does nothing.
+
+    Use `Tracker.start(...)` for a new run, `Tracker.resume(run_id)` to continue one.
+    """
+
+    def __init__(self, client=None, run_id: str | None = None, experiment_id: str | None = None):
+        self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
+        self._queue: queue.Queue = queue.Queue()
+        self._failures = 0
+        # One worker thread even when disabled: it also runs `run_later` work (plots) off the loop.
+        self._worker = threading.Thread(target=self._drain, name="tracker", daemon=True)
+        self._worker.start()
+
+    @property
+    def enabled(self) -> bool:
+        return self.run_id is not None
+
+    @classmethod
+    def disabled(cls) -> "Tracker":
+        return cls()
+
+    @classmethod
+    def start(cls, experiment: str, run_name: str, tags: dict[str, str] | None = None,
+              description: str = "") -> "Tracker":
+        """Create a run; on any store failure warn and return a disabled tracker."""
+        try:
+            client = get_client()
+            experiment_id = get_experiment_id(client, experiment)
+            all_tags = {"mlflow.runName": run_name, **(tags or {})}
+            if description:
+                all_tags["mlflow.note.content"] = description
+            run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+            return cls(client, run.info.run_id, experiment_id)
+        except Exception as err:  # noqa: BLE001 - tracking must never stop a run
+            log.warning("MLflow tracking is off for this run: could not create a run at %s (%s)",
+                        tracking_uri(), err)
+            return cls.disabled()
+
+    @classmethod
+    def resume(cls, run_id: str) -> "Tracker":
+        """Continue an existing run: its status goes back to RUNNING."""
+        try:
+            client = get_client()
+            run = client.get_run(run_id)
+            client.update_run(run_id, status="RUNNING")
+            return cls(client, run_id, run.info.experiment_id)
+        except Exception as err:  # noqa: BLE001
+            log.warning("MLflow tracking is off for this run: could not resume run %s at %s (%s)",
+                        run_id, tracking_uri(), err)
+            return cls.disabled()
+
+    # -- queued calls: return at once ------------------------------------------------------
+    def log_params(self, params: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        from mlflow.entities import Param
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for start in range(0, len(items), 100):      # MLflow takes at most 100 params a batch
+            self._submit(self.client.log_batch, self.run_id, params=items[start:start + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if not self.enabled:
+            return
+        from mlflow.entities import Metric
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
+        self._submit(self.client.log_batch, self.run_id, metrics=items)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if not self.enabled:
+            return
+        from mlflow.entities import RunTag
+        self._submit(self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if not self.enabled:
+            return
+        self._submit(self.client.log_artifact, self.run_id, str(path), artifact_path)
+
+    def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
+        if not self.enabled:
+            return
+        self._submit(self.client.log_artifacts, self.run_id, str(folder), artifact_path)
+
+    # -- synchronous ------------------------------------------------------------------------
+    def logged_steps(self, key: str) -> set[int]:
+        """Steps at which `key` was logged already (to resume without duplicates)."""
+        if not self.enabled:
+            return set()
+        self.flush()
+        try:
+            return {m.step for m in self.client.get_metric_history(self.run_id, key)}
+        except Exception as err:  # noqa: BLE001
+            log.warning("MLflow: could not read the history of %s (%s)", key, err)
+            return set()
+
+    def params(self) -> dict[str, str]:
+        if not self.enabled:
+            return {}
+        try:
+            return dict(self.client.get_run(self.run_id).data.params)
+        except Exception:  # noqa: BLE001
+            return {}
+
+    def run_later(self, fn: Callable[[], Any]) -> None:
+        """Run `fn` on the tracker's thread, after what is queued (for plots and other slow side work)."""
+        self._queue.put(fn)
+
+    def flush(self, timeout: float = 60.0) -> bool:
+        """Wait until queued calls are done; False if the store is still busy after timeout."""
+        done = threading.Event()
+        self._queue.put(done.set)
+        return done.wait(timeout)
+
+    def end(self, status: str = "FINISHED", timeout: float = 60.0) -> None:
+        """Flush, then mark the run FINISHED, FAILED or KILLED."""
+        if self.enabled:
+            self._submit(self.client.set_terminated, self.run_id, status)
+        if not self.flush(timeout) and self.enabled:
+            log.warning("MLflow: the store did not answer within %.0f s; the run's last records may be "
+                        "missing and its status may still read RUNNING", timeout)
+        self._queue.put(None)
+
+    def _submit(self, fn: Callable, *args, **kwargs) -> None:
+        if self.enabled:
+            self._queue.put(lambda: fn(*args, **kwargs))
+
+    def _drain(self) -> None:
+        while True:
+            call = self._queue.get()
+            if call is None:
+                return
+            try:
+                call()
+            except Exception as err:  # noqa: BLE001 - a tracking failure must not end training
+                self._failures += 1
+                if self._failures <= 5 or self._failures % 100 == 0:
+                    log.warning("tracking call failed (%d so far), training goes on: %s", self._failures, err)
+
+
+def ui_command(port: int = 5000) -> str:
+    """The one-liner that serves this store's UI on localhost with the light settings."""
+    return (f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --backend-store-uri {tracking_uri()} "
+            f"--host 127.0.0.1 --port {port} --workers 1")
+
+
+def run_url(run_id: str, experiment_id: str, port: int = 5000) -> str:
+    return f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs/{run_id}"
+

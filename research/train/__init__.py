@@ -1,0 +1,1 @@
+"""Training: the data-parallel loop, lr schedules, checkpoints."""

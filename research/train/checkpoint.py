@@ -1,0 +1,178 @@
+"""Checkpoints: one self-checking file each, written atomically; find the newest valid one.
+
+File layout: MAGIC, 8-byte payload length, 32-byte sha256 of the payload, payload (pickle).
+A truncated or corrupt file fails the length or hash check and is skipped with a warning.
+The step count and lr live in our own metadata, not in MXNet's optimizer state, which counts
+updates per device (apache/mxnet#17357).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pickle
+import re
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mxnet as mx
+import numpy as np
+from mxnet import gluon
+
+MAGIC = b"RSRCHCK1"
+NAME = re.compile(r"^step-(\d{10})\.ckpt$")
+BEST = "best.ckpt"
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read; the message says which file and why."""
+
+
+@dataclass
+class TrainState:
+    """Everything besides weights and optimizer state that a resumed run needs."""
+    epoch: int = 0                 # epochs fully done
+    batch_in_epoch: int = 0        # batches done in the current epoch (mid-epoch checkpoints)
+    step: int = 0                  # global step (updates) so far
+    run_id: str | None = None      # MLflow run to continue
+    history: list[dict[str, float]] = field(default_factory=list)   # one dict per epoch done
+    best_top1: float = -1.0
+    recipe: dict[str, Any] = field(default_factory=dict)
+    elapsed_s: float = 0.0         # training seconds over all sessions of this run
+
+
+def net_arrays(net: gluon.Block) -> dict[str, np.ndarray]:
+    """Parameters by structural name (as save_parameters names them), averaged over devices."""
+    return {name: p._reduce().asnumpy() for name, p in net._collect_params_with_prefix().items()}
+
+
+def load_net_arrays(net: gluon.Block, arrays: dict[str, np.ndarray]) -> None:
+    params = net._collect_params_with_prefix()
+    missing = sorted(set(params) - set(arrays))
+    if missing:
+        raise CheckpointError(f"checkpoint lacks parameters {missing[:5]}: it was made for another net")
+    for name, param in params.items():
+        if tuple(param.shape) != arrays[name].shape:
+            raise CheckpointError(f"parameter {name} has shape {arrays[name].shape} in the checkpoint but "
+                                  f"{tuple(param.shape)} in the net: it was made for another net or class count")
+        param.set_data(mx.nd.array(arrays[name], dtype=param.dtype))
+
+
+def trainer_states(trainer: gluon.Trainer) -> bytes | None:
+    """Optimizer state (momentum...) as MXNet serialises it; None where the kvstore servers hold it."""
+    kv = trainer._kvstore
+    if kv is not None and "dist" in kv.type and trainer._update_on_kvstore:
+        return None        # lives on the parameter servers: not reachable from a worker
+    with tempfile.NamedTemporaryFile() as tmp:
+        trainer.save_states(tmp.name)
+        return Path(tmp.name).read_bytes()
+
+
+def load_trainer_states(trainer: gluon.Trainer, states: bytes | None) -> None:
+    if states is None:
+        log.warning("this checkpoint has no optimizer state (distributed servers held it): "
+                    "momentum restarts from zero")
+        return
+    with tempfile.NamedTemporaryFile() as tmp:
+        Path(tmp.name).write_bytes(states)
+        trainer.load_states(tmp.name)
+
+
+def save_checkpoint(folder: str | Path, state: TrainState, net: gluon.Block, trainer: gluon.Trainer,
+                    keep_last: int = 3, is_best: bool = False) -> Path:
+    """Write step-NNNNNNNNNN.ckpt atomically, update best.ckpt, prune to the newest keep_last.
+
+    Raises:
+        CheckpointError: disk full or folder not writable; older checkpoints are untouched.
+    """
+    folder = Path(folder)
+    payload = pickle.dumps({
+        "state": state.__dict__,
+        "params": net_arrays(net),
+        "trainer": trainer_states(trainer),
+        "numpy_rng": np.random.get_state(),
+        "mxnet": mx.__version__,
+    }, protocol=pickle.HIGHEST_PROTOCOL)
+    blob = MAGIC + struct.pack("<Q", len(payload)) + hashlib.sha256(payload).digest() + payload
+    path = folder / f"step-{state.step:010d}.ckpt"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, blob)
+        if is_best:
+            _atomic_write(folder / BEST, blob)
+    except OSError as err:
+        raise CheckpointError(f"could not write checkpoint {path}: {err.strerror or err}. "
+                              f"Earlier checkpoints in {folder} are intact; free space or fix permissions.") from err
+    for old in list_checkpoints(folder)[:-max(keep_last, 1)]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def _atomic_write(path: Path, blob: bytes) -> None:
+    """temp file in the same folder, fsync, rename, fsync the folder: never a half file under `path`."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(blob)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def list_checkpoints(folder: str | Path) -> list[Path]:
+    """step-*.ckpt files, oldest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if NAME.match(p.name))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read and verify one file: {"state": TrainState, "params", "trainer", "numpy_rng"}."""
+    path = Path(path)
+    try:
+        blob = path.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err.strerror or err}") from err
+    head = len(MAGIC) + 8 + 32
+    if len(blob) < head or not blob.startswith(MAGIC):
+        raise CheckpointError(f"{path} is not a checkpoint of this project (bad header)")
+    (length,) = struct.unpack("<Q", blob[len(MAGIC):len(MAGIC) + 8])
+    payload = blob[head:]
+    if len(payload) != length:
+        raise CheckpointError(f"{path} is truncated: {len(payload)} of {length} bytes")
+    if hashlib.sha256(payload).digest() != blob[len(MAGIC) + 8:head]:
+        raise CheckpointError(f"{path} is corrupt: checksum mismatch")
+    content = pickle.loads(payload)
+    content["state"] = TrainState(**content["state"])
+    return content
+
+
+def find_latest(folder: str | Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint that verifies, warning about each newer one that does not."""
+    for path in reversed(list_checkpoints(folder)):
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError as err:
+            log.warning("skipping checkpoint: %s", err)
+    return None
+
+
+def restore(content: dict[str, Any], net: gluon.Block, trainer: gluon.Trainer) -> TrainState:
+    """Load weights and optimizer state into an initialised net/trainer on any number of devices."""
+    load_net_arrays(net, content["params"])
+    load_trainer_states(trainer, content["trainer"])
+    np.random.set_state(content["numpy_rng"])
+    return content["state"]

@@ -1,0 +1,167 @@
+"""The data-parallel training loop. Periodic work is plain `if` blocks in the order it runs."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import mxnet as mx
+from mxnet import autograd, gluon
+
+from ..config import Recipe
+from ..evaluate import evaluate
+from ..tracking import Tracker
+from .checkpoint import CheckpointError, TrainState, save_checkpoint
+from .progress import Progress
+from .schedules import lr_at
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class Setup:
+    """What the loop works on; built by research.train.run."""
+    recipe: Recipe
+    net: gluon.HybridBlock
+    trainer: gluon.Trainer
+    train_iter: mx.io.DataIter
+    val_iter: mx.io.DataIter
+    ctxs: list[mx.Context]
+    global_batch: int          # images per update over all devices and workers
+    base_lr: float             # lr after the linear scaling rule
+    run_dir: Path
+    num_workers: int = 1       # distributed kvstore workers (machines), each with len(ctxs) devices
+    is_logger: bool = True     # rank 0 only: tracks, checkpoints and prints
+
+
+def fit(setup: Setup, state: TrainState, tracker: Tracker, should_stop: Callable[[], bool],
+        on_epoch_end: Callable[[TrainState], None] = lambda state: None) -> str:
+    """Train from `state` to the recipe's last epoch. Returns "finished" or "stopped".
+
+    Raises:
+        NonFiniteLoss: the loss became NaN/inf; the last good checkpoint is kept.
+    """
+    recipe, net, trainer, ctxs = setup.recipe, setup.net, setup.trainer, setup.ctxs
+    train, dtype = recipe.train, recipe.train.dtype
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    steps_per_epoch = setup.train_iter.num_samples // _local_batch(setup)
+    last_save = time.monotonic()
+
+    for epoch in range(state.epoch, train.epochs):
+        mx.random.seed(train.seed + epoch)        # resumed and uninterrupted runs draw alike
+        if train.frozen_epochs:
+            _set_frozen(net, frozen=epoch < train.frozen_epochs)
+        if hasattr(setup.train_iter, "set_epoch"):
+            setup.train_iter.set_epoch(epoch)
+        else:
+            setup.train_iter.reset()
+        skip, state.batch_in_epoch = state.batch_in_epoch, 0
+        sums = [[mx.nd.zeros(1, ctx=c), mx.nd.zeros(1, ctx=c)] for c in ctxs]   # loss, correct
+        seen, tic = 0, time.monotonic()
+        progress = Progress(epoch, train.epochs, steps_per_epoch, enabled=setup.is_logger)
+        for batch in setup.train_iter:
+            if skip:                               # resuming mid-epoch: these were trained on
+                skip -= 1
+                state.batch_in_epoch += 1
+                continue
+            lr = lr_at(state.step / steps_per_epoch, setup.base_lr, train)
+            trainer.set_learning_rate(lr)
+            xs = gluon.utils.split_and_load(batch.data[0], ctxs, even_split=False)
+            ys = gluon.utils.split_and_load(batch.label[0], ctxs, even_split=False)
+            with autograd.record():
+                outs = [net(x.astype(dtype, copy=False)).astype("float32", copy=False) for x in xs]
+                losses = [loss_fn(out, y) for out, y in zip(outs, ys)]
+            autograd.backward(losses)
+            trainer.step(setup.global_batch)      # divides the summed gradients by the global batch
+            for (loss_sum, correct), out, y, loss in zip(sums, outs, ys, losses):
+                loss_sum += loss.sum()             # stays on the device: no sync here
+                correct += (out.argmax(axis=1) == y).sum()
+            state.step += 1
+            state.batch_in_epoch += 1
+            seen += batch.data[0].shape[0]
+            if state.batch_in_epoch % train.log_every == 0:
+                train_loss = _total(sums, 0) / seen              # the sync point, every log_every batches
+                if not math.isfinite(train_loss):
+                    raise NonFiniteLoss(f"train loss is {train_loss} at epoch {epoch + 1}, step {state.step}")
+                progress.update(state.batch_in_epoch, seen / (time.monotonic() - tic), train_loss, lr)
+            else:
+                progress.tick(state.batch_in_epoch)
+            if should_stop():
+                progress.close()
+                _save(setup, state, tracker, is_best=False)
+                return "stopped"
+            if (recipe.checkpoint.every_minutes
+                    and time.monotonic() - last_save > 60 * recipe.checkpoint.every_minutes):
+                _save(setup, state, tracker, is_best=False)
+                last_save = time.monotonic()
+        progress.close()
+        mx.nd.waitall()
+        train_seconds = time.monotonic() - tic
+        train_loss = _total(sums, 0) / max(seen, 1)
+        if not math.isfinite(train_loss):
+            raise NonFiniteLoss(f"train loss is {train_loss} at the end of epoch {epoch + 1}")
+        val = evaluate(net, setup.val_iter, ctxs, loss_fn, dtype)
+        epoch_seconds = time.monotonic() - tic
+        state.elapsed_s += epoch_seconds
+        metrics = {
+            "train/loss": train_loss, "train/top1": _total(sums, 1) / max(seen, 1),
+            "val/loss": val["loss"], "val/top1": val["top1"], "val/top5": val["top5"],
+            "lr": lr_at(state.step / steps_per_epoch, setup.base_lr, train),
+            "speed/img_per_s": seen / train_seconds * setup.num_workers, "time/epoch_s": epoch_seconds,
+        }
+        state.epoch, state.batch_in_epoch = epoch + 1, 0
+        state.history.append({"epoch": epoch + 1, **metrics})
+        is_best = metrics["val/top1"] > state.best_top1
+        state.best_top1 = max(state.best_top1, metrics["val/top1"])
+        eta = (train.epochs - state.epoch) * state.elapsed_s / max(len(state.history), 1)
+        if setup.is_logger:
+            log.info("epoch %d/%d  train loss %.4f top1 %.4f | val loss %.4f top1 %.4f top5 %.4f | "
+                     "lr %.3g | %.0f img/s | %.1f s | ETA %s", state.epoch, train.epochs,
+                     metrics["train/loss"], metrics["train/top1"], metrics["val/loss"], metrics["val/top1"],
+                     metrics["val/top5"], metrics["lr"], metrics["speed/img_per_s"], epoch_seconds,
+                     _duration(eta))
+            _save(setup, state, tracker, is_best)          # checkpoint first: MLflow never runs ahead of it
+            tracker.log_metrics(metrics, step=state.epoch)
+            on_epoch_end(state)
+        last_save = time.monotonic()
+    return "finished"
+
+
+def _save(setup: Setup, state: TrainState, tracker: Tracker, is_best: bool) -> None:
+    """Checkpoint on rank 0; a failed write is reported and training goes on."""
+    if not setup.is_logger:
+        return
+    try:
+        save_checkpoint(setup.run_dir / "checkpoints", state, setup.net, setup.trainer,
+                        setup.recipe.checkpoint.keep_last, is_best)
+    except CheckpointError as err:
+        log.error("%s Training goes on; the next checkpoint is tried at the next epoch end.", err)
+        tracker.set_tags({"checkpoint.error": str(err)[:500]})
+
+
+def _set_frozen(net: gluon.Block, frozen: bool) -> None:
+    """Fine-tuning: lr_mult 0 keeps every parameter outside `net.output` unchanged (wd included)."""
+    head = set(net.output.collect_params().keys()) if hasattr(net, "output") else set()
+    for name, param in net.collect_params().items():
+        if name not in head:
+            param.lr_mult = 0.0 if frozen else 1.0
+
+
+def _local_batch(setup: Setup) -> int:
+    return setup.global_batch // setup.num_workers
+
+
+def _total(sums: list[list[mx.nd.NDArray]], index: int) -> float:
+    return float(sum(device_sums[index].asscalar() for device_sums in sums))
+
+
+def _duration(seconds: float) -> str:
+    hours, rest = divmod(int(seconds), 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"

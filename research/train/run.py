@@ -1,0 +1,258 @@
+"""One training run end to end: run directory, resume, net, trainer, tracking, signals, export."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import socket
+import time
+import traceback
+from datetime import datetime
+from pathlib import Path
+
+import mxnet as mx
+from mxnet import gluon
+
+from ..config import Recipe, RecipeError, dump_recipe
+from ..data import get_iterators
+from ..nets import get_net
+from ..plots import plot_curves
+from ..tracking import REPO, Tracker, environment_tags, tracking_uri, ui_command
+from . import checkpoint
+from .loop import NonFiniteLoss, Setup, fit
+from .schedules import scaled_lr
+from .signals import StopRequest
+
+log = logging.getLogger("research.train")
+DIST = ("dist_sync", "dist_device_sync", "dist_async")
+
+
+def default_run_dir(recipe: Recipe) -> Path:
+    return REPO / "runs" / recipe.name
+
+
+def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, fresh: bool) -> dict | None:
+    """Decide between a new run and a resumed one; return the checkpoint to resume or None.
+
+    Raises:
+        RecipeError: --resume without a checkpoint, or a folder holding another recipe's run.
+    """
+    if fresh and run_dir.exists() and any(run_dir.iterdir()):
+        aside = run_dir.with_name(f"{run_dir.name}.old-{datetime.now():%Y%m%d-%H%M%S}")
+        run_dir.rename(aside)
+        print(f"--fresh: the previous contents of {run_dir} were moved to {aside}")
+    latest = None if fresh else checkpoint.find_latest(run_dir / "checkpoints")
+    if latest is None:
+        if resume:
+            raise RecipeError(f"--resume: no valid checkpoint in {run_dir / 'checkpoints'}. "
+                              f"Drop --resume to start a new run.")
+        return None
+    path, content = latest
+    saved = content["state"].recipe
+    if saved.get("name") != recipe.name or saved.get("net") != recipe.to_dict()["net"]:
+        raise RecipeError(f"{run_dir} holds a run of recipe '{saved.get('name')}' (net {saved.get('net')}). "
+                          f"Use --output for another folder, or --fresh to set the old run aside.")
+    log.info("resuming from %s (epoch %d, step %d)", path, content["state"].epoch, content["state"].step)
+    return content
+
+
+def setup_logging(run_dir: Path, is_logger: bool) -> None:
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    if not any(getattr(h, "_research", False) for h in root.handlers):
+        console = logging.StreamHandler()
+        console.setFormatter(fmt)
+        console._research = True
+        root.addHandler(console)
+        if is_logger:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            file_handler = logging.FileHandler(run_dir / "train.log")
+            file_handler.setFormatter(fmt)
+            file_handler._research = True
+            root.addHandler(file_handler)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def create_kvstore(recipe: Recipe):
+    """A kvstore object for distributed training (it tells rank and worker count), else its name."""
+    return mx.kv.create(recipe.train.kvstore) if recipe.train.kvstore in DIST else recipe.train.kvstore
+
+
+def build_setup(recipe: Recipe, ctxs: list, run_dir: Path, kv) -> Setup:
+    """Data, net (initialised on every context, hybridized) and trainer with its kvstore."""
+    train = recipe.train
+    num_workers, rank = (kv.num_workers, kv.rank) if train.kvstore in DIST else (1, 0)
+    devices = len(ctxs) * num_workers
+    global_batch = train.batch_size * devices if train.batch_per == "device" else train.batch_size
+    if global_batch % devices:
+        raise RecipeError(f"train.batch_size {train.batch_size} (global) does not split evenly over "
+                          f"{devices} devices: use a multiple of {devices} or train.batch_per: device.")
+    train_iter, val_iter = get_iterators(recipe, global_batch // num_workers, num_parts=num_workers,
+                                         part_index=rank)
+    base_lr = scaled_lr(train, global_batch)
+    if base_lr != train.lr:
+        log.info("linear scaling rule: global batch %d vs base batch %d -> lr %.4g (recipe lr %.4g)",
+                 global_batch, train.base_batch_size or train.batch_size, base_lr, train.lr)
+
+    mx.random.seed(train.seed)                     # every worker and device starts from the same weights
+    net = get_net(recipe.net.name, classes=recipe.net.classes)
+    net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2), ctx=ctxs)
+    if recipe.net.pretrained:
+        from ..nets.pretrained import load_pretrained
+        load_pretrained(net, recipe.net.pretrained, ctxs)
+    if train.dtype == "float16":
+        net.cast("float16")
+    if train.hybridize:
+        net.hybridize(static_alloc=True, static_shape=True)
+    shape = train_iter.provide_data[0].shape
+    per_device = (shape[0] // len(ctxs),) + tuple(shape[1:])
+    for ctx in ctxs:                               # finishes deferred init and builds the cached graph
+        net(mx.nd.zeros(per_device, ctx=ctx, dtype=train.dtype))
+    optimizer_params = {"learning_rate": base_lr, "wd": train.wd, "multi_precision": train.dtype == "float16"}
+    if train.optimizer in ("sgd", "nag"):
+        optimizer_params["momentum"] = train.momentum
+    trainer = gluon.Trainer(net.collect_params(), train.optimizer, optimizer_params, kvstore=kv)
+    return Setup(recipe, net, trainer, train_iter, val_iter, ctxs, global_batch, base_lr, run_dir,
+                 num_workers=num_workers, is_logger=rank == 0)
+
+
+def write_status(run_dir: Path, state: checkpoint.TrainState, recipe: Recipe, status: str,
+                 run_id: str | None) -> None:
+    """run_dir/status.json for tools/status.py: written atomically, read without locks."""
+    last = state.history[-1] if state.history else {}
+    done = len(state.history)
+    info = {"status": status, "epoch": state.epoch, "epochs": recipe.train.epochs,
+            "val_top1": last.get("val/top1"), "img_per_s": last.get("speed/img_per_s"),
+            "eta_s": (recipe.train.epochs - state.epoch) * state.elapsed_s / done if done else None,
+            "run_id": run_id, "pid": os.getpid(), "host": socket.gethostname(), "updated": time.time()}
+    tmp = run_dir / ".status.json.tmp"
+    tmp.write_text(json.dumps(info, indent=1))
+    tmp.replace(run_dir / "status.json")
+
+
+def start_tracking(recipe: Recipe, state: checkpoint.TrainState, ctxs: list, argv: list[str]) -> Tracker:
+    """A new MLflow run, or the checkpoint's run continued with any missing epochs re-logged."""
+    if not recipe.tracking.enabled:
+        return Tracker.disabled()
+    if state.run_id:
+        tracker = Tracker.resume(state.run_id)
+        logged = tracker.logged_steps("val/top1")
+        for entry in state.history:           # epochs checkpointed but not yet in MLflow (killed in between)
+            if entry["epoch"] not in logged:
+                tracker.log_metrics({k: v for k, v in entry.items() if k != "epoch"}, step=entry["epoch"])
+        tracker.set_tags({f"resumed.{int(time.time())}": " ".join(argv)})
+        return tracker
+    name = f"{recipe.name} {datetime.now():%Y-%m-%d %H:%M} {os.urandom(2).hex()}"
+    tracker = Tracker.start(recipe.tracking.experiment or recipe.name, name,
+                            tags={**environment_tags(ctxs, argv), "recipe": recipe.name},
+                            description=f"`{' '.join(argv)}` on {platform.node()}")
+    tracker.log_params(recipe.flat())
+    return tracker
+
+
+def train(recipe: Recipe, ctxs: list, run_dir: Path, resume: bool, fresh: bool, argv: list[str]) -> int:
+    """Run or resume `recipe`; returns the process exit code."""
+    content = prepare_run_dir(run_dir, recipe, resume, fresh)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    kv = create_kvstore(recipe)
+    setup_logging(run_dir, is_logger=recipe.train.kvstore not in DIST or kv.rank == 0)
+    setup = build_setup(recipe, ctxs, run_dir, kv)
+    state = checkpoint.TrainState(recipe=recipe.to_dict())
+    if content is not None:
+        state = checkpoint.restore(content, setup.net, setup.trainer)
+        state.recipe = recipe.to_dict()
+    if state.epoch >= recipe.train.epochs:
+        print(f"{run_dir} already holds the finished run ({state.epoch} epochs). "
+              f"Use --fresh to train again, or --set train.epochs=N to extend it.")
+        return 0
+    if not setup.is_logger:
+        return _run_loop(setup, state, Tracker.disabled(), argv)
+    (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
+    tracker = start_tracking(recipe, state, ctxs, argv)
+    state.run_id = tracker.run_id or state.run_id     # a store that is down must not orphan the run id
+    (run_dir / "run.json").write_text(json.dumps({"run_id": tracker.run_id, "experiment_id": tracker.experiment_id,
+                                                  "tracking_uri": tracking_uri()}, indent=1))
+    tracker.log_artifact(run_dir / "recipe.yaml")
+    log.info("run %s: %s on %s, global batch %d, lr %.4g, output %s", tracker.run_id or "(untracked)",
+             recipe.name, ",".join(map(str, ctxs)), setup.global_batch, setup.base_lr, run_dir)
+    return _run_loop(setup, state, tracker, argv)
+
+
+def _run_loop(setup: Setup, state: checkpoint.TrainState, tracker: Tracker, argv: list[str]) -> int:
+    recipe, run_dir = setup.recipe, setup.run_dir
+    stop = StopRequest()
+    stop.install()
+
+    def on_epoch_end(state: checkpoint.TrainState) -> None:
+        write_status(run_dir, state, recipe, "running", tracker.run_id)
+        history = [dict(entry) for entry in state.history]
+        tracker.run_later(lambda: plot_curves(history, run_dir / "curves.png", recipe.name))
+        tracker.log_artifact(run_dir / "curves.png")
+
+    if setup.is_logger:
+        write_status(run_dir, state, recipe, "running", tracker.run_id)
+    try:
+        outcome = fit(setup, state, tracker, stop, on_epoch_end)
+    except NonFiniteLoss as err:
+        log.error("%s. Stopped; the last good checkpoint is in %s. Lower train.lr or check the data.",
+                  err, run_dir / "checkpoints")
+        _finish(setup, state, tracker, "FAILED", "failed")
+        return 3
+    except BaseException:
+        if setup.is_logger:
+            (run_dir / "traceback.txt").write_text(traceback.format_exc())
+            tracker.log_artifact(run_dir / "traceback.txt")
+        _finish(setup, state, tracker, "FAILED", "failed")
+        raise
+    if outcome == "stopped":
+        _finish(setup, state, tracker, "KILLED", "killed")
+        if setup.is_logger:
+            log.warning("stopped by %s at epoch %d, step %d; checkpoint written. Resume with:\n  %s",
+                        stop.signal_name, state.epoch, state.step, _resume_command(argv))
+        return stop.exit_code
+    if setup.is_logger:
+        export_final(setup, tracker)
+    _finish(setup, state, tracker, "FINISHED", "finished")
+    if setup.is_logger:
+        last = state.history[-1]
+        print(f"\nval top-1 {last['val/top1']:.4f}, top-5 {last['val/top5']:.4f} after {state.epoch} epochs "
+              f"({_minutes(state.elapsed_s)}). Run directory: {run_dir}")
+        if tracker.enabled:
+            print(f"MLflow run {tracker.run_id} in experiment '{recipe.tracking.experiment or recipe.name}'. "
+                  f"Open the UI with:\n  {ui_command()}\nthen browse http://127.0.0.1:5000/#/experiments/"
+                  f"{tracker.experiment_id}/runs/{tracker.run_id}")
+    return 0
+
+
+def export_final(setup: Setup, tracker: Tracker) -> None:
+    """Final weights as symbol + params (and ONNX where supported), logged as artifacts."""
+    from ..export import export_model
+    model_dir = setup.run_dir / "model"
+    try:
+        export_model(setup.net, model_dir, setup.recipe)
+        tracker.log_artifacts(model_dir, "model")
+    except Exception as err:  # noqa: BLE001 - the checkpoint has the weights; export is a convenience
+        log.error("model export failed (%s); the final checkpoint in %s holds the weights", err,
+                  setup.run_dir / "checkpoints")
+
+
+def _finish(setup: Setup, state: checkpoint.TrainState, tracker: Tracker, status: str, word: str) -> None:
+    if not setup.is_logger:
+        return
+    write_status(setup.run_dir, state, setup.recipe, word, tracker.run_id)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    tracker.log_artifact(setup.run_dir / "train.log")
+    tracker.end(status)
+
+
+def _resume_command(argv: list[str]) -> str:
+    args = [a for a in argv if a not in ("--fresh", "--resume")]
+    return " ".join(["python"] + args + ["--resume"])
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"

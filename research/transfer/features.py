@@ -1,0 +1,213 @@
+"""Pooled backbone features of every image in a .rec file, hybridized, over all contexts.
+
+Images are decoded by MXNet's ImageRecordIter (resize the shorter side, centre crop, mean/std).
+The ids of unlabeled records travel through the iterator as labels, so they stay with their pixels.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import mxnet as mx
+import numpy as np
+from mxnet import gluon
+from mxnet.gluon import HybridBlock, nn
+
+from ..nets import NETS, get_net
+from ..nets.pretrained import load_pretrained, zoo_weights_file
+
+log = logging.getLogger(__name__)
+
+
+class TransferError(ValueError):
+    """A user-fixable problem with the backbone, the weights, the .rec files or the feature cache."""
+
+
+@dataclass
+class Features:
+    x: np.ndarray            # (images, dim) float32, in the .rec file's record order
+    labels: np.ndarray       # (images,) int64 class labels; empty for an unlabeled file
+    ids: np.ndarray          # (images,) int64 record ids (the Kaggle ids); empty for a labeled file
+    seconds: float = 0.0     # extraction time; 0 when read from the cache
+    img_per_s: float = 0.0
+
+
+def build_backbone(backbone: str, classes: int = 2) -> HybridBlock:
+    """An uninitialised net by name: research.nets.NETS first, then gluoncv's model zoo."""
+    if backbone in NETS:
+        return get_net(backbone, classes=classes)
+    from gluoncv.model_zoo import get_model, get_model_list
+
+    if backbone.lower() not in get_model_list():
+        raise TransferError(f"transfer.backbone '{backbone}' is neither in research.nets.NETS "
+                            f"({', '.join(sorted(NETS))}) nor a gluoncv model-zoo name (such as resnet50_v1; "
+                            f"all: gluoncv.model_zoo.get_model_list()).")
+    return get_model(backbone, classes=classes, pretrained=False)
+
+
+def weights_id(backbone: str, weights: str) -> str:
+    """What identifies the weights in the feature cache key: the file's sha1 or the zoo's."""
+    if weights:
+        path = Path(weights)
+        if not path.is_file():
+            raise TransferError(f"transfer.weights: file not found: {path}. Give a .params file saved with "
+                                f"net.save_parameters(), or set transfer.weights='' for the model zoo's weights.")
+        digest = hashlib.sha1()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return f"file sha1 {digest.hexdigest()}"
+    if backbone in NETS and backbone not in _zoo_names():
+        raise TransferError(f"transfer.backbone '{backbone}' has no model-zoo weights: set transfer.weights "
+                            f"to a .params file saved with net.save_parameters().")
+    return f"zoo {zoo_weights_file(backbone).name}"
+
+
+def _zoo_names() -> set[str]:
+    from gluoncv.model_zoo import get_model_list
+    return set(get_model_list())
+
+
+def load_backbone(backbone: str, weights: str, ctxs: list[mx.Context]) -> HybridBlock:
+    """The backbone with pretrained weights on every context: a local file, else the model zoo's."""
+    net = build_backbone(backbone)
+    net.initialize(ctx=ctxs)
+    load_pretrained(net, weights or backbone)   # the head (net.output) is not used for features
+    return net
+
+
+def feature_block(net: HybridBlock, layer: str, data_shape: list[int], ctx: mx.Context) -> HybridBlock:
+    """The part of `net` named by `layer`, its output global-average-pooled and flattened, hybridized.
+
+    `layer` is "features" (all of net.features; for ResNets the 2048-d pooled vector) or
+    "features[:K]" (its first K children; K < 0 counts from the end, e.g. [:-2] stops after stage 3).
+    """
+    match = re.fullmatch(r"features(?:\[:(-?\d+)\])?", layer)
+    if not match or not hasattr(net, "features"):
+        raise TransferError(f"transfer.layer '{layer}': use 'features' or 'features[:K]' (the first K blocks of "
+                            f"net.features) on a backbone that has .features.")
+    body = net.features if match.group(1) is None else net.features[:int(match.group(1))]
+    if len(body) == 0:
+        raise TransferError(f"transfer.layer '{layer}' selects no blocks (net.features has {len(net.features)}).")
+    probe = body(mx.nd.zeros((1, *data_shape), ctx=ctx))   # 4-d maps get pooled, vectors pass through
+    block = _Pooled(body, pool=probe.ndim == 4)
+    block.hybridize(static_alloc=True, static_shape=True)
+    return block
+
+
+class _Pooled(HybridBlock):
+    def __init__(self, body: HybridBlock, pool: bool):
+        super().__init__(prefix="")
+        self.body, self.pool = body, pool
+
+    def hybrid_forward(self, F, x):
+        x = self.body(x)
+        if self.pool:
+            x = F.Pooling(x, kernel=(1, 1), global_pool=True, pool_type="avg")
+        return F.flatten(x)
+
+
+def read_record_ids(rec: str) -> np.ndarray:
+    """header.id of every record, in file order."""
+    reader = mx.recordio.MXRecordIO(rec, "r")
+    ids = []
+    while (item := reader.read()) is not None:
+        header, _ = mx.recordio.unpack(item)
+        ids.append(header.id)
+    reader.close()
+    return np.asarray(ids, dtype=np.int64)
+
+
+def check_test_ids(ids: np.ndarray, rec: str) -> None:
+    """Kaggle ids must be distinct; a .rec built from files without numeric names has none."""
+    values, counts = np.unique(ids, return_counts=True)
+    if len(ids) and counts.max() > 1:
+        worst = values[counts.argmax()]
+        raise TransferError(f"transfer.test_rec {rec}: its records have no distinct ids ({len(ids)} records, "
+                            f"{len(values)} distinct ids; id {worst} appears {counts.max()} times). Build it with "
+                            f"tools/build_rec.py --layout dogs-vs-cats from a test folder of <id>.jpg files.")
+    if len(ids) and ids.max() >= 2 ** 24:
+        raise TransferError(f"transfer.test_rec {rec}: ids up to {ids.max()} exceed 2**24, which the decoder "
+                            f"carries as float32 labels.")
+
+
+def count_records(rec: str) -> int:
+    """Records in a .rec: lines of its .idx when present, else a scan."""
+    idx = Path(rec).with_suffix(".idx")
+    if idx.is_file():
+        with open(idx) as handle:
+            return sum(1 for line in handle if line.strip())
+    return len(read_record_ids(rec))
+
+
+def extract_features(block: HybridBlock, rec: str, ctxs: list[mx.Context], data_shape: list[int],
+                     resize: int, mean: list[float], std: list[float], batch_size: int,
+                     labeled: bool, desc: str = "features") -> Features:
+    """Features of every image in `rec`, `batch_size` images per context per batch.
+
+    Args:
+        labeled: the records carry class labels (train); else their ids are read (test).
+    """
+    if not Path(rec).is_file():
+        key = "transfer.train_rec" if labeled else "transfer.test_rec"
+        raise TransferError(f"{key}: file not found: {rec}. Build it with tools/build_rec.py "
+                            f"--layout dogs-vs-cats, or set {key}=<file>.rec.")
+    with tempfile.TemporaryDirectory() as tmp:
+        extra = {}
+        if labeled:
+            total = count_records(rec)
+        else:
+            ids = read_record_ids(rec)
+            check_test_ids(ids, rec)
+            total = len(ids)
+            # An image list overrides each record's label by its id: the ids then ride with the pixels.
+            lst = Path(tmp, "ids.lst")
+            lst.write_text("".join(f"{i}\t{i}\t-\n" for i in ids))
+            extra["path_imglist"] = str(lst)
+        images = mx.io.ImageRecordIter(
+            path_imgrec=rec, data_shape=tuple(data_shape), batch_size=batch_size * len(ctxs),
+            resize=resize, rand_crop=False, rand_mirror=False, shuffle=False, round_batch=True,
+            mean_r=mean[0], mean_g=mean[1], mean_b=mean[2], std_r=std[0], std_g=std[1], std_b=std[2],
+            preprocess_threads=len(ctxs) * 4, **extra)
+        return _run(block, images, ctxs, total, labeled, desc)
+
+
+def _run(block: HybridBlock, images: mx.io.DataIter, ctxs: list[mx.Context], total: int,
+         labeled: bool, desc: str) -> Features:
+    from tqdm import tqdm
+
+    xs, ys = [], []
+    pending = None   # the previous batch's outputs: syncing one batch late keeps the devices busy
+    bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, disable=not sys.stderr.isatty())
+    start = time.perf_counter()
+    for batch in images:
+        keep = batch.data[0].shape[0] - batch.pad     # the last batch is padded by wrapping around
+        parts = gluon.utils.split_and_load(batch.data[0], ctx_list=ctxs, even_split=False)
+        outputs = [block(part) for part in parts]
+        if pending is not None:
+            _collect(pending, xs, ys, bar)
+        pending = (outputs, batch.label[0], keep)
+    if pending is not None:
+        _collect(pending, xs, ys, bar)
+    seconds = time.perf_counter() - start
+    bar.close()
+    x = np.concatenate(xs) if xs else np.zeros((0, 0), np.float32)
+    y = np.concatenate(ys).round().astype(np.int64) if ys else np.zeros(0, np.int64)
+    log.info("%s: %d images in %.1f s (%.0f img/s)", desc, len(x), seconds, len(x) / max(seconds, 1e-9))
+    empty = np.zeros(0, np.int64)
+    return Features(x=x, labels=y if labeled else empty, ids=empty if labeled else y,
+                    seconds=seconds, img_per_s=len(x) / max(seconds, 1e-9))
+
+
+def _collect(pending, xs: list, ys: list, bar) -> None:
+    outputs, labels, keep = pending
+    x = np.concatenate([out.asnumpy() for out in outputs])[:keep]    # sync point
+    xs.append(x.astype(np.float32))
+    ys.append(labels.asnumpy()[:keep])
+    bar.update(keep)
