@@ -1,0 +1,273 @@
+"""Pack image folders into im2rec-format .lst/.rec/.idx sets, with a class map, the training
+mean and a report of every bad file. Outputs keep `.partial` names until the whole build is done.
+"""
+from __future__ import annotations
+
+import io
+import json
+import multiprocessing
+import os
+import random
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from . import layouts
+from .layouts import Item, LayoutError
+
+LAYOUTS = ("folders", "imagenet-train", "imagenet-val", "dogs-vs-cats")
+SUFFIXES = (".lst", ".idx", ".classes.json", ".mean.json", ".report.json", ".rec")  # .rec renamed last
+PARTIAL = ".partial"
+
+
+@dataclass
+class Prepared:
+    """One image made ready for a record: JPEG bytes, or None when the file is skipped."""
+    jpeg: bytes | None
+    problem: str = ""          # "" for a clean file; else what was wrong (and converted, or skipped)
+    sums: np.ndarray | None = None   # per-channel RGB sums then sums of squares, float64 (6,)
+    pixels: int = 0
+    height: int = 0
+    width: int = 0
+
+
+def _resize_shorter(rgb: np.ndarray, side: int) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    scale = side / min(h, w)
+    size = (max(side, round(w * scale)), max(side, round(h * scale)))   # (width, height) for cv2
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR  # AREA avoids aliasing when shrinking
+    return cv2.resize(rgb, size, interpolation=interpolation)
+
+
+def _conversion_note(path: Path, fmt: str | None, mode: str) -> str:
+    notes = []
+    if path.suffix.lower() in (".jpg", ".jpeg") and fmt != "JPEG":
+        notes.append(f"{fmt} data in a {path.suffix} file")
+    if mode == "CMYK":
+        notes.append("CMYK")
+    elif mode in ("1", "L", "LA", "I", "I;16", "F"):
+        notes.append(f"grayscale ({mode})")
+    elif mode != "RGB":
+        notes.append(f"mode {mode}")
+    return ", ".join(notes) + " -> converted to RGB JPEG" if notes else ""
+
+
+def prepare_image(path: Path, resize: int = 0, quality: int = 95) -> Prepared:
+    """Decode, check, convert to RGB, resize the shorter side to `resize` (0: keep) and encode.
+
+    A clean RGB JPEG that needs no resize keeps its bytes (no second lossy encode).
+    """
+    from PIL import Image, UnidentifiedImageError
+    data = path.read_bytes()
+    if not data:
+        return Prepared(None, "empty file -> skipped")
+    try:
+        with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as img:
+            warnings.simplefilter("ignore")            # EXIF and size warnings: not our concern
+            fmt, mode = img.format, img.mode
+            if resize > 0 and fmt == "JPEG":
+                scale = resize / min(img.size)
+                img.draft("RGB", (int(img.size[0] * scale) + 1, int(img.size[1] * scale) + 1))  # DCT-domain downscale
+            img.load()                                 # raises on truncated or corrupt data
+            rgb = np.asarray(img.convert("RGB"))       # handles CMYK (Adobe inverted too), L, P, RGBA
+    except UnidentifiedImageError:
+        return Prepared(None, "not an image -> skipped")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        kind = "truncated" if "truncated" in str(err) else "corrupt"
+        return Prepared(None, f"{kind} ({err}) -> skipped")
+    problem = _conversion_note(path, fmt, mode)
+    if resize > 0:
+        rgb = _resize_shorter(rgb, resize)
+    if resize <= 0 and not problem and fmt == "JPEG":
+        jpeg = data
+    else:
+        ok, buf = cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])  # cv2 wants BGR
+        jpeg = buf.tobytes()
+    flat = rgb.reshape(-1, 3).astype(np.float64)
+    sums = np.concatenate([flat.sum(0), (flat * flat).sum(0)])
+    return Prepared(jpeg, problem, sums, len(flat), rgb.shape[0], rgb.shape[1])
+
+
+def _prepare_job(job: tuple[int, Path, int, int]) -> tuple[int, Prepared]:
+    number, path, resize, quality = job
+    return number, prepare_image(path, resize, quality)
+
+
+def _worker_init() -> None:
+    cv2.setNumThreads(1)   # one process per core already; cv2's own threads would oversubscribe
+
+
+class RecordSet:
+    """One OUT_PREFIX.{lst,rec,idx} set, written under .partial names; `finish` adds the stats."""
+
+    def __init__(self, prefix: Path):
+        import mxnet as mx
+        self.prefix = prefix
+        self.count = 0
+        self.sums = np.zeros(6)
+        self.pixels = 0
+        self.sides: list[int] = [1 << 30, 0]       # min, max shorter side
+        self._writer = mx.recordio.MXIndexedRecordIO(self.partial(".idx"), self.partial(".rec"), "w")
+        self._lst = open(self.partial(".lst"), "w")
+
+    def partial(self, suffix: str) -> str:
+        return f"{self.prefix}{suffix}{PARTIAL}"
+
+    def add(self, item: Item, prepared: Prepared) -> None:
+        import mxnet as mx
+        record_id = self.count if item.record_id is None else item.record_id
+        header = mx.recordio.IRHeader(0, item.label, record_id, 0)     # exactly what im2rec writes
+        self._writer.write_idx(record_id, mx.recordio.pack(header, prepared.jpeg))
+        self._lst.write(f"{record_id}\t{item.label:f}\t{item.rel}\n")
+        self.count += 1
+        self.sums += prepared.sums
+        self.pixels += prepared.pixels
+        short = min(prepared.height, prepared.width)
+        self.sides = [min(self.sides[0], short), max(self.sides[1], short)]
+
+    def close(self) -> None:
+        self._writer.close()
+        self._lst.close()
+
+    def write_json(self, suffix: str, content: dict) -> None:
+        Path(self.partial(suffix)).write_text(json.dumps(content, indent=1) + "\n")
+
+    def stats(self) -> dict:
+        mean = self.sums[:3] / max(self.pixels, 1)
+        std = np.sqrt(np.maximum(self.sums[3:] / max(self.pixels, 1) - mean ** 2, 0))
+        return {"mean": [round(v, 3) for v in mean], "std": [round(v, 3) for v in std], "images": self.count,
+                "min_side": self.sides[0] if self.count else 0, "max_side": self.sides[1]}
+
+    def remove_partials(self) -> None:
+        for suffix in SUFFIXES:
+            Path(self.partial(suffix)).unlink(missing_ok=True)
+
+
+@dataclass
+class BuildResult:
+    sets: dict[str, int]                 # OUT prefix -> images written
+    converted: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    report: str = ""                     # path of the report file
+
+
+def list_items(layout: str, src: Path, ground_truth: Path | None = None, synset_order: Path | None = None,
+               classes_file: Path | None = None) -> tuple[list[Item], list[str]]:
+    if layout == "folders":
+        return layouts.list_class_folders(src)
+    if layout == "imagenet-train":
+        return layouts.list_imagenet_train(src)
+    if layout == "dogs-vs-cats":
+        return layouts.list_dogs_vs_cats(src)
+    if layout == "imagenet-val":
+        if ground_truth is None:
+            raise LayoutError("--layout imagenet-val needs --ground-truth (LOC_val_solution.csv, a synset per "
+                              "line, or ILSVRC2012_validation_ground_truth.txt with --synset-order).")
+        classes = layouts.read_classes_file(classes_file) if classes_file else None
+        return layouts.list_imagenet_val(src, ground_truth, classes, synset_order)
+    raise LayoutError(f"unknown layout {layout!r}: one of {', '.join(LAYOUTS)}.")
+
+
+def _run_jobs(jobs: list[tuple], workers: int, progress: bool, desc: str):
+    """Yield (number, Prepared) in job order, on `workers` processes, with a progress bar and ETA."""
+    from tqdm import tqdm
+    bar = tqdm(total=len(jobs), unit="img", desc=desc, disable=not progress, smoothing=0.05)
+    if workers <= 1:
+        results, pool = map(_prepare_job, jobs), None
+    else:
+        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_worker_init)
+        results = pool.imap(_prepare_job, jobs, chunksize=8)
+    try:
+        for result in results:
+            bar.update()
+            yield result
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+
+
+def build_rec(src: str | Path, out_prefix: str | Path, layout: str = "folders", resize: int = 0,
+              quality: int = 95, holdout: int = 0, seed: int = 0, workers: int = 0,
+              ground_truth: str | Path | None = None, synset_order: str | Path | None = None,
+              classes_file: str | Path | None = None, synset_words: str | Path | None = None,
+              progress: bool = True) -> BuildResult:
+    """Pack `src` into OUT_PREFIX.{lst,rec,idx} (+ OUT_PREFIX_val.* when `holdout` > 0).
+
+    Also writes OUT_PREFIX.classes.json (label -> name, words), .mean.json (RGB mean/std and
+    shorter-side range of the images written) and .report.json (converted and skipped files).
+    Raises LayoutError (a ValueError) when the source does not match the layout.
+    """
+    src, out_prefix = Path(src), Path(out_prefix)
+    if not src.is_dir():
+        raise LayoutError(f"source folder not found: {src}")
+    if not 1 <= quality <= 100:
+        raise LayoutError(f"--quality {quality}: must be 1..100.")
+    items, classes = list_items(layout, src, *(Path(p) if p else None for p in (ground_truth, synset_order, classes_file)))
+    result = BuildResult(sets={})
+    result.skipped = [{"file": it.rel, "problem": "no label for this file name -> skipped"}
+                      for it in items if it.label is None]
+    items = [it for it in items if it.label is not None]
+    fixed_ids = any(it.record_id is not None for it in items)
+    if holdout and fixed_ids:
+        raise LayoutError("--holdout needs labeled images; the Dogs vs. Cats test folder (N.jpg) has none.")
+    if layout != "imagenet-val" and not fixed_ids:
+        random.Random(seed).shuffle(items)     # mixed classes on disk: contiguous shards stay balanced
+    parts = [(out_prefix, items)]
+    if holdout:
+        kept, held = layouts.holdout_split(items, holdout, seed)
+        parts = [(out_prefix, kept), (Path(f"{out_prefix}_val"), held)]
+    out_prefix.parent.mkdir(parents=True, exist_ok=True)
+    words = layouts.read_synset_words(Path(synset_words)) if synset_words else {}
+    class_map = {str(i): {"name": name, **({"words": words[name]} if name in words else {})}
+                 for i, name in enumerate(classes)}
+    sets = [RecordSet(prefix) for prefix, _ in parts]
+    try:
+        _write_sets(sets, parts, resize, quality, workers or len(os.sched_getaffinity(0)), progress, result)
+        for record_set in sets:
+            record_set.write_json(".classes.json", class_map)
+            record_set.write_json(".mean.json", record_set.stats())
+        result.report = f"{out_prefix}.report.json"
+        sets[0].write_json(".report.json", {"source": str(src), "layout": layout, "written": result.sets,
+                                            "converted": result.converted, "skipped": result.skipped})
+        _publish(sets)
+    except BaseException:
+        for record_set in sets:
+            record_set.close()
+            record_set.remove_partials()
+        raise
+    return result
+
+
+def _write_sets(sets: list[RecordSet], parts: list, resize: int, quality: int, workers: int,
+                progress: bool, result: BuildResult) -> None:
+    owner = [(record_set, item) for record_set, (_, part) in zip(sets, parts) for item in part]
+    jobs = [(n, item.path, resize, quality) for n, (_, item) in enumerate(owner)]
+    for n, prepared in _run_jobs(jobs, workers, progress, f"packing {sets[0].prefix.name}"):
+        record_set, item = owner[n]
+        if prepared.problem:
+            (result.converted if prepared.jpeg else result.skipped).append(
+                {"file": item.rel, "problem": prepared.problem})
+        if prepared.jpeg is not None:
+            record_set.add(item, prepared)
+    for record_set in sets:
+        record_set.close()
+        if record_set.count == 0:
+            raise LayoutError(f"no usable image for {record_set.prefix}.rec: every file was skipped "
+                              f"(first problem: {result.skipped[0]['problem'] if result.skipped else 'none'}).")
+        result.sets[f"{record_set.prefix}"] = record_set.count
+
+
+def _publish(sets: list[RecordSet]) -> None:
+    """Rename .partial files to their final names. Old .rec files go first and new ones come
+    last, so an interruption never leaves a .rec beside files from another build."""
+    for record_set in sets:
+        Path(f"{record_set.prefix}.rec").unlink(missing_ok=True)
+    for suffix in SUFFIXES:
+        for record_set in sets[::-1]:              # the main .rec is the very last file to appear
+            partial = Path(record_set.partial(suffix))
+            if partial.exists():
+                os.replace(partial, f"{record_set.prefix}{suffix}")
