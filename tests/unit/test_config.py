@@ -1,0 +1,101 @@
+"""Recipe loading: every shipped recipe validates; errors name the file, the key and a fix."""
+from pathlib import Path
+
+import pytest
+
+from research.config import RecipeError, load_recipe, recipe_from_dict, dump_recipe
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPES = sorted(REPO.glob("recipes/**/*.yaml"))
+MINIMAL = """
+net: {name: lenet, classes: 10}
+data: {kind: digits}
+train: {epochs: 10, lr: 0.1, batch_size: 64, lr_steps: [5]}
+"""
+
+
+@pytest.fixture
+def recipe_file(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(MINIMAL)
+    return path
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
+def test_shipped_recipes_validate(path):
+    recipe = load_recipe(path)
+    assert recipe.name
+    assert recipe_from_dict(yaml.safe_load(dump_recipe(recipe))).to_dict() == recipe.to_dict()
+
+
+def test_name_defaults_to_file_stem_and_defaults_fill_in(recipe_file):
+    recipe = load_recipe(recipe_file)
+    assert recipe.name == "tiny"
+    assert recipe.train.momentum == 0.9 and recipe.data.size == 28
+    assert recipe.flat()["train.lr"] == 0.1
+
+
+def test_unknown_key_names_file_path_and_closest(recipe_file):
+    recipe_file.write_text(MINIMAL.replace("lr: 0.1", "lr: 0.1, momentun: 0.8"))
+    with pytest.raises(RecipeError) as err:
+        load_recipe(recipe_file)
+    message = str(err.value)
+    assert str(recipe_file) in message and "train.momentun" in message and "train.momentum" in message
+
+
+def test_wrong_type_names_expected_type(recipe_file):
+    recipe_file.write_text(MINIMAL.replace("epochs: 10", "epochs: ten"))
+    with pytest.raises(RecipeError, match=r"train.epochs: expected int, got 'ten'"):
+        load_recipe(recipe_file)
+
+
+def test_bool_is_not_accepted_as_number(recipe_file):
+    with pytest.raises(RecipeError, match="expected float"):
+        load_recipe(recipe_file, ["train.lr=true"])
+
+
+def test_overrides_are_yaml_typed_and_validated(recipe_file):
+    recipe = load_recipe(recipe_file, ["train.lr=0.05", "train.lr_steps=[3, 7]", "data.size=32"])
+    assert recipe.train.lr == 0.05 and recipe.train.lr_steps == [3, 7] and recipe.data.size == 32
+    with pytest.raises(RecipeError, match=r"--set train.lrr=1.*unknown key 'train.lrr'.*'train.lr'"):
+        load_recipe(recipe_file, ["train.lrr=1"])
+    with pytest.raises(RecipeError, match="expected section.key=value"):
+        load_recipe(recipe_file, ["train.lr"])
+
+
+def test_choices_suggest_the_closest_value(recipe_file):
+    with pytest.raises(RecipeError, match=r"train.kvstore = 'devise' is not one of .*Did you mean 'device'"):
+        load_recipe(recipe_file, ["train.kvstore=devise"])
+    with pytest.raises(RecipeError, match=r"data.kind = 'recordo'.*'recordio'"):
+        load_recipe(recipe_file, ["data.kind=recordo"])
+
+
+def test_data_kind_selects_the_schema(recipe_file):
+    with pytest.raises(RecipeError, match=r"unknown key 'data.size'"):
+        load_recipe(recipe_file, ["data.size=32", "data.kind=mnist"])
+    recipe = load_recipe(recipe_file, ["data={kind: mnist, root: /tmp/m}"])
+    assert recipe.data.root == "/tmp/m"
+
+
+def test_missing_required_key(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(MINIMAL.replace("lr: 0.1, ", ""))
+    with pytest.raises(RecipeError, match=r"missing required key 'train.lr'"):
+        load_recipe(path)
+
+
+def test_semantic_checks(recipe_file):
+    with pytest.raises(RecipeError, match="lr_steps"):
+        load_recipe(recipe_file, ["train.lr_steps=[12]"])
+    with pytest.raises(RecipeError, match="train.batch_size must be positive"):
+        load_recipe(recipe_file, ["train.batch_size=0"])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(RecipeError, match="recipe file not found"):
+        load_recipe(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("net: [unclosed")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(bad)
