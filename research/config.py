@@ -127,24 +127,21 @@ class TrackingConfig:
 
 @dataclass
 class TransferConfig:
-    """Features from a pretrained backbone + a grid-searched logistic regression."""
-    backbone: str = "resnet50_v1"    # a gluoncv model-zoo name
-    weights: str = ""                # "" : the model zoo's pretrained weights; else a .params file
-    layer: str = "features"          # which output to pool: "features" (global-pooled last stage)
-    train_rec: str = ""              # labeled images (tools/build_rec.py --layout dogs-vs-cats)
-    test_rec: str = ""               # unlabeled images; record ids are the Kaggle ids
-    data_shape: list[int] = field(default_factory=lambda: [3, 224, 224])
-    resize: int = 256
-    mean: list[float] = field(default_factory=lambda: [123.68, 116.779, 103.939])
-    std: list[float] = field(default_factory=lambda: [58.393, 57.12, 57.375])
-    batch_size: int = 64             # per device
+    """Features of net.name with net.pretrained weights + a grid-searched logistic regression.
+
+    Labeled images come from data.train_rec (cross-validation, fit) and data.val_rec (held-out
+    report), preprocessed like validation: data.resize, centre crop to data.data_shape, data.mean/std.
+    """
+    layer: str = "features"          # "features": net.features, global-pooled; "features[:K]": its first K blocks
+    test_rec: str = ""               # unlabeled images (record ids are the Kaggle ids); "" : no submission
+    batch_size: int = 64             # images per device per batch during feature extraction
     cache_dir: str = "data/feature_cache"
-    holdout_fraction: float = 0.2
-    cs: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0])
+    cs: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0])   # LogisticRegression C grid
     cv_folds: int = 5
+    class_names: list[str] = field(default_factory=lambda: ["cat", "dog"])   # label 0, 1, ...
     clip: float = 0.005              # submission probabilities clipped to [clip, 1 - clip] for log loss
-    submission: str = "submission.csv"
-    seed: int = 0
+    submission: str = "submission.csv"   # relative to the run directory
+    seed: int = 0                    # shuffles the cross-validation folds
 
 
 @dataclass

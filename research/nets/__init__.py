@@ -8,11 +8,19 @@ from mxnet.gluon import HybridBlock
 from .lenet import LeNet
 from .squeezenet import squeezenet1_0, squeezenet1_1
 
+
+def resnet50_v1(classes: int = 1000, **kwargs) -> HybridBlock:
+    """ResNet-50 v1 (He et al. 2016), gluoncv's model; parameter names match its model-zoo weights."""
+    from gluoncv.model_zoo import resnet50_v1 as build   # imported here: gluoncv takes ~1 s to import
+    return build(classes=classes, **kwargs)
+
+
 # name -> constructor taking `classes`. A literal dict: grep a recipe's net.name to find its code.
 NETS: dict[str, Callable[..., HybridBlock]] = {
     "lenet": LeNet,
     "squeezenet1.0": squeezenet1_0,
     "squeezenet1.1": squeezenet1_1,
+    "resnet50_v1": resnet50_v1,
 }
 
 

@@ -11,8 +11,10 @@ from pathlib import Path
 import mxnet as mx
 from mxnet.gluon import HybridBlock
 
+from ..errors import UserError
 
-class PretrainedError(ValueError):
+
+class PretrainedError(UserError):
     """Weights that cannot be found or do not fit the net; the message says what to do."""
 
 
@@ -49,9 +51,14 @@ def get_zoo_pretrained(name: str, ctx=None) -> HybridBlock:
             f"fine-tuning.") from None
 
 
+def is_weights_file(source: str) -> bool:
+    """A pretrained source names a file (else a model-zoo name) when it looks like a path."""
+    return source.endswith(".params") or os.path.sep in source or Path(source).is_file()
+
+
 def read_params(source: str) -> dict[str, mx.nd.NDArray]:
     """Structured name -> array, from a `.params` file (net.save_parameters) or a model-zoo name."""
-    if source.endswith(".params") or os.path.sep in source or Path(source).is_file():
+    if is_weights_file(source):
         path = Path(source)
         if not path.is_file():
             raise PretrainedError(f"weights file not found: {path}. Give a file saved with "
@@ -68,11 +75,16 @@ def read_params(source: str) -> dict[str, mx.nd.NDArray]:
     return {name: p.data() for name, p in net._collect_params_with_prefix().items()}
 
 
-def load_pretrained(net: HybridBlock, source: str, skip: str = "output.") -> list[str]:
+def load_pretrained(net: HybridBlock, source: str, ctxs: list | None = None, skip: str = "output.") -> list[str]:
     """Copy `source`'s weights into every parameter of `net` whose name does not start with `skip`.
 
-    Call after `net.initialize(ctx=ctxs)`: the weights are set on all of the net's contexts.
-    Parameters awaiting deferred shape inference take the weights at their first forward.
+    The weights are set on all of the net's contexts; parameters awaiting deferred shape
+    inference take them at their first forward.
+
+    Args:
+        source: a gluoncv model-zoo name or a .params file saved with net.save_parameters().
+        ctxs: contexts to initialise `net` on first (default initialiser; the head keeps it) if it
+            is not initialised yet; an initialised net keeps its contexts.
 
     Returns:
         The names of the parameters loaded.
@@ -81,6 +93,8 @@ def load_pretrained(net: HybridBlock, source: str, skip: str = "output.") -> lis
         PretrainedError: a parameter missing from `source` or of another shape (another
         architecture), or a file saved with `collect_params().save()`.
     """
+    if ctxs is not None and not _initialised(net):
+        net.initialize(ctx=ctxs)
     src = read_params(source)
     wanted = {name: p for name, p in net._collect_params_with_prefix().items() if not name.startswith(skip)}
     if src and not any("." in name for name in src):
@@ -101,3 +115,12 @@ def load_pretrained(net: HybridBlock, source: str, skip: str = "output.") -> lis
                                   f"weights, {param.shape} in the net. Same architecture and input channels?")
         param.set_data(array.astype(param.dtype))
     return list(wanted)
+
+
+def _initialised(net: HybridBlock) -> bool:
+    try:
+        for param in net.collect_params().values():
+            param.list_ctx()      # raises for a parameter never initialised (deferred ones pass)
+    except RuntimeError:
+        return False
+    return True

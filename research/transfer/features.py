@@ -19,13 +19,14 @@ import numpy as np
 from mxnet import gluon
 from mxnet.gluon import HybridBlock, nn
 
+from ..errors import UserError
 from ..nets import NETS, get_net
-from ..nets.pretrained import load_pretrained, zoo_weights_file
+from ..nets.pretrained import is_weights_file, load_pretrained, zoo_weights_file
 
 log = logging.getLogger(__name__)
 
 
-class TransferError(ValueError):
+class TransferError(UserError):
     """A user-fixable problem with the backbone, the weights, the .rec files or the feature cache."""
 
 
@@ -45,41 +46,41 @@ def build_backbone(backbone: str, classes: int = 2) -> HybridBlock:
     from gluoncv.model_zoo import get_model, get_model_list
 
     if backbone.lower() not in get_model_list():
-        raise TransferError(f"transfer.backbone '{backbone}' is neither in research.nets.NETS "
+        raise TransferError(f"net.name '{backbone}' is neither in research.nets.NETS "
                             f"({', '.join(sorted(NETS))}) nor a gluoncv model-zoo name (such as resnet50_v1; "
                             f"all: gluoncv.model_zoo.get_model_list()).")
     return get_model(backbone, classes=classes, pretrained=False)
 
 
-def weights_id(backbone: str, weights: str) -> str:
-    """What identifies the weights in the feature cache key: the file's sha1 or the zoo's."""
-    if weights:
-        path = Path(weights)
+def weights_id(pretrained: str) -> str:
+    """What identifies the weights in the feature cache key: the file's sha1, or the zoo file's name."""
+    if is_weights_file(pretrained):
+        path = Path(pretrained)
         if not path.is_file():
-            raise TransferError(f"transfer.weights: file not found: {path}. Give a .params file saved with "
-                                f"net.save_parameters(), or set transfer.weights='' for the model zoo's weights.")
+            raise TransferError(f"net.pretrained: file not found: {path}. Give a .params file saved with "
+                                f"net.save_parameters(), or a gluoncv model-zoo name such as resnet50_v1.")
         digest = hashlib.sha1()
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
         return f"file sha1 {digest.hexdigest()}"
-    if backbone in NETS and backbone not in _zoo_names():
-        raise TransferError(f"transfer.backbone '{backbone}' has no model-zoo weights: set transfer.weights "
-                            f"to a .params file saved with net.save_parameters().")
-    return f"zoo {zoo_weights_file(backbone).name}"
+    return f"zoo {zoo_weights_file(pretrained).name}"
 
 
-def _zoo_names() -> set[str]:
-    from gluoncv.model_zoo import get_model_list
-    return set(get_model_list())
-
-
-def load_backbone(backbone: str, weights: str, ctxs: list[mx.Context]) -> HybridBlock:
-    """The backbone with pretrained weights on every context: a local file, else the model zoo's."""
+def load_backbone(backbone: str, pretrained: str, ctxs: list[mx.Context]) -> HybridBlock:
+    """The backbone on every context with weights from a .params file or the model zoo (all but the head)."""
     net = build_backbone(backbone)
-    net.initialize(ctx=ctxs)
-    load_pretrained(net, weights or backbone)   # the head (net.output) is not used for features
+    load_pretrained(net, pretrained, ctxs)   # the head (net.output) is not used for features
     return net
+
+
+def parse_layer(layer: str) -> int | None:
+    """transfer.layer 'features' -> None (all of net.features); 'features[:K]' -> K."""
+    match = re.fullmatch(r"features(?:\[:(-?\d+)\])?", layer)
+    if not match:
+        raise TransferError(f"transfer.layer '{layer}': use 'features' (all of net.features) or 'features[:K]' "
+                            f"(its first K blocks; K < 0 counts from the end).")
+    return None if match.group(1) is None else int(match.group(1))
 
 
 def feature_block(net: HybridBlock, layer: str, data_shape: list[int], ctx: mx.Context) -> HybridBlock:
@@ -88,11 +89,10 @@ def feature_block(net: HybridBlock, layer: str, data_shape: list[int], ctx: mx.C
     `layer` is "features" (all of net.features; for ResNets the 2048-d pooled vector) or
     "features[:K]" (its first K children; K < 0 counts from the end, e.g. [:-2] stops after stage 3).
     """
-    match = re.fullmatch(r"features(?:\[:(-?\d+)\])?", layer)
-    if not match or not hasattr(net, "features"):
-        raise TransferError(f"transfer.layer '{layer}': use 'features' or 'features[:K]' (the first K blocks of "
-                            f"net.features) on a backbone that has .features.")
-    body = net.features if match.group(1) is None else net.features[:int(match.group(1))]
+    stop = parse_layer(layer)
+    if not hasattr(net, "features"):
+        raise TransferError(f"the backbone {type(net).__name__} has no .features block to take features from.")
+    body = net.features if stop is None else net.features[:stop]
     if len(body) == 0:
         raise TransferError(f"transfer.layer '{layer}' selects no blocks (net.features has {len(net.features)}).")
     probe = body(mx.nd.zeros((1, *data_shape), ctx=ctx))   # 4-d maps get pooled, vectors pass through

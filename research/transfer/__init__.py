@@ -1,0 +1,1 @@
+"""Transfer learning: pretrained-backbone features, a grid-searched logistic regression, a Kaggle submission."""
