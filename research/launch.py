@@ -1,0 +1,194 @@
+"""Detached runs: tools/train.py in a new tmux session, its output teed to RUN_DIR/console.log.
+
+RESEARCH_TMUX_SOCKET=<name> makes every tmux call use `tmux -L <name>` (a private server,
+as the tests do), so nothing touches the user's own tmux server.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from .errors import UserError
+from .status import DEFAULT_ROOT, SessionInfo, classify, format_duration, read_status
+
+REPO = Path(__file__).resolve().parent.parent
+SOCKET_ENV = "RESEARCH_TMUX_SOCKET"
+RUN_DIR_OPTION = "@research_run_dir"       # a tmux user option: which run a session trains
+# The tmux server may be older than this shell and hold another environment: pass these on.
+PASSED_ENV = ("PATH", "PYTHONPATH", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "HOME")
+PASSED_ENV_PREFIXES = ("MLFLOW_", "MXNET_", "CUDA_", "OMP_", "KMP_", "DMLC_", "NCCL_")
+
+
+def tmux(*args: str, socket: str | None = None) -> list[str]:
+    """A tmux command line, on the private server `socket` if given."""
+    return ["tmux", *(["-L", socket] if socket else []), *args]
+
+
+def require_tmux() -> None:
+    if shutil.which("tmux") is None:
+        raise UserError("tmux is not installed: install it with `sudo apt-get install tmux` "
+                        "(or run tools/train.py directly; it checkpoints on SIGHUP and resumes).")
+
+
+def session_name(text: str) -> str:
+    """A tmux-safe session name: tmux forbids '.' and ':'; other odd characters are awkward to type."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text).strip("_") or "run"
+
+
+@dataclass
+class Session:
+    name: str
+    alive: bool              # False once every pane's command has exited (kept by remain-on-exit)
+    run_dir: Path | None     # set for sessions that tools/launch.py started
+    attached: bool
+    created: float           # epoch seconds
+
+
+def list_sessions(socket: str | None = None) -> list[Session]:
+    """Sessions on the tmux server; [] if tmux is absent or no server runs."""
+    if shutil.which("tmux") is None:
+        return []
+    fmt = "\t".join(["#{session_name}", "#{pane_dead}", "#{session_attached}", "#{session_created}",
+                     "#{%s}" % RUN_DIR_OPTION])
+    out = subprocess.run(tmux("list-panes", "-a", "-F", fmt, socket=socket), capture_output=True, text=True)
+    if out.returncode != 0:          # "no server running": no sessions
+        return []
+    sessions: dict[str, Session] = {}
+    for line in out.stdout.splitlines():
+        name, dead, attached, created, run_dir = (line.split("\t") + [""] * 5)[:5]
+        session = sessions.setdefault(name, Session(name, False, Path(run_dir) if run_dir else None,
+                                                    attached not in ("", "0"), float(created or 0)))
+        session.alive = session.alive or dead != "1"
+    return list(sessions.values())
+
+
+def sessions_by_run_dir(socket: str | None = None) -> dict[Path, SessionInfo]:
+    """Run directory -> the session that tools/launch.py started for it, for research.status.collect."""
+    return {s.run_dir: SessionInfo(s.name, s.alive, s.created) for s in list_sessions(socket) if s.run_dir}
+
+
+def check_run_dir_free(run_dir: Path) -> None:
+    """UserError if a trainer is still writing to `run_dir` (status.json says so and it is alive)."""
+    try:
+        info = read_status(run_dir)
+    except ValueError:
+        return
+    if info is None or classify(info) != "running":
+        return
+    age = format_duration(datetime.now().timestamp() - float(info.get("updated") or 0))
+    raise UserError(f"{run_dir} is in use by a trainer that is still running (pid {info.get('pid')} on "
+                    f"{info.get('host')}, status updated {age} ago). If it is stopping after Ctrl-C or "
+                    f"SIGHUP, wait for it to exit, then run this command again; or use --output for another folder.")
+
+
+@dataclass
+class Launch:
+    session: str
+    run_dir: Path
+    command: list[str]
+    socket: str | None = None
+
+    def instructions(self, relaunch: str) -> str:
+        t = "tmux" + (f" -L {self.socket}" if self.socket else "")
+        log = shlex.quote(str(self.run_dir / "console.log"))
+        status = "python tools/status.py"
+        if self.run_dir.parent != DEFAULT_ROOT:
+            status += f" --root {shlex.quote(str(self.run_dir.parent))}"
+        return "\n".join([
+            f"started tmux session '{self.session}': {shlex.join(self.command)}",
+            f"run directory: {self.run_dir}",
+            f"  attach (detach again with Ctrl-b d):  {t} attach -t {self.session}",
+            f"  follow the log:                       tail -f {log}",
+            f"  stop after this batch, checkpointed:  {t} send-keys -t {self.session} C-c",
+            f"  all runs:                             {status}",
+            f"  resume after a stop, crash or reboot: {relaunch}",
+            f"The session stays open after the run ends, showing its exit status; "
+            f"close it with: {t} kill-session -t {self.session}"])
+
+
+def train_command(recipe_path: str, run_dir: Path, gpus: str, overrides: list[str], resume: bool) -> list[str]:
+    """tools/train.py with this interpreter and an explicit --output, so a relaunch finds the run."""
+    command = [sys.executable, str(REPO / "tools" / "train.py"), recipe_path, "--output", str(run_dir)]
+    command += ["--gpus", gpus] if gpus else []
+    for assignment in overrides:
+        command += ["--set", assignment]
+    return command + (["--resume"] if resume else [])
+
+
+def pane_script(command: list[str], run_dir: Path, cwd: Path, env: dict[str, str]) -> str:
+    """The bash script the tmux pane runs.
+
+    tee ignores SIGHUP and SIGINT so that the trainer's last lines (checkpoint written, how to
+    resume) still reach console.log after the tmux server dies or Ctrl-C reaches the whole pane.
+    The script exits with the trainer's status, which the dead pane shows (remain-on-exit).
+    """
+    log = shlex.quote(str(run_dir / "console.log"))
+    exports = [f"export {key}={shlex.quote(value)}" for key, value in sorted(env.items())]
+    return "\n".join([
+        f"cd {shlex.quote(str(cwd))} || exit 2",
+        *exports,
+        "export PYTHONUNBUFFERED=1",       # stdout is a pipe: unbuffered, so the log is live
+        f"{shlex.join(command)} 2>&1 | (trap '' HUP INT; exec tee -a {log})",
+        "status=${PIPESTATUS[0]}",
+        f'echo "[launch] $(date "+%F %T") tools/train.py exited with status $status" | tee -a {log}',
+        "exit $status"])
+
+
+def passed_env() -> dict[str, str]:
+    return {key: value for key, value in os.environ.items()
+            if key in PASSED_ENV or key.startswith(PASSED_ENV_PREFIXES)}
+
+
+def launch(recipe_path: str, overrides: list[str] = (), gpus: str = "", name: str | None = None,
+           output: Path | None = None, fresh: bool = False, resume: bool = False,
+           socket: str | None = None) -> Launch:
+    """Start tools/train.py for `recipe_path` in a new detached tmux session.
+
+    Checks first what would make the run fail or collide: tmux, the recipe and --gpus, a live
+    session of that name, a trainer still writing to the run directory, and the trainer's own
+    resume decision (e.g. --resume without a checkpoint). --fresh moves the old run aside here,
+    before console.log is opened in the run directory.
+
+    Raises:
+        UserError: with a message naming the problem and the fix.
+    """
+    from .config import load_recipe
+    from .devices import parse_gpus
+
+    require_tmux()
+    recipe = load_recipe(recipe_path, list(overrides))
+    parse_gpus(gpus)
+    name = session_name(name or recipe.name)
+    existing = next((s for s in list_sessions(socket) if s.name == name), None)
+    if existing is not None and existing.alive:
+        attach = shlex.join(tmux("attach", "-t", name, socket=socket))
+        raise UserError(f"a tmux session named '{name}' is already running: attach with `{attach}`, "
+                        f"or pass --name for another session.")
+    from .train.run import default_run_dir, prepare_run_dir   # imports mxnet: after the cheap checks
+    run_dir = Path(output).resolve() if output else default_run_dir(recipe)
+    check_run_dir_free(run_dir)
+    prepare_run_dir(run_dir, recipe, resume, fresh)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if existing is not None:         # the previous run's pane, kept open to show its exit status
+        subprocess.run(tmux("kill-session", "-t", f"={name}", socket=socket), capture_output=True)
+    command = train_command(recipe_path, run_dir, gpus, list(overrides), resume)
+    with open(run_dir / "console.log", "a") as log:
+        log.write(f"[launch] {datetime.now():%Y-%m-%d %H:%M:%S} tmux session '{name}': {shlex.join(command)}\n")
+    script = pane_script(command, run_dir, Path.cwd(), passed_env())
+    # One tmux invocation: remain-on-exit is set before a fast-failing command could end the session.
+    target = f"={name}:"            # '=': exact name, not the first session it is a prefix of
+    out = subprocess.run(tmux("new-session", "-d", "-s", name, "-x", "200", "-y", "50", "--", "bash", "-c", script,
+                              ";", "set-option", "-w", "-t", target, "remain-on-exit", "on",
+                              ";", "set-option", "-t", target, RUN_DIR_OPTION, str(run_dir), socket=socket),
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        subprocess.run(tmux("kill-session", "-t", target, socket=socket), capture_output=True)
+        raise UserError(f"tmux could not start session '{name}': {out.stderr.strip()}")
+    return Launch(name, run_dir, command, socket)
