@@ -173,8 +173,11 @@ def list_items(layout: str, src: Path, ground_truth: Path | None = None, synset_
 
 def _run_jobs(jobs: list[tuple], workers: int, progress: bool, desc: str):
     """Yield (number, Prepared) in job order, on `workers` processes, with a progress bar and ETA."""
+    import sys
     from tqdm import tqdm
-    bar = tqdm(total=len(jobs), unit="img", desc=desc, disable=not progress, smoothing=0.05)
+    # a log file (no terminal) gets a line a minute instead of a carriage-return stream
+    bar = tqdm(total=len(jobs), unit="img", desc=desc, disable=not progress, smoothing=0.05,
+               mininterval=0.5 if sys.stderr.isatty() else 60)
     if workers <= 1:
         results, pool = map(_prepare_job, jobs), None
     else:

@@ -1,0 +1,78 @@
+"""Pack images into RecordIO: python tools/build_rec.py SRC OUT_PREFIX [--layout ...] [--resize 256]."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+SHOWN = 20     # bad files printed; the report file lists them all
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Write OUT_PREFIX.lst/.rec/.idx in im2rec's format (MXNet's ImageRecordIter and gluon's "
+                    "ImageRecordDataset read them), OUT_PREFIX.classes.json (label -> class name), "
+                    "OUT_PREFIX.mean.json (RGB mean/std of the images, for data.mean: rec) and "
+                    "OUT_PREFIX.report.json (every converted or skipped file). Files keep a .partial "
+                    "suffix until the build is complete.",
+        epilog="Exit status: 0 done (bad files are converted or skipped and reported), 2 a user error.")
+    parser.add_argument("src", type=Path, help="source folder of images")
+    parser.add_argument("out_prefix", type=Path, help="output prefix, e.g. data/imagenet/train")
+    parser.add_argument("--layout", default="folders",
+                        choices=["folders", "imagenet-train", "imagenet-val", "dogs-vs-cats"],
+                        help="folders: SRC/<class>/<image>, labels by sorted folder name (default); "
+                             "imagenet-train: SRC/<synset>/<image>; imagenet-val: flat SRC with --ground-truth; "
+                             "dogs-vs-cats: cat.N.jpg/dog.N.jpg -> 0/1, or the test folder N.jpg -> "
+                             "record id N, label -1")
+    parser.add_argument("--resize", type=int, default=0,
+                        help="resize the shorter side to this many pixels (0: keep; clean JPEGs keep their bytes)")
+    parser.add_argument("--quality", type=int, default=95, help="JPEG quality of re-encoded images (default 95)")
+    parser.add_argument("--holdout", type=int, default=0,
+                        help="hold out this many images, stratified by class, into OUT_PREFIX_val.* (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the record order and the hold-out (default 0)")
+    parser.add_argument("--workers", type=int, default=0, help="decoding processes (default: one per core)")
+    parser.add_argument("--ground-truth", type=Path, help="imagenet-val: LOC_val_solution.csv, a file of one "
+                        "synset per line, or ILSVRC2012_validation_ground_truth.txt (with --synset-order)")
+    parser.add_argument("--synset-order", type=Path,
+                        help="imagenet-val: the synsets in ILSVRC2012_ID order, one per line (from meta.mat)")
+    parser.add_argument("--classes", type=Path, help="imagenet-val: the train build's OUT_PREFIX.classes.json, "
+                        "whose label order to follow (default: sorted synsets, as imagenet-train gives)")
+    parser.add_argument("--synset-words", type=Path,
+                        help="'n01440764 tench, Tinca tinca' lines (LOC_synset_mapping.txt): human class names")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    from research.data.build import build_rec
+    from research.data.layouts import LayoutError
+
+    for option in ("ground_truth", "synset_order", "classes", "synset_words"):
+        path = getattr(args, option)
+        if path is not None and not path.is_file():
+            print(f"error: --{option.replace('_', '-')} {path}: file not found", file=sys.stderr)
+            return 2
+    try:
+        result = build_rec(args.src, args.out_prefix, args.layout, args.resize, args.quality, args.holdout,
+                           args.seed, args.workers, args.ground_truth, args.synset_order, args.classes,
+                           args.synset_words, progress=not args.quiet)
+    except (LayoutError, OSError) as err:       # OSError: unwritable output, full disk
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for prefix, count in result.sets.items():
+        print(f"wrote {prefix}.rec: {count} images")
+    for kind, entries in (("converted", result.converted), ("skipped", result.skipped)):
+        print(f"{kind}: {len(entries)} file(s)")
+        for entry in entries[:SHOWN]:
+            print(f"  {entry['file']}: {entry['problem']}")
+        if len(entries) > SHOWN:
+            print(f"  ... {len(entries) - SHOWN} more")
+    print(f"report: {result.report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
