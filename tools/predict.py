@@ -1,0 +1,45 @@
+"""Top-5 classes of images with an exported model: python tools/predict.py runs/lenet_digits img.png ..."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Classify images with a model a run exported (symbol + params), preprocessed like the "
+                    "recipe's validation data: resize and centre crop, mean/std, grayscale for 1-channel nets.",
+        epilog="Exit status: 0 done, 2 a user error (no model there, unreadable image).")
+    parser.add_argument("model", help="a run directory, its model/ folder, or a <prefix>-symbol.json file "
+                                      "(params, classes.json and recipe.yaml are looked up beside it)")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
+    parser.add_argument("--recipe", default=None,
+                        help="recipe YAML giving the preprocessing, when none lies beside the model")
+    parser.add_argument("--top", type=int, default=5, help="classes to print per image (default 5)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    from research.errors import UserError
+    from research.predict import Predictor
+
+    try:
+        predictor = Predictor(args.model, args.recipe)
+        results = predictor.predict(args.images, k=args.top)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    width = max(len(name) for name in predictor.classes)
+    for image, top in zip(args.images, results):
+        print(image)
+        for rank, (name, prob) in enumerate(top, 1):
+            print(f"  {rank}. {name:<{width}}  {prob:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
