@@ -42,13 +42,12 @@ def get_zoo_pretrained(name: str, ctx=None) -> HybridBlock:
     try:
         return get_model(name, pretrained=True, ctx=ctx or mx.cpu())
     except Exception as err:  # noqa: BLE001 - requests, urllib and OS errors all mean "could not fetch"
-        state = "holds a file whose sha1 does not match" if path.exists() else "has no file"
+        state = "holds a file whose sha1 does not match" if path.exists() else "does not exist"
         raise PretrainedError(
-            f"could not download the pretrained weights of '{name}' ({type(err).__name__}: {err}), and "
-            f"{path} {state}. Offline: copy {path.name} from a machine that has it (gluoncv puts it in "
-            f"~/.mxnet/models) to {path.parent}/ (MXNET_HOME moves that folder), or point the recipe at a "
-            f"local file: transfer.weights=<file>.params for transfer, net.pretrained=<file>.params for "
-            f"fine-tuning.") from None
+            f"could not download the pretrained weights of '{name}' ({type(err).__name__}) and "
+            f"{path} {state}. Offline: copy {path.name} from a machine that has it (gluoncv keeps it in "
+            f"~/.mxnet/models) to {path.parent}/ (the folder follows MXNET_HOME), or point the recipe at a "
+            f"local file saved with net.save_parameters(): --set net.pretrained=PATH.params") from None
 
 
 def is_weights_file(source: str) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import struct
 import sys
 import tempfile
 import time
@@ -17,8 +18,11 @@ from pathlib import Path
 import mxnet as mx
 import numpy as np
 from mxnet import gluon
-from mxnet.gluon import HybridBlock, nn
+from mxnet.gluon import HybridBlock
 
+from ..config import RecordData
+from ..data.recordio import (RecordEvalIter, RecordFiles, check_data_shape, cpu_cores, image_record_kwargs,
+                             open_record_files)
 from ..errors import UserError
 from ..nets import NETS, get_net
 from ..nets.pretrained import is_weights_file, load_pretrained, zoo_weights_file
@@ -113,69 +117,58 @@ class _Pooled(HybridBlock):
         return F.flatten(x)
 
 
-def read_record_ids(rec: str) -> np.ndarray:
-    """header.id of every record, in file order."""
-    reader = mx.recordio.MXRecordIO(rec, "r")
-    ids = []
-    while (item := reader.read()) is not None:
-        header, _ = mx.recordio.unpack(item)
-        ids.append(header.id)
-    reader.close()
-    return np.asarray(ids, dtype=np.int64)
+def read_record_headers(files: RecordFiles) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, labels) of every record in file order, read through the .idx without the image bytes."""
+    offsets = [int(line.split()[1]) for line in files.idx.read_text().splitlines() if line.strip()]
+    ids, labels = [], []
+    with open(files.rec, "rb") as handle:
+        for offset in offsets:
+            handle.seek(offset + 8)                  # skip the RecordIO magic and length words
+            flag, label, record_id, _ = struct.unpack("IfQQ", handle.read(24))
+            ids.append(record_id)
+            labels.append(struct.unpack("f", handle.read(4))[0] if flag > 0 else label)
+    return np.asarray(ids, dtype=np.int64), np.asarray(labels, dtype=np.float32)
 
 
-def check_test_ids(ids: np.ndarray, rec: str) -> None:
-    """Kaggle ids must be distinct; a .rec built from files without numeric names has none."""
+def check_test_ids(ids: np.ndarray, labels: np.ndarray, rec: str) -> None:
+    """Kaggle ids must be distinct; a .rec of files without numeric names, or a labeled one, has none."""
     values, counts = np.unique(ids, return_counts=True)
     if len(ids) and counts.max() > 1:
-        worst = values[counts.argmax()]
         raise TransferError(f"transfer.test_rec {rec}: its records have no distinct ids ({len(ids)} records, "
-                            f"{len(values)} distinct ids; id {worst} appears {counts.max()} times). Build it with "
-                            f"tools/build_rec.py --layout dogs-vs-cats from a test folder of <id>.jpg files.")
+                            f"{len(values)} distinct ids; id {values[counts.argmax()]} appears {counts.max()} "
+                            f"times). Build it with tools/build_rec.py --layout dogs-vs-cats from the test folder "
+                            f"of <id>.jpg files.")
+    if len(np.unique(labels)) > 1:
+        raise TransferError(f"transfer.test_rec {rec}: its records carry labels {np.unique(labels)[:5].tolist()}, "
+                            f"so their ids are not Kaggle ids; is it a train .rec? Build the test .rec with "
+                            f"tools/build_rec.py --layout dogs-vs-cats from the test folder of <id>.jpg files.")
     if len(ids) and ids.max() >= 2 ** 24:
         raise TransferError(f"transfer.test_rec {rec}: ids up to {ids.max()} exceed 2**24, which the decoder "
-                            f"carries as float32 labels.")
+                            f"carries exactly as float32 labels.")
 
 
-def count_records(rec: str) -> int:
-    """Records in a .rec: lines of its .idx when present, else a scan."""
-    idx = Path(rec).with_suffix(".idx")
-    if idx.is_file():
-        with open(idx) as handle:
-            return sum(1 for line in handle if line.strip())
-    return len(read_record_ids(rec))
-
-
-def extract_features(block: HybridBlock, rec: str, ctxs: list[mx.Context], data_shape: list[int],
-                     resize: int, mean: list[float], std: list[float], batch_size: int,
-                     labeled: bool, desc: str = "features") -> Features:
+def extract_features(block: HybridBlock, rec: str, key: str, ctxs: list[mx.Context], data: RecordData,
+                     batch_size: int, labeled: bool) -> Features:
     """Features of every image in `rec`, `batch_size` images per context per batch.
 
+    Images get the validation preprocessing of `data` (resize, centre crop, mean/std).
+
     Args:
-        labeled: the records carry class labels (train); else their ids are read (test).
+        key: the recipe key that names `rec`, for error messages.
+        labeled: the records carry class labels (train, val); else their ids are read (test).
     """
-    if not Path(rec).is_file():
-        key = "transfer.train_rec" if labeled else "transfer.test_rec"
-        raise TransferError(f"{key}: file not found: {rec}. Build it with tools/build_rec.py "
-                            f"--layout dogs-vs-cats, or set {key}=<file>.rec.")
+    files = open_record_files(rec, key)
+    check_data_shape(data, files, data.resize, random_resized=False, key=key)
+    kwargs = image_record_kwargs(data, list(data.mean), train=False)
     with tempfile.TemporaryDirectory() as tmp:
-        extra = {}
-        if labeled:
-            total = count_records(rec)
-        else:
-            ids = read_record_ids(rec)
-            check_test_ids(ids, rec)
-            total = len(ids)
-            # An image list overrides each record's label by its id: the ids then ride with the pixels.
-            lst = Path(tmp, "ids.lst")
-            lst.write_text("".join(f"{i}\t{i}\t-\n" for i in ids))
-            extra["path_imglist"] = str(lst)
-        images = mx.io.ImageRecordIter(
-            path_imgrec=rec, data_shape=tuple(data_shape), batch_size=batch_size * len(ctxs),
-            resize=resize, rand_crop=False, rand_mirror=False, shuffle=False, round_batch=True,
-            mean_r=mean[0], mean_g=mean[1], mean_b=mean[2], std_r=std[0], std_g=std[1], std_b=std[2],
-            preprocess_threads=len(ctxs) * 4, **extra)
-        return _run(block, images, ctxs, total, labeled, desc)
+        if not labeled:
+            ids, labels = read_record_headers(files)
+            check_test_ids(ids, labels, rec)
+            # An image list replaces each record's label by its id: the ids then ride with the pixels.
+            kwargs["path_imglist"] = str(Path(tmp, "ids.lst"))
+            Path(kwargs["path_imglist"]).write_text("".join(f"{i}\t{i}\t-\n" for i in ids))
+        images = RecordEvalIter(files, batch_size * len(ctxs), kwargs, data.preprocess_threads or cpu_cores())
+        return _run(block, images, ctxs, files.num_records, labeled, desc=f"{key} features")
 
 
 def _run(block: HybridBlock, images: mx.io.DataIter, ctxs: list[mx.Context], total: int,
@@ -187,7 +180,7 @@ def _run(block: HybridBlock, images: mx.io.DataIter, ctxs: list[mx.Context], tot
     bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, disable=not sys.stderr.isatty())
     start = time.perf_counter()
     for batch in images:
-        keep = batch.data[0].shape[0] - batch.pad     # the last batch is padded by wrapping around
+        keep = batch.data[0].shape[0] - batch.pad     # the last batch is padded
         parts = gluon.utils.split_and_load(batch.data[0], ctx_list=ctxs, even_split=False)
         outputs = [block(part) for part in parts]
         if pending is not None:

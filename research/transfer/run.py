@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import Recipe, RecordData, dump_recipe
+from ..data.recordio import open_record_files
 from ..nets.pretrained import PretrainedError
 from ..tracking import Tracker, environment_tags, ui_command
 from . import classifier
@@ -23,6 +24,7 @@ from .features import (Features, TransferError, extract_features, feature_block,
                        parse_layer, weights_id)
 
 log = logging.getLogger("research.transfer")
+SPLITS = {"data.train_rec": "train", "data.val_rec": "val", "transfer.test_rec": "test"}   # recipe key -> split
 
 
 def check_transfer(recipe: Recipe) -> None:
@@ -105,31 +107,33 @@ def run_transfer(recipe: Recipe, ctxs: list, output_dir: str | Path, tracker: Tr
 def get_features(recipe: Recipe, ctxs: list, tracker: Tracker) -> tuple[dict[str, Features], dict]:
     """Features of train, val (and test) images: from the cache, else extracted (backbone loaded once)."""
     cfg, data = recipe.transfer, recipe.data
-    sources = {"train": data.train_rec, "val": data.val_rec, **({"test": cfg.test_rec} if cfg.test_rec else {})}
+    sources = {"data.train_rec": data.train_rec, "data.val_rec": data.val_rec,
+               **({"transfer.test_rec": cfg.test_rec} if cfg.test_rec else {})}
     weights = weights_id(recipe.net.pretrained)
     metrics, feats, todo = {}, {}, {}
-    for split, rec in sources.items():
-        key = cache_key(recipe.net.name, weights, cfg.layer, rec, data.data_shape, data.resize, data.mean, data.std)
-        path = cache_path(cfg.cache_dir, key)
-        feats[split] = load_features(path, key)
-        if feats[split] is None:
-            todo[split] = (key, path)
+    for key, rec in sources.items():
+        open_record_files(rec, key)        # a missing .rec or .idx is named before any work
+        cache = cache_key(recipe.net.name, weights, cfg.layer, rec, data.data_shape, data.resize, data.mean, data.std)
+        path = cache_path(cfg.cache_dir, cache)
+        feats[SPLITS[key]] = load_features(path, cache)
+        if feats[SPLITS[key]] is None:
+            todo[key] = (cache, path)
         else:
-            log.info("%s features: read from the cache %s", split, path)
-    tracker.set_tags({f"feature_cache.{split}": "miss" if split in todo else "hit" for split in sources})
+            log.info("%s features: read from the cache %s", rec, path)
+    tracker.set_tags({f"feature_cache.{SPLITS[key]}": "miss" if key in todo else "hit" for key in sources})
     if todo:
         t = time.perf_counter()
         net = load_backbone(recipe.net.name, recipe.net.pretrained, ctxs)
         block = feature_block(net, cfg.layer, data.data_shape, ctxs[0])
         metrics["time/load_backbone_s"] = time.perf_counter() - t
-        for split, (key, path) in todo.items():
-            feats[split] = extract_features(block, sources[split], ctxs, data.data_shape, data.resize, data.mean,
-                                            data.std, cfg.batch_size, labeled=split != "test",
-                                            desc=f"{split} features")
-            save_features(path, key, feats[split])
+        for key, (cache, path) in todo.items():
+            split = SPLITS[key]
+            feats[split] = extract_features(block, sources[key], key, ctxs, data, cfg.batch_size,
+                                            labeled=split != "test")
+            save_features(path, cache, feats[split])
             metrics[f"time/extract_{split}_s"] = feats[split].seconds
-        images = sum(len(feats[split].x) for split in todo)
-        metrics["speed/extract_img_per_s"] = images / sum(feats[split].seconds for split in todo)
+        images = sum(len(feats[SPLITS[key]].x) for key in todo)
+        metrics["speed/extract_img_per_s"] = images / sum(feats[SPLITS[key]].seconds for key in todo)
     tracker.log_params({"features.weights": weights, "features.dim": feats["train"].x.shape[1],
                         **{f"features.{split}_images": len(f.x) for split, f in feats.items()}})
     return feats, metrics
