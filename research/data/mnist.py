@@ -38,7 +38,7 @@ CHECKSUMS: dict[str, dict[str, str]] = {
 }
 FILES = tuple(CHECKSUMS)
 
-# Tried in order. LeCun's own site comes last: it has often answered 403 since 2023.
+# Tried in order. LeCun's own site comes last: it has at times refused downloads (HTTP 403).
 MIRRORS: tuple[str, ...] = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
@@ -62,6 +62,8 @@ def read_idx(path: str | Path) -> np.ndarray:
         MnistError: the file is truncated, corrupt or not IDX; the message names it.
     """
     path = Path(path)
+    if not path.is_file():
+        raise MnistError(f"{path}: no such file.")
     fix = "The file is damaged or incomplete: delete it and run again to re-download it (or copy in a good one)."
     try:
         if path.suffix == ".gz":
