@@ -1,0 +1,509 @@
+"""Training on several machines with MXNet's parameter-server kvstore: the launcher and the worker side.
+
+The launcher half (read_hosts, plan_nodes, Job, launch, agent_main) never imports mxnet: with DMLC_ROLE
+set, importing mxnet turns a process into a ps-lite node. research.train.run calls the worker half
+(create_kvstore, prepare_workers, FollowerStop, weights_digest) for dist_* kvstores.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+from .config import RecipeError, TrainConfig
+from .errors import UserError
+from .train.schedules import lr_at
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .train.checkpoint import TrainState
+    from .train.loop import Setup
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_PORT = 9091
+GRACE_S = 10.0                  # SIGTERM, then SIGKILL after this long
+POLL_S = 0.1
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+RANK_LINE = re.compile(r"distributed: worker rank (\d+) of (\d+)")     # printed by create_kvstore
+CONNECTED_LINE = "the scheduler is connected to"                       # ps-lite, PS_VERBOSE=1
+PASSED_ENV = ("DMLC_", "PS_", "MXNET_", "OMP_", "MLFLOW_", "CUDA_VISIBLE_DEVICES", "PYTHONPATH")
+POSITION_KEY = 999_999          # kvstore key for rank 0's (epoch, batch, step); the Trainer uses 0..len(params)-1
+_BOOT = f"import sys; sys.path.insert(0, {str(REPO)!r}); "
+# DMLC_ROLE=server|scheduler: `import mxnet` runs the ps-lite node until the job ends, then exits.
+# research.distributed comes first so that the servers can unpickle ScheduleLR: better an
+# ImportError here than one inside the servers' optimizer callback.
+NODE_CODE = _BOOT + "import research.distributed; import mxnet"
+AGENT_CODE = _BOOT + "from research.distributed import agent_main; sys.exit(agent_main(sys.argv[1:]))"
+
+
+# ---------------------------------------------------------------- launcher
+
+@dataclass(frozen=True)
+class Node:
+    """One process of the job."""
+    role: str          # scheduler | server | worker
+    index: int         # within its role (a worker's kvstore rank is assigned later by the scheduler)
+    host: str          # hosts-file entry, [user@]name; a loopback host runs here without ssh
+    address: str       # IP the other nodes reach it at (DMLC_NODE_HOST)
+
+    @property
+    def label(self) -> str:
+        return self.role if self.role == "scheduler" else f"{self.role}{self.index}"
+
+    @property
+    def local(self) -> bool:
+        return is_loopback(self.host)
+
+
+def is_loopback(host: str) -> bool:
+    name = host.rsplit("@", 1)[-1]
+    return name in ("localhost", "::1") or name.startswith("127.")
+
+
+def read_hosts(path: str | Path) -> list[str]:
+    """One host per worker ('localhost' twice = 2 workers on this machine); '#' comments and blanks skipped.
+
+    Raises:
+        UserError: unreadable or empty file, two words on a line, loopback mixed with other hosts.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as err:
+        raise UserError(f"--hosts {path}: cannot read it ({err.strerror or err}). Write one host per worker, "
+                        f"e.g. 'localhost' on two lines for 2 workers on this machine.") from None
+    hosts = []
+    for number, line in enumerate(lines, 1):
+        entry = line.split("#", 1)[0].strip()
+        if len(entry.split()) > 1:
+            raise UserError(f"{path}:{number}: '{entry}': write one host per line (repeat a host to run "
+                            f"several workers on it)")
+        if entry:
+            hosts.append(entry)
+    if not hosts:
+        raise UserError(f"{path} lists no hosts: write one line per worker, e.g. 'localhost' twice.")
+    if any(map(is_loopback, hosts)) and not all(map(is_loopback, hosts)):
+        raise UserError(f"{path} mixes localhost with other hosts; the other machines cannot reach a loopback "
+                        f"address: write this machine's LAN address instead of localhost.")
+    return hosts
+
+
+def resolve(host: str) -> str:
+    """The IP address the other nodes reach `host` at."""
+    if is_loopback(host):
+        return "127.0.0.1"
+    name = host.rsplit("@", 1)[-1]
+    try:
+        address = socket.gethostbyname(name)
+    except OSError:
+        raise UserError(f"host '{name}' in the hosts file does not resolve here: write its IP address") from None
+    if address.startswith("127."):
+        raise UserError(f"host '{name}' resolves to {address} (loopback) here, which the other machines cannot "
+                        f"reach: write its LAN IP address in the hosts file")
+    return address
+
+
+def plan_nodes(hosts: list[str], num_servers: int | None = None) -> list[Node]:
+    """Scheduler on the first host, servers round-robin over the distinct hosts (default one each), a worker per line."""
+    distinct = list(dict.fromkeys(hosts))
+    num_servers = len(distinct) if num_servers is None else num_servers
+    if num_servers < 1:
+        raise UserError(f"--servers {num_servers}: a distributed kvstore needs at least one server")
+    address = {host: resolve(host) for host in distinct}
+    nodes = [Node("scheduler", 0, hosts[0], address[hosts[0]])]
+    nodes += [Node("server", i, distinct[i % len(distinct)], address[distinct[i % len(distinct)]])
+              for i in range(num_servers)]
+    nodes += [Node("worker", i, host, address[host]) for i, host in enumerate(hosts)]
+    return nodes
+
+
+def node_env(nodes: list[Node], index: int, port: int) -> dict[str, str]:
+    """DMLC_* variables for nodes[index]: ps-lite reads them when mxnet is imported or a dist kvstore made."""
+    node, scheduler = nodes[index], nodes[0]
+    env = {"DMLC_ROLE": node.role, "DMLC_PS_ROOT_URI": scheduler.address, "DMLC_PS_ROOT_PORT": str(port),
+           "DMLC_NUM_SERVER": str(sum(n.role == "server" for n in nodes)),
+           "DMLC_NUM_WORKER": str(sum(n.role == "worker" for n in nodes)),
+           "DMLC_NODE_HOST": node.address,     # else ps-lite binds whatever interface it guesses
+           "PYTHONUNBUFFERED": "1"}
+    if node.role == "scheduler":
+        env["PS_VERBOSE"] = "1"                # its "the scheduler is connected to ..." line tells us startup is done
+    else:
+        env["PORT"] = str(port + index)        # ps-lite's listening port (else a random free one): one range to open
+    if node.local:
+        env["DMLC_INTERFACE"] = "lo"
+    return env
+
+
+def node_argv(node: Node, env: dict[str, str], command: list[str], grace: float = GRACE_S) -> list[str]:
+    """The agent that runs this node's process: here, or on its host over ssh in the same working directory."""
+    target = command if node.role == "worker" else [sys.executable, "-c", NODE_CODE]
+    if not node.local:       # ssh starts a clean environment: pass the variables that matter explicitly
+        env = {**{k: v for k, v in os.environ.items() if k.startswith(PASSED_ENV)}, **env}
+    agent = [sys.executable, "-c", AGENT_CODE, "--grace", str(grace)]
+    agent += [arg for key, value in sorted(env.items()) for arg in ("--env", f"{key}={value}")]
+    agent += ["--", *target]
+    if node.local:
+        return agent
+    remote = f"cd {shlex.quote(os.getcwd())} && exec {shlex.join(agent)}"
+    return ["ssh", "-T", "-o", "BatchMode=yes", "-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3",
+            node.host, remote]
+
+
+class Job:
+    """The processes of one job, each behind an agent: output relayed with a prefix, watched until all end."""
+
+    def __init__(self, nodes: list[Node], argvs: list[list[str]], timeout: float, grace: float = GRACE_S,
+                 root: str = "", out: TextIO | None = None):
+        self.nodes, self.argvs, self.timeout, self.grace = nodes, argvs, timeout, grace
+        self.root = root or nodes[0].address     # the scheduler's address:port, for messages
+        self.out = out or sys.stdout
+        self.procs: list[subprocess.Popen] = []
+        self.ranks: dict[int, int] = {}          # node index -> kvstore rank, from the workers' output
+        self.connected = False
+        self._signals: list[int] = []
+        self._lock = threading.Lock()
+        self._readers: list[threading.Thread] = []
+        self.workers = [i for i, node in enumerate(nodes) if node.role == "worker"]
+
+    def say(self, message: str) -> None:
+        with self._lock:
+            print(f"launch_dist: {message}", file=sys.stderr, flush=True)
+
+    def describe(self, index: int) -> str:
+        node = self.nodes[index]
+        rank = f" (rank {self.ranks[index]})" if index in self.ranks else ""
+        return f"{node.label}{rank} on {node.host}"
+
+    def run(self) -> int:
+        """Start every process and watch them; returns the launcher's exit status."""
+        previous = {sig: signal.signal(sig, lambda signum, frame: self._signals.append(signum)) for sig in STOP_SIGNALS}
+        try:
+            self._start()
+            return self._watch()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self._stop_all()
+
+    def _start(self) -> None:
+        for index, argv in enumerate(self.argvs):
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    start_new_session=True)   # Ctrl-C in the terminal reaches the launcher only
+            self.procs.append(proc)
+            reader = threading.Thread(target=self._relay, args=(index,), daemon=True)
+            reader.start()
+            self._readers.append(reader)
+
+    def _relay(self, index: int) -> None:
+        node = self.nodes[index]
+        for raw in iter(self.procs[index].stdout.readline, b""):
+            line = raw.decode(errors="replace").rstrip("\n")
+            if node.role == "scheduler" and "Barrier count" in line:
+                continue                              # PS_VERBOSE noise, one line per kvstore barrier
+            prefix = f"rank{self.ranks[index]}" if index in self.ranks else node.label
+            with self._lock:
+                print(f"[{prefix}] {line}", file=self.out, flush=True)
+            match = RANK_LINE.search(line)
+            if match and node.role == "worker":
+                self.ranks[index] = int(match.group(1))
+            if node.role == "scheduler" and CONNECTED_LINE in line:
+                self.connected = True
+
+    def _watch(self) -> int:
+        started, finish_by, stop_signal = time.monotonic(), None, None
+        while True:
+            time.sleep(POLL_S)
+            now = time.monotonic()
+            while self._signals:
+                signum = self._signals.pop(0)
+                name = signal.Signals(signum).name
+                if stop_signal is not None:
+                    self.say(f"second signal ({name}): ending every process now")
+                    return 128 + stop_signal
+                stop_signal, finish_by = signum, now + self.timeout
+                self.say(f"{name}: passed on to the workers; rank 0 finishes its batch, writes a checkpoint and "
+                         f"exits, then the others are ended (signal again to end everything at once)")
+                for i in self.workers:
+                    self._send(i, name.removeprefix("SIG"))
+            codes = [proc.poll() for proc in self.procs]
+            if all(codes[i] == 0 for i in self.workers):
+                return 0 if stop_signal is None else 128 + stop_signal
+            dead = next((i for i, code in enumerate(codes)
+                         if code is not None and (code != 0 or self.nodes[i].role != "worker")), None)
+            if dead is not None:
+                if stop_signal is not None:     # rank 0 after its checkpoint, normally
+                    self.say(f"stopped by {signal.Signals(stop_signal).name}. To resume from rank 0's checkpoint, "
+                             f"run the same launch_dist command again.")
+                    return 128 + stop_signal
+                self.say(f"{self.describe(dead)} {_exit_words(codes[dead], self.nodes[dead])}: "
+                         f"ending the other processes (MXNet's would wait for it forever)")
+                code = codes[dead]
+                return code if self.nodes[dead].role == "worker" and 0 < code < 128 else 1
+            if finish_by is None and any(codes[i] == 0 for i in self.workers):
+                finish_by = now + self.timeout
+            if finish_by is not None and now > finish_by:
+                running = ", ".join(self.describe(i) for i in self.workers if codes[i] is None)
+                self.say(f"{running} still running {self.timeout:.0f} s after "
+                         f"{'the stop signal' if stop_signal else 'the first worker finished'}: ending them")
+                return 128 + stop_signal if stop_signal else 1
+            if not self.connected and now - started > self.timeout:
+                self.say(f"the nodes did not all connect to the scheduler at {self.root} within {self.timeout:.0f} s: check the hosts file addresses and "
+                         f"that the ports are open between the machines (docs/distributed.md)")
+                return 1
+
+    def _send(self, index: int, name: str) -> None:
+        """Ask node `index`'s agent to signal its process group (TERM, INT, HUP, KILL)."""
+        try:
+            self.procs[index].stdin.write(f"{name}\n".encode())
+            self.procs[index].stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            pass
+
+    def _stop_all(self) -> None:
+        """SIGTERM to everything still running, SIGKILL after the grace period; bounded in time."""
+        alive = [i for i, proc in enumerate(self.procs) if proc.poll() is None]
+        for name, wait in (("TERM", self.grace), ("KILL", 3.0)):
+            for i in alive:
+                self._send(i, name)
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and any(self.procs[i].poll() is None for i in alive):
+                time.sleep(POLL_S)
+            alive = [i for i in alive if self.procs[i].poll() is None]
+        for proc in self.procs:
+            if proc.stdin:
+                try:
+                    proc.stdin.close()           # the agent ends its process on EOF, also over a live ssh
+                except OSError:
+                    pass
+            if proc.poll() is None:
+                proc.kill()                      # an agent or ssh client that did not exit
+            proc.wait()
+        for reader in self._readers:
+            reader.join(timeout=5)
+
+
+def _exit_words(code: int, node: Node) -> str:
+    if code == 0:
+        return "exited (status 0) before the workers finished"
+    if code == 255 and not node.local:
+        return (f"exited with status 255: ssh could not connect or lost the connection "
+                f"(does `ssh -o BatchMode=yes {node.host} true` work?)")
+    if code > 128 and code - 128 in signal.Signals._value2member_map_:
+        return f"was killed by {signal.Signals(code - 128).name} (status {code})"
+    return f"exited with status {code}"
+
+
+def launch(hosts: list[str], command: list[str], num_servers: int | None = None, port: int = DEFAULT_PORT,
+           timeout: float = 300.0, grace: float = GRACE_S) -> int:
+    """Run `command` as every worker of a job on `hosts`; returns 0 when all workers succeed.
+
+    Raises:
+        UserError: no command, bad port, unresolvable hosts, scheduler port taken on this machine.
+    """
+    if not command:
+        raise UserError("give the worker command after --, e.g. -- python tools/train.py recipes/smoke/"
+                        "lenet_digits_dist.yaml")
+    if not 1024 <= port <= 65535 - len(hosts) - (num_servers or len(hosts)) - 1:
+        raise UserError(f"--port {port}: choose a port between 1024 and 65000")
+    nodes = plan_nodes(hosts, num_servers)
+    if nodes[0].local:
+        _check_port_free(port)
+    argvs = [node_argv(node, node_env(nodes, i, port), command, grace) for i, node in enumerate(nodes)]
+    servers = sum(node.role == "server" for node in nodes)
+    print(f"launch_dist: scheduler {nodes[0].address}:{port}, {servers} server(s), {len(hosts)} worker(s) on "
+          f"{', '.join(dict.fromkeys(hosts))}", file=sys.stderr, flush=True)
+    return Job(nodes, argvs, timeout, grace, root=f"{nodes[0].address}:{port}").run()
+
+
+def _check_port_free(port: int) -> None:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)    # as zmq binds: TIME_WAIT is no conflict
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            raise UserError(f"port {port} is in use on this machine (another distributed job?): "
+                            f"pass another --port") from None
+
+
+# ---------------------------------------------------------------- node agent
+
+def agent_main(argv: list[str]) -> int:
+    """Run one node's process where the launcher put it; returns its exit status (128+N if killed by signal N).
+
+    Relays the signal names the launcher writes on stdin (TERM, INT, HUP, KILL) to the process group, and
+    ends the group when stdin closes: the launcher or the ssh connection is gone, and an MXNet process
+    left alone would wait for its peers forever.
+    """
+    parser = argparse.ArgumentParser(prog="research.distributed agent")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--grace", type=float, default=GRACE_S)
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    env = dict(os.environ)
+    # `python` in the command means the launcher's interpreter (its venv), also on the other machines
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.update(item.split("=", 1) for item in args.env)
+    child = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def end(signum: int = signal.SIGTERM, frame=None) -> None:
+        _signal_group(child.pid, signal.SIGTERM)
+        timer = threading.Timer(args.grace, _signal_group, (child.pid, signal.SIGKILL))
+        timer.daemon = True
+        timer.start()
+
+    def listen() -> None:
+        for line in sys.stdin:
+            name = line.strip().upper()
+            if name in ("TERM", "INT", "HUP", "KILL"):
+                _signal_group(child.pid, signal.Signals[f"SIG{name}"])
+        end()
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, end)
+    threading.Thread(target=listen, daemon=True).start()
+    code = child.wait()
+    _signal_group(child.pid, signal.SIGKILL)        # whatever it left behind in its group
+    return 128 - code if code < 0 else code
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+# ---------------------------------------------------------------- worker side
+
+class ScheduleLR:
+    """The recipe's lr_at() as an optimizer lr_scheduler, for the optimizer copy the kvstore servers run.
+
+    With update_on_kvstore (the default on dist kvstores) the servers update the weights with a pickled
+    copy of the optimizer: trainer.set_learning_rate() on a worker never reaches them. The servers count
+    updates per key: one per global step under dist_sync, one per worker push under dist_async.
+    """
+
+    def __init__(self, base_lr: float, train: TrainConfig, steps_per_epoch: int, updates_per_step: int = 1):
+        self.base_lr, self.train = base_lr, train
+        self.steps_per_epoch, self.updates_per_step = steps_per_epoch, updates_per_step
+
+    def __call__(self, num_update: int) -> float:
+        step = (num_update - 1) // self.updates_per_step     # MXNet counts an update before asking its lr
+        return lr_at(step / self.steps_per_epoch, self.base_lr, self.train)
+
+
+def create_kvstore(name: str):
+    """mx.kv.create(name) for dist_* kvstores (announcing the rank), else `name` for the Trainer.
+
+    Raises:
+        RecipeError: started by tools/launch_dist.py with a kvstore that is not distributed, which
+            would train independent copies into the same run directory.
+    """
+    if not name.startswith("dist"):
+        if os.environ.get("DMLC_ROLE") == "worker":
+            raise RecipeError(f"train.kvstore is {name}, but tools/launch_dist.py started this process as a "
+                              f"distributed worker: use --set train.kvstore=dist_sync (or dist_device_sync)")
+        return name
+    import ctypes
+
+    import mxnet as mx
+
+    kv = mx.kv.create(name)
+    # No barrier at exit: with it, a worker that stops early (signal, error, NaN) waits forever for the
+    # others. Without it each worker exits by itself and the launcher ends the servers afterwards.
+    mx.base.check_call(mx.base._LIB.MXKVStoreSetBarrierBeforeExit(kv.handle, ctypes.c_int(0)))
+    print(f"distributed: worker rank {kv.rank} of {kv.num_workers} ({name}, pid {os.getpid()} on "
+          f"{socket.gethostname()})", flush=True)
+    return kv
+
+
+def prepare_workers(kv, setup: Setup, state: TrainState) -> None:
+    """Before the first batch: rank 0's position and weights on every worker, the lr schedule on the servers.
+
+    A worker whose run directory lacks rank 0's checkpoint (another machine) takes its epoch, batch and
+    step, so that all run the same batches. The Trainer would send rank 0's weights only inside the first
+    trainer.step, after each worker computed its first gradients with its own weights: done here instead.
+
+    Raises:
+        RecipeError: train.frozen_epochs (lr_mult changes on a worker never reach the servers' optimizer).
+    """
+    import mxnet as mx
+
+    train, trainer = setup.recipe.train, setup.trainer
+    if train.frozen_epochs:
+        raise RecipeError("train.frozen_epochs does not work with a distributed kvstore: the servers' copy of "
+                          "the optimizer never sees the lr_mult changes. Fine-tune with train.kvstore: device.")
+    position = mx.nd.array([state.epoch, state.batch_in_epoch, state.step])    # float32: exact below 2**24 steps
+    kv.broadcast(POSITION_KEY, position, out=position)
+    epoch, batch, step = (int(value) for value in position.asnumpy())
+    if (epoch, batch, step) != (state.epoch, state.batch_in_epoch, state.step):
+        log.warning("rank %d: starting at rank 0's epoch %d, step %d (this worker's run directory says epoch %d, "
+                    "step %d)", kv.rank, epoch, step, state.epoch, state.step)
+        state.epoch, state.batch_in_epoch, state.step = epoch, batch, step
+    local_batch = setup.global_batch // setup.num_workers
+    updates_per_step = setup.num_workers if "async" in kv.type else 1
+    optimizer = trainer.optimizer
+    optimizer.lr_scheduler = ScheduleLR(setup.base_lr, train, setup.train_iter.num_samples // local_batch,
+                                        updates_per_step)
+    optimizer.begin_num_update = optimizer.num_update = state.step * updates_per_step
+    optimizer.rescale_grad = trainer._scale / setup.global_batch   # what trainer.step(global_batch) sets; fixed once pickled
+    trainer._init_kvstore()      # pickles the optimizer, schedule included, to the servers
+    trainer._init_params()       # kvstore.broadcast: rank 0's weights to every worker
+    log.info("%s: %d workers x %d device(s), batch %d per worker, global batch %d, lr %.4g (recipe %.4g for "
+             "batch %d); rank %d starts at epoch %d, step %d, weights sha256 %s", kv.type, setup.num_workers,
+             len(setup.ctxs), local_batch, setup.global_batch, setup.base_lr, train.lr,
+             train.base_batch_size or train.batch_size, kv.rank, epoch, step, weights_digest(setup.net))
+
+
+def digest_arrays(arrays: dict[str, np.ndarray]) -> str:
+    """Short sha256 over parameters by name: equal on workers whose weights are bit-identical."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        digest.update(name.encode())
+        digest.update(arrays[name].astype("float32").tobytes())
+    return digest.hexdigest()[:16]
+
+
+def weights_digest(net) -> str:
+    """digest_arrays of the net's parameters (first device), as checkpoint.net_arrays names them."""
+    return digest_arrays({name: param.data().asnumpy() for name, param in net._collect_params_with_prefix().items()})
+
+
+class FollowerStop:
+    """Signal handling for workers other than rank 0: rank 0 alone decides when the job stops.
+
+    Workers that each stopped on their own could stop at different steps, and one that pushes a step
+    the others never push waits forever (rank 0's checkpoint with it). So a follower notes the first
+    signal and trains on; rank 0 checkpoints and exits, then the launcher ends the followers. After the
+    first signal the default handling is back, so the launcher's SIGTERM ends this process at once.
+    """
+    signal_name = None
+    exit_code = 0
+
+    def __call__(self) -> bool:
+        return False
+
+    def install(self) -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame) -> None:
+        log.warning("%s received: rank 0 decides when the job stops (it writes the checkpoint, then the "
+                    "launcher ends this worker)", signal.Signals(signum).name)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)

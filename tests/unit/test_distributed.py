@@ -1,0 +1,284 @@
+"""The distributed launcher: hosts file, node plan and environment, the watch/stop logic, the lr fix."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import socket
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from research import distributed
+from research.config import TrainConfig
+from research.distributed import (FollowerStop, Job, Node, ScheduleLR, launch, node_argv, node_env, plan_nodes,
+                                  read_hosts)
+from research.errors import UserError
+from research.train.schedules import lr_at
+
+PY = sys.executable
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+# ---------------------------------------------------------------- hosts file and plan
+
+def test_hosts_file_lists_one_worker_per_line(tmp_path):
+    hosts = write(tmp_path / "hosts", """\
+        # two workers on this machine
+        localhost
+
+        localhost   # the second
+        """)
+    assert read_hosts(hosts) == ["localhost", "localhost"]
+
+
+@pytest.mark.parametrize("text, words", [
+    ("", "lists no hosts"),
+    ("# only a comment\n", "lists no hosts"),
+    ("localhost 2\n", "hosts:1"),
+    ("localhost\n10.0.0.2\n", "mixes localhost"),
+])
+def test_bad_hosts_files_are_named(tmp_path, text, words):
+    with pytest.raises(UserError, match=words):
+        read_hosts(write(tmp_path / "hosts", text))
+
+
+def test_missing_hosts_file_is_named(tmp_path):
+    with pytest.raises(UserError, match="cannot read"):
+        read_hosts(tmp_path / "nope")
+
+
+def test_loopback_plan_pins_every_node_to_loopback():
+    nodes = plan_nodes(["localhost", "localhost"], num_servers=1)
+    assert [n.label for n in nodes] == ["scheduler", "server0", "worker0", "worker1"]
+    envs = [node_env(nodes, i, 9300) for i in range(len(nodes))]
+    assert [e["DMLC_ROLE"] for e in envs] == ["scheduler", "server", "worker", "worker"]
+    for env in envs:
+        assert env["DMLC_PS_ROOT_URI"] == env["DMLC_NODE_HOST"] == "127.0.0.1"
+        assert env["DMLC_INTERFACE"] == "lo"
+        assert (env["DMLC_PS_ROOT_PORT"], env["DMLC_NUM_SERVER"], env["DMLC_NUM_WORKER"]) == ("9300", "1", "2")
+    # every other node listens on its own port just above the scheduler's: one range to open in a firewall
+    assert [e.get("PORT") for e in envs] == [None, "9301", "9302", "9303"]
+    assert all(argv[0] == PY and "ssh" not in argv for argv in (node_argv(n, envs[0], ["x"]) for n in nodes))
+
+
+def test_remote_plan_uses_ssh_batch_mode_and_passes_the_environment(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracker:5000")
+    monkeypatch.setenv("UNRELATED_SECRET", "x")
+    nodes = plan_nodes(["10.0.0.1", "10.0.0.1", "me@10.0.0.2"])
+    roles = [(n.role, n.host) for n in nodes]
+    assert roles == [("scheduler", "10.0.0.1"), ("server", "10.0.0.1"), ("server", "me@10.0.0.2"),
+                     ("worker", "10.0.0.1"), ("worker", "10.0.0.1"), ("worker", "me@10.0.0.2")]
+    env = node_env(nodes, 5, 9091)
+    assert env["DMLC_PS_ROOT_URI"] == "10.0.0.1" and env["DMLC_NODE_HOST"] == "10.0.0.2"
+    assert "DMLC_INTERFACE" not in env
+    argv = node_argv(nodes[5], env, ["python", "tools/train.py", "r.yaml"])
+    assert argv[:4] == ["ssh", "-T", "-o", "BatchMode=yes"] and argv[-2] == "me@10.0.0.2"
+    remote = argv[-1]
+    assert remote.startswith(f"cd {os.getcwd()} && exec ")
+    for expected in ("DMLC_ROLE=worker", "DMLC_PS_ROOT_URI=10.0.0.1", "MLFLOW_TRACKING_URI=http://tracker:5000",
+                     "-- python tools/train.py r.yaml"):
+        assert expected in remote
+    assert "UNRELATED_SECRET" not in remote
+
+
+def test_a_host_that_resolves_to_loopback_is_refused(monkeypatch):
+    monkeypatch.setattr(socket, "gethostbyname", lambda name: "127.0.1.1")
+    with pytest.raises(UserError, match="loopback"):
+        plan_nodes(["gpu-box-1", "gpu-box-2"])
+
+
+def test_launch_refuses_an_empty_command():
+    with pytest.raises(UserError, match="after --"):
+        launch(["localhost"], [])
+
+
+# ---------------------------------------------------------------- watching and stopping (no MXNet)
+
+def fake_job(tmp_path: Path, worker_codes: list[str], timeout: float = 20.0, server_code: str = "") -> Job:
+    """Scheduler, server and workers as small python programs behind real agents."""
+    nodes = [Node("scheduler", 0, "localhost", "127.0.0.1"), Node("server", 0, "localhost", "127.0.0.1")]
+    nodes += [Node("worker", i, "localhost", "127.0.0.1") for i in range(len(worker_codes))]
+    forever = "import time\nwhile True: time.sleep(1)"
+    codes = [f"print('{distributed.CONNECTED_LINE} the others', flush=True)\n{forever}", server_code or forever]
+    codes += worker_codes
+    argvs = []
+    for i, (node, code) in enumerate(zip(nodes, codes)):
+        script = write(tmp_path / f"{node.label}.py", code)
+        argv = node_argv(Node("worker", 0, "localhost", "127.0.0.1"), {"PIDFILE": str(tmp_path / f"{i}.pid")},
+                         [PY, "-c", f"import os; open(os.environ['PIDFILE'], 'w').write(str(os.getpid()))\n"
+                                    f"exec(open({str(script)!r}).read())"], grace=2.0)
+        argvs.append(argv)
+    return Job(nodes, argvs, timeout=timeout, grace=2.0)
+
+
+def pids(tmp_path: Path) -> list[int]:
+    return [int(p.read_text()) for p in sorted(tmp_path.glob("*.pid"))]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def test_a_dying_worker_ends_the_whole_job(tmp_path, capsys):
+    job = fake_job(tmp_path, ["import time\nwhile True: time.sleep(1)", "import time, sys\ntime.sleep(1)\nsys.exit(3)"])
+    tic = time.monotonic()
+    code = job.run()
+    assert code == 3                                   # the worker's own status (3: NaN loss in tools/train.py)
+    assert time.monotonic() - tic < 15
+    assert "worker1 on localhost exited with status 3" in capsys.readouterr().err
+    assert len(pids(tmp_path)) == 4 and not any(map(alive, pids(tmp_path)))
+
+
+def test_a_server_exiting_early_is_a_failure(tmp_path, capsys):
+    job = fake_job(tmp_path, ["import time\nwhile True: time.sleep(1)"], server_code="import time\ntime.sleep(1)")
+    assert job.run() == 1
+    assert "server0 on localhost exited (status 0) before the workers finished" in capsys.readouterr().err
+    assert not any(map(alive, pids(tmp_path)))
+
+
+def test_finished_workers_end_the_servers(tmp_path):
+    job = fake_job(tmp_path, ["print('done')", "print('done')"])
+    assert job.run() == 0
+    assert not any(map(alive, pids(tmp_path)))
+
+
+def test_a_worker_left_running_after_the_others_finished_is_ended(tmp_path, capsys):
+    job = fake_job(tmp_path, ["print('done')", "import time\nwhile True: time.sleep(1)"], timeout=3)
+    assert job.run() == 1
+    assert "still running 3 s after the first worker finished" in capsys.readouterr().err
+    assert not any(map(alive, pids(tmp_path)))
+
+
+def test_signals_go_to_the_workers_and_their_status_comes_back(tmp_path, capsys):
+    worker = """\
+        import signal, sys, time
+        def stop(signum, frame):
+            print('worker got', signal.Signals(signum).name, flush=True)
+            sys.exit(128 + signum)
+        signal.signal(signal.SIGTERM, stop)
+        print('distributed: worker rank 0 of 1 (test)', flush=True)
+        while True: time.sleep(0.1)
+        """
+    job = fake_job(tmp_path, [textwrap.dedent(worker)])
+    threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    assert job.run() == 128 + signal.SIGTERM
+    out = capsys.readouterr()
+    assert "[rank0] worker got SIGTERM" in out.out        # relayed by the agent, prefixed with the kvstore rank
+    assert "run the same launch_dist command again" in out.err
+    assert not any(map(alive, pids(tmp_path)))
+
+
+def test_the_agent_ends_its_process_when_the_launcher_goes_away(tmp_path):
+    import subprocess
+    pidfile = tmp_path / "child.pid"
+    argv = node_argv(Node("worker", 0, "localhost", "127.0.0.1"), {"PIDFILE": str(pidfile)},
+                     [PY, "-c", "import os, time; open(os.environ['PIDFILE'], 'w').write(str(os.getpid())); "
+                                "time.sleep(600)"], grace=2.0)
+    agent = subprocess.Popen(argv, stdin=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        child = int(pidfile.read_text())
+        assert alive(child)
+        agent.stdin.close()                              # what a SIGKILLed launcher or a dropped ssh looks like
+        assert agent.wait(timeout=10) == 128 + signal.SIGTERM
+        assert not alive(child)
+    finally:
+        agent.kill()
+        agent.wait()
+
+
+# ---------------------------------------------------------------- worker side
+
+def test_follower_notes_the_first_signal_and_keeps_training():
+    previous = {sig: signal.getsignal(sig) for sig in distributed.STOP_SIGNALS}
+    try:
+        stop = FollowerStop()
+        stop.install()
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)
+        assert stop() is False                          # rank 0 decides; this worker trains on
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL   # the launcher's next SIGTERM ends it at once
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def test_schedule_lr_follows_lr_at_through_pickling_and_mxnet_counting():
+    train = TrainConfig(epochs=4, lr=0.1, batch_size=32, lr_schedule="cosine", warmup_epochs=0.5)
+    schedule = pickle.loads(pickle.dumps(ScheduleLR(0.2, train, steps_per_epoch=10), 0))   # as set_optimizer sends it
+    # MXNet's optimizer counts the update (num_update = step + 1) before asking its lr
+    optimizer = mx.optimizer.SGD(learning_rate=0.2, momentum=0.0, wd=0.0)
+    optimizer.lr_scheduler = schedule
+    resume_at = 17                                      # what prepare_workers sets on resume
+    optimizer.begin_num_update = optimizer.num_update = resume_at
+    weight, grad = mx.nd.ones((1,)), mx.nd.ones((1,))
+    for step in range(resume_at, resume_at + 5):
+        before = weight.asscalar()
+        optimizer.update(0, weight, grad, None)
+        assert before - weight.asscalar() == pytest.approx(lr_at(step / 10, 0.2, train), rel=1e-5)
+    # dist_async: every worker's push is one update
+    two = ScheduleLR(0.2, train, steps_per_epoch=10, updates_per_step=2)
+    assert [two(n) for n in (1, 2, 3)] == [schedule(1), schedule(1), schedule(2)]
+
+
+WORKER = """\
+    import json, sys
+    sys.path.insert(0, {repo!r})
+    import mxnet as mx
+    from mxnet import autograd, gluon
+    from research.config import TrainConfig
+    from research.distributed import ScheduleLR, create_kvstore
+
+    kv = create_kvstore("dist_sync")
+    net = gluon.nn.Dense(1, in_units=1, use_bias=False)
+    net.initialize(mx.init.One())
+    trainer = gluon.Trainer(net.collect_params(), "sgd", {{"learning_rate": 1.0}}, kvstore=kv)
+    if {fixed}:     # the fix: lr 1.0 for step 0, then 0 (a step drop with factor 0 after one step)
+        trainer.optimizer.lr_scheduler = ScheduleLR(1.0, TrainConfig(epochs=2, lr=1.0, batch_size=1,
+                                                    lr_steps=[1], lr_factor=0.0), steps_per_epoch=1)
+    weights = []
+    for step in range(2):
+        if not {fixed} and step == 1:
+            trainer.set_learning_rate(0.0)    # what the loop did every step
+        with autograd.record():
+            loss = net(mx.nd.ones((1, 1))).sum()
+        loss.backward()
+        trainer.step(1)
+        weights.append(float(net.weight.data().asscalar()))
+    print("RESULT", json.dumps(weights), flush=True)
+    """
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_worker_lr_changes_reach_the_servers_only_through_the_schedule(tmp_path, capfd, fixed):
+    """The trap: with update_on_kvstore the servers run a pickled optimizer copy."""
+    script = write(tmp_path / "worker.py", WORKER.format(repo=str(distributed.REPO), fixed=fixed))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    assert launch(["localhost"], [PY, str(script)], num_servers=1, port=port, timeout=120) == 0
+    line = next(line for line in capfd.readouterr().out.splitlines() if "RESULT" in line)
+    first, second = json.loads(line.split("RESULT", 1)[1])
+    assert first == pytest.approx(0.0)                   # w = 1 - lr 1.0 * grad 1
+    if fixed:
+        assert second == pytest.approx(first)            # lr 0 reached the servers: no change
+    else:
+        assert second == pytest.approx(-1.0)             # set_learning_rate(0) did not: the servers used lr 1.0
