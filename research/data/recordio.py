@@ -100,7 +100,7 @@ def check_labels(files: RecordFiles, classes: int, key: str) -> None:
         raise RecipeError(f"{key}: {files.rec} holds unlabeled images (label {labels.min():g}), e.g. the Dogs vs. "
                           "Cats test folder; train and validate on a labeled set.")
     if labels.max() >= classes or np.any(labels != np.round(labels)):
-        bad = labels[(labels >= classes) | (labels != np.round(labels))][0]
+        bad = labels.max() if labels.max() >= classes else labels[labels != np.round(labels)][0]
         raise RecipeError(f"{key}: {files.rec} has label {bad:g} but net.classes is {classes} (labels must be "
                           f"integers 0..{classes - 1}); set net.classes to {int(labels.max()) + 1} or rebuild the .rec.")
 
@@ -187,6 +187,8 @@ class RecordTrainIter(mx.io.DataIter):
 
     Instance j of part p reads sub-part p * k + j of num_parts * k, so every instance decodes
     with its own threads. Each epoch gives `num_batches` full batches, the same on every part.
+    As with ImageRecordIter itself, a batch's arrays are refilled once `prefetch_buffer` more
+    batches of its instance were taken: use (or copy) each batch before holding many.
     """
 
     def __init__(self, files: RecordFiles, batch_size: int, kwargs: dict, threads: list[int],
