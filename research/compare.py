@@ -1,0 +1,272 @@
+"""Runs side by side from the MLflow store: one summary row per run, the recipe values that
+differ between them, an overlay plot of their curves, and links into the MLflow UI."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UserError
+from .tracking import get_client, tracking_uri
+
+CURVE_KEYS = ("val/top1", "val/top5", "train/loss", "speed/img_per_s")
+
+
+@dataclass
+class RunRow:
+    """What the comparison shows of one run; curves map a metric key to [(epoch, value)]."""
+    run_id: str
+    name: str
+    recipe: str
+    status: str
+    experiment_id: str
+    epochs_done: int
+    epochs_planned: int | None
+    best_epoch: int | None           # the epoch of the best val top-1: what best.ckpt holds
+    best_top1: float | None
+    best_top5: float | None          # top-5 at best_epoch, not the best top-5 seen
+    final_top1: float | None
+    final_top5: float | None
+    wall_s: float | None             # start to end (to now while running), resumption gaps included
+    img_per_s: float | None          # median over epochs: the first epoch's warm-up does not skew it
+    devices: str
+    params: dict[str, str] = field(default_factory=dict)
+    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+
+
+def open_client():
+    """The MLflow client of tracking_uri(); a sqlite store must exist already (never create one here).
+
+    Raises:
+        UserError: the sqlite file is missing (no runs trained into this store yet).
+    """
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise UserError(f"no MLflow store at {uri}: train a run first (python tools/train.py RECIPE), "
+                        f"or set MLFLOW_TRACKING_URI to the store your runs went to.")
+    return get_client()
+
+
+def select_runs(client, experiment: str | None = None, run_ids: list[str] = (), last: int = 0) -> list:
+    """MLflow runs to compare: those named by id (prefix) or run directory, else an experiment's.
+
+    Without an experiment or ids, the store's only experiment that has runs is used.
+
+    Raises:
+        UserError: no such experiment (the message lists them), no such run, or no runs.
+    """
+    experiments = {e.name: e for e in client.search_experiments()}
+    if experiment is not None and experiment not in experiments:
+        raise UserError(f"no experiment '{experiment}' in {tracking_uri()}. Experiments: "
+                        f"{_names(experiments)}.")
+    scope = [experiments[experiment].experiment_id] if experiment else [e.experiment_id for e in experiments.values()]
+    if run_ids:
+        where = f", experiment '{experiment}'" if experiment else ""
+        runs = [_find_run(client, scope, ref, where) for ref in run_ids]
+    else:
+        if experiment is None:
+            used = [e for e in experiments.values() if client.search_runs([e.experiment_id], max_results=1)]
+            if len(used) != 1:
+                found = f"Experiments: {_names(experiments)}" if experiments else "It has no experiments yet"
+                raise UserError(f"choose the runs to compare with --experiment NAME or --runs ID ... "
+                                f"({tracking_uri()}). {found}.")
+            experiment, scope = used[0].name, [used[0].experiment_id]
+        runs = client.search_runs(scope, order_by=["attributes.start_time ASC"], max_results=50000)
+    if not runs:
+        raise UserError(f"experiment '{experiment}' has no runs yet in {tracking_uri()}: "
+                        f"train one with python tools/train.py recipes/{experiment}.yaml.")
+    return runs[-last:] if last else runs
+
+
+def _names(experiments: dict) -> str:
+    return ", ".join(sorted(experiments)) or "none"
+
+
+def _find_run(client, experiment_ids: list[str], ref: str, where: str = ""):
+    """A run by full id, unique id prefix, or run directory (its run.json)."""
+    run_json = Path(ref) / "run.json"
+    if run_json.is_file():
+        ref = json.loads(run_json.read_text()).get("run_id") or ""
+        if not ref:
+            raise UserError(f"{run_json} names no MLflow run: that run was trained without tracking.")
+    if not re.fullmatch(r"[0-9a-f]{4,32}", ref):
+        raise UserError(f"--runs {ref}: not a run id (32 hex digits, or a unique prefix of 4 or more) "
+                        f"nor a run directory holding run.json.")
+    runs = client.search_runs(experiment_ids, filter_string=f"attributes.run_id LIKE '{ref}%'", max_results=3)
+    if len(runs) != 1:
+        what = "no run" if not runs else "several runs"
+        raise UserError(f"--runs {ref}: {what} with that id in {tracking_uri()}{where}. "
+                        f"tools/compare.py --experiment NAME lists the runs and their ids.")
+    return runs[0]
+
+
+def summarize(client, run) -> RunRow:
+    """One run's row: its metric histories read from the store (a few queries)."""
+    info, data = run.info, run.data
+    curves = {key: _history(client, info.run_id, key) for key in CURVE_KEYS}
+    top1, top5 = dict(curves["val/top1"]), dict(curves["val/top5"])
+    best_epoch = max(top1, key=lambda epoch: (top1[epoch], -epoch)) if top1 else None
+    final_epoch = max(top1) if top1 else None
+    end_ms = info.end_time if info.status != "RUNNING" and info.end_time else time.time() * 1000
+    planned = data.params.get("train.epochs")
+    speeds = [value for _, value in curves["speed/img_per_s"]]
+    return RunRow(
+        run_id=info.run_id, name=info.run_name or "", recipe=data.tags.get("recipe", ""),
+        status=info.status, experiment_id=info.experiment_id, epochs_done=final_epoch or 0,
+        epochs_planned=int(planned) if planned and planned.isdigit() else None,
+        best_epoch=best_epoch, best_top1=top1.get(best_epoch), best_top5=top5.get(best_epoch),
+        final_top1=top1.get(final_epoch), final_top5=top5.get(final_epoch),
+        wall_s=(end_ms - info.start_time) / 1000 if info.start_time else None,
+        img_per_s=statistics.median(speeds) if speeds else None,
+        devices=data.tags.get("contexts", ""), params=dict(data.params), curves=curves)
+
+
+def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(epoch, value) sorted by epoch; a step logged twice (a resumed run) keeps its latest value."""
+    latest = {}
+    for metric in sorted(client.get_metric_history(run_id, key), key=lambda m: m.timestamp):
+        latest[metric.step] = metric.value
+    return sorted(latest.items())
+
+
+def collect(experiment: str | None = None, run_ids: list[str] = (), last: int = 0) -> list[RunRow]:
+    """Rows for the chosen runs of the store at tracking_uri(). Raises UserError (see select_runs)."""
+    client = open_client()
+    return [summarize(client, run) for run in select_runs(client, experiment, run_ids, last)]
+
+
+def differing_params(rows: list[RunRow]) -> list[str]:
+    """Recipe keys whose value is not the same in every row (absent counts as a value), sorted."""
+    keys = sorted(set().union(*(row.params for row in rows))) if rows else []
+    return [key for key in keys if len({row.params.get(key) for row in rows}) > 1]
+
+
+# -- output ------------------------------------------------------------------------------------
+COLUMNS = ("run", "name", "recipe", "status", "epochs", "best top1", "top5", "@epoch",
+           "final top1", "top5", "wall", "img/s", "devices")
+CSV_COLUMNS = ("run_id", "name", "recipe", "status", "epochs_done", "epochs_planned", "best_val_top1",
+               "best_val_top5", "best_epoch", "final_val_top1", "final_val_top5", "wall_s", "img_per_s",
+               "devices")
+
+
+def format_rows(rows: list[RunRow], fmt: str = "text") -> str:
+    """The summary and the differing recipe values as text tables, markdown tables, or one CSV."""
+    keys = differing_params(rows)
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS + tuple(keys))
+        for row in rows:
+            writer.writerow([row.run_id, row.name, row.recipe, row.status, row.epochs_done,
+                             _or_blank(row.epochs_planned), _or_blank(row.best_top1), _or_blank(row.best_top5),
+                             _or_blank(row.best_epoch), _or_blank(row.final_top1), _or_blank(row.final_top5),
+                             _or_blank(row.wall_s and round(row.wall_s, 1)),
+                             _or_blank(row.img_per_s and round(row.img_per_s, 1)), row.devices]
+                            + [row.params.get(key, "") for key in keys])
+        return out.getvalue()
+    table = _table if fmt == "text" else _markdown
+    summary = table(COLUMNS, [_summary_cells(row) for row in rows])
+    if len(rows) < 2:
+        values = "(one run: no recipe values to compare)"
+    elif not keys:
+        values = "The runs shown share every recipe value."
+    else:
+        values = table(("run",) + tuple(keys), [[row.run_id[:8]] + [row.params.get(k, "-") for k in keys]
+                                                for row in rows])
+    heading = "Recipe values that differ:" if fmt == "text" else "**Recipe values that differ**"
+    return f"{summary}\n\n{heading}\n{values}\n"
+
+
+def _summary_cells(row: RunRow) -> list[str]:
+    planned = row.epochs_planned if row.epochs_planned is not None else "?"
+    return [row.run_id[:8], row.name, row.recipe, row.status, f"{row.epochs_done}/{planned}",
+            _percent(row.best_top1), _percent(row.best_top5), _or_dash(row.best_epoch),
+            _percent(row.final_top1), _percent(row.final_top5), _duration(row.wall_s),
+            _or_dash(row.img_per_s and f"{row.img_per_s:.0f}"), row.devices or "-"]
+
+
+def _table(header: tuple[str, ...], rows: list[list[str]]) -> str:
+    cells = [list(header)] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _markdown(header: tuple[str, ...], rows: list[list[str]]) -> str:
+    def line(cells) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+    return "\n".join([line(header), line(["---"] * len(header))] + [line(row) for row in rows])
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _or_dash(value) -> str:
+    return "-" if value is None else str(value)
+
+
+def _or_blank(value) -> str:
+    return "" if value is None else str(value)
+
+
+def plot_runs(rows: list[RunRow], path: str | Path) -> None:
+    """PNG (or any matplotlib format, by suffix) overlaying val top-1 and train loss per epoch.
+
+    Raises:
+        UserError: the output folder does not exist.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise UserError(f"--plot {path}: folder {path.parent} does not exist.")
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(11, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    acc_ax, loss_ax = fig.subplots(1, 2)
+    keys = differing_params(rows)
+    for row in rows:
+        # The differing recipe values tell the curves apart better than names that differ by a date.
+        label = f"{row.run_id[:8]} " + (", ".join(f"{k}={row.params.get(k, '-')}" for k in keys) or row.name)
+        for ax, key in ((acc_ax, "val/top1"), (loss_ax, "train/loss")):
+            points = row.curves.get(key, [])
+            ax.plot([e for e, _ in points], [v for _, v in points], marker="." if len(points) < 30 else None,
+                    label=label)
+    acc_ax.set(xlabel="epoch", ylabel="val top-1", title="validation top-1", ylim=(0, 1))
+    loss_ax.set(xlabel="epoch", ylabel="train loss", title="training loss")
+    for ax in (acc_ax, loss_ax):
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    acc_ax.legend(fontsize="small", loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+# -- links into the MLflow UI ------------------------------------------------------------------
+def experiment_url(experiment_id: str, port: int = 5000) -> str:
+    """The experiment's training-runs table (MLflow 3 otherwise opens on its GenAI view)."""
+    return f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def compare_url(run_ids: list[str], experiment_ids: list[str], port: int = 5000) -> str:
+    """MLflow's compare-runs view: params, metrics and overlaid curves of these runs."""
+    runs = json.dumps(list(run_ids), separators=(",", ":"))
+    experiments = json.dumps(sorted(set(experiment_ids)), separators=(",", ":"))
+    return f"http://127.0.0.1:{port}/#/compare-runs?runs={runs}&experiments={experiments}"

@@ -1,0 +1,130 @@
+"""research.compare against a real temporary MLflow store filled through research.tracking."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+from research.compare import (collect, compare_url, differing_params, experiment_url, format_rows,
+                              plot_runs)
+from research.errors import UserError
+from research.tracking import Tracker
+
+PARAMS = {"net.name": "lenet", "train.epochs": "3", "train.batch_size": "32"}
+
+
+def make_run(experiment: str, lr: str, top1: list[float], finish: bool = True, extra: dict | None = None,
+             relogged: dict[int, float] | None = None) -> str:
+    tracker = Tracker.start(experiment, f"{experiment} run lr={lr}",
+                            tags={"recipe": experiment, "contexts": "cpu(0),cpu(1)"})
+    tracker.log_params({**PARAMS, "train.lr": lr, **(extra or {})})
+    for epoch, value in enumerate(top1, 1):
+        tracker.log_metrics({"val/top1": value, "val/top5": min(1.0, value + 0.1), "train/loss": 2.0 / epoch,
+                             "speed/img_per_s": 1000.0 * epoch}, step=epoch)
+    for epoch, value in (relogged or {}).items():     # a resumed run logs an epoch again
+        tracker.log_metrics({"val/top1": value}, step=epoch)
+    if finish:
+        tracker.end("FINISHED")
+    else:
+        tracker.flush()
+    return tracker.run_id
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """Two runs of exp_a (lr 0.05 finished, lr 0.1 still running), one of exp_b."""
+    root = tmp_path_factory.mktemp("store")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        ids = {"a1": make_run("exp_a", "0.05", [0.5, 0.9, 0.8], relogged={3: 0.85}),
+               "a2": make_run("exp_a", "0.1", [0.3, 0.6], finish=False, extra={"data.size": "32"}),
+               "b1": make_run("exp_b", "0.05", [0.4])}
+        yield root, ids
+
+
+@pytest.fixture
+def uri(store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store[0] / 'mlflow.db'}")
+    return store[1]
+
+
+def test_rows_summarise_each_run(uri):
+    rows = collect("exp_a")
+    assert [r.run_id for r in rows] == [uri["a1"], uri["a2"]]          # oldest first
+    done, running = rows
+    assert (done.status, running.status) == ("FINISHED", "RUNNING")
+    assert (done.epochs_done, done.epochs_planned, running.epochs_done) == (3, 3, 2)
+    assert (done.best_epoch, done.best_top1, done.best_top5) == (2, 0.9, 1.0)
+    assert done.final_top1 == 0.85                                      # the re-logged value wins
+    assert done.img_per_s == 2000.0 and done.devices == "cpu(0),cpu(1)" and done.recipe == "exp_a"
+    assert done.wall_s is not None and done.wall_s >= 0
+    assert done.curves["train/loss"] == [(1, 2.0), (2, 1.0), (3, 2.0 / 3)]
+
+
+def test_differing_values_include_keys_only_one_run_has(uri):
+    rows = collect("exp_a")
+    assert differing_params(rows) == ["data.size", "train.lr"]
+    assert differing_params(rows[:1]) == []
+
+
+def test_csv_has_a_row_per_run_with_the_differing_values(uri):
+    rows = collect("exp_a")
+    table = list(csv.DictReader(io.StringIO(format_rows(rows, "csv"))))
+    assert [(r["run_id"], r["train.lr"], r["data.size"]) for r in table] == [(uri["a1"], "0.05", ""),
+                                                                              (uri["a2"], "0.1", "32")]
+    assert float(table[0]["best_val_top1"]) == 0.9 and table[0]["best_epoch"] == "2"
+
+
+def test_text_and_markdown_show_names_and_values(uri):
+    rows = collect("exp_a")
+    text = format_rows(rows, "text")
+    assert "exp_a run lr=0.05" in text and "90.00%" in text and "3/3" in text
+    assert "train.lr" in text.split("differ")[1] and "0.1" in text.split("differ")[1]
+    markdown = format_rows(rows, "markdown").splitlines()
+    assert markdown[0].startswith("| run | name |") and markdown[1].startswith("| --- |")
+    assert "one run" in format_rows(rows[:1], "text")
+
+
+def test_runs_by_prefix_and_run_directory(uri, tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"run_id": uri["b1"], "experiment_id": "2"}))
+    rows = collect(run_ids=[uri["a2"][:8], str(tmp_path)])
+    assert [r.run_id for r in rows] == [uri["a2"], uri["b1"]]          # in the order asked
+    with pytest.raises(UserError, match="--runs ffff0000: no run"):
+        collect(run_ids=["ffff0000"])
+    with pytest.raises(UserError, match="not a run id"):
+        collect(run_ids=["nothing-here"])
+
+
+def test_unknown_experiment_lists_the_experiments(uri):
+    with pytest.raises(UserError, match=r"no experiment 'exp_c'.*exp_a, exp_b"):
+        collect("exp_c")
+    with pytest.raises(UserError, match=r"--experiment NAME.*exp_a, exp_b"):   # two to choose from
+        collect()
+    assert [r.run_id for r in collect("exp_a", last=1)] == [uri["a2"]]
+
+
+def test_missing_store_is_an_error_and_stays_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'none' / 'mlflow.db'}")
+    with pytest.raises(UserError, match="no MLflow store"):
+        collect("exp_a")
+    assert not (tmp_path / "none").exists()
+
+
+def test_plot_is_a_png_matplotlib_reads(uri, tmp_path):
+    import matplotlib.image
+
+    plot_runs(collect("exp_a"), tmp_path / "runs.png")
+    data = (tmp_path / "runs.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    height, width, _ = matplotlib.image.imread(tmp_path / "runs.png").shape
+    assert height > 100 and width > 100
+    with pytest.raises(UserError, match="does not exist"):
+        plot_runs(collect("exp_a"), tmp_path / "no" / "runs.png")
+
+
+def test_ui_links_open_the_training_views():
+    assert experiment_url("3", 5001) == "http://127.0.0.1:5001/#/experiments/3/runs?workflowType=machine_learning"
+    assert compare_url(["ab", "cd"], ["3", "3"]) == \
+        'http://127.0.0.1:5000/#/compare-runs?runs=["ab","cd"]&experiments=["3"]'
