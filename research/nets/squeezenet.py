@@ -9,15 +9,25 @@ import mxnet as mx
 from mxnet.gluon import nn
 
 
+def _conv(channels: int, kernel_size: int, **kwargs) -> nn.Conv2D:
+    # Caffe's "xavier" filler of the original release: U(-a, a) with variance 1 / fan_in. Set on
+    # each layer (a parameter's own init overrides the trainer's global one) because this net
+    # has no batch norm: He init (variance 2 / fan_in) on raw-pixel inputs (std ~58) gives logits
+    # in the hundreds and the first steps blow up, while 1 / fan_in shrinks activations ~2x per
+    # ReLU layer, which is what lets the Caffe recipe train on unnormalised pixels.
+    return nn.Conv2D(channels, kernel_size, activation="relu",
+                     weight_initializer=mx.init.Xavier("uniform", "in", 3), **kwargs)
+
+
 class Fire(nn.HybridBlock):
     """squeeze 1x1 -> relu -> concat(expand 1x1 -> relu, expand 3x3 -> relu) along channels."""
 
     def __init__(self, squeeze: int, expand1x1: int, expand3x3: int, **kwargs):
         super().__init__(**kwargs)
         with self.name_scope():
-            self.squeeze = nn.Conv2D(squeeze, kernel_size=1, activation="relu")
-            self.expand1x1 = nn.Conv2D(expand1x1, kernel_size=1, activation="relu")
-            self.expand3x3 = nn.Conv2D(expand3x3, kernel_size=3, padding=1, activation="relu")
+            self.squeeze = _conv(squeeze, 1)
+            self.expand1x1 = _conv(expand1x1, 1)
+            self.expand3x3 = _conv(expand3x3, 3, padding=1)
 
     def hybrid_forward(self, F, x):
         x = self.squeeze(x)
@@ -56,9 +66,9 @@ class SqueezeNet(nn.HybridBlock):
             self.features = nn.HybridSequential(prefix="")
             with self.features.name_scope():
                 if version == "1.0":
-                    self.features.add(nn.Conv2D(96, kernel_size=7, strides=2, activation="relu"))
+                    self.features.add(_conv(96, 7, strides=2))
                 else:
-                    self.features.add(nn.Conv2D(64, kernel_size=3, strides=2, activation="relu"))
+                    self.features.add(_conv(64, 3, strides=2))
                 self.features.add(_pool())
                 for spec in FIRES[version]:
                     self.features.add(_pool() if spec == "pool" else Fire(*spec))
@@ -66,8 +76,7 @@ class SqueezeNet(nn.HybridBlock):
             with self.output.name_scope():
                 self.output.add(
                     nn.Dropout(0.5),
-                    # N(0, 0.01) as in the Caffe release's conv10 (the other layers use the
-                    # trainer's initializer); a parameter's own init overrides the global one.
+                    # N(0, 0.01) as in the Caffe release's conv10.
                     nn.Conv2D(classes, kernel_size=1, activation="relu",
                               weight_initializer=mx.init.Normal(0.01)),
                     # Departure: the paper ends in a 13x13 average pool, which fixes the input
