@@ -17,11 +17,15 @@ from .features import Features, TransferError
 
 
 def cache_key(backbone: str, weights_id: str, layer: str, rec: str, data_shape: list[int],
-              resize: int, mean: list[float], std: list[float]) -> dict:
-    """Everything the features depend on; the data file by path, size and mtime (hashing GBs is slow)."""
+              resize: int, mean: list[float], std: list[float], labeled: bool = True) -> dict:
+    """Everything the features depend on; the data file by path, size and mtime (hashing GBs is slow).
+
+    `labeled`: the file stores class labels (train) or record ids (test) beside the features.
+    """
     stat = Path(rec).stat()
     key = {"backbone": backbone, "weights": weights_id, "layer": layer,
-           "data": {"path": str(Path(rec).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns},
+           "data": {"path": str(Path(rec).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                    "stores": "labels" if labeled else "ids"},
            "preprocessing": {"data_shape": list(data_shape), "resize": resize, "mean": list(mean),
                              "std": list(std)}}
     return json.loads(json.dumps(key))   # the form it takes after a round trip through the file

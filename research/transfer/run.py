@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from ..config import Recipe, RecordData, dump_recipe
-from ..data.recordio import open_record_files
+from ..data.recordio import check_labels, open_record_files
 from ..nets.pretrained import PretrainedError
 from ..tracking import Tracker, environment_tags, ui_command
 from . import classifier
 from .cache import cache_key, cache_path, load_features, save_features
-from .features import (Features, TransferError, extract_features, feature_block, load_backbone,
-                       parse_layer, weights_id)
+from .features import (Features, TransferError, check_test_ids, extract_features, feature_block, load_backbone,
+                       parse_layer, read_record_headers, weights_id)
 
 log = logging.getLogger("research.transfer")
 SPLITS = {"data.train_rec": "train", "data.val_rec": "val", "transfer.test_rec": "test"}   # recipe key -> split
@@ -112,8 +112,13 @@ def get_features(recipe: Recipe, ctxs: list, tracker: Tracker) -> tuple[dict[str
     weights = weights_id(recipe.net.pretrained)
     metrics, feats, todo = {}, {}, {}
     for key, rec in sources.items():
-        open_record_files(rec, key)        # a missing .rec or .idx is named before any work
-        cache = cache_key(recipe.net.name, weights, cfg.layer, rec, data.data_shape, data.resize, data.mean, data.std)
+        files = open_record_files(rec, key)        # bad files are named before any heavy work
+        if SPLITS[key] == "test":
+            check_test_ids(*read_record_headers(files), rec)
+        else:
+            check_labels(files, recipe.net.classes, key)
+        cache = cache_key(recipe.net.name, weights, cfg.layer, rec, data.data_shape, data.resize, data.mean,
+                          data.std, labeled=SPLITS[key] != "test")
         path = cache_path(cfg.cache_dir, cache)
         feats[SPLITS[key]] = load_features(path, cache)
         if feats[SPLITS[key]] is None:
@@ -153,12 +158,10 @@ def _check_labels(feats: Features, rec: str, class_names: list[str], min_per_cla
 
 def run_transfer_job(recipe: Recipe, ctxs: list, run_dir: Path, argv: list[str]) -> int:
     """tools/train.py's entry for task transfer: run directory, logging, one MLflow run; the exit code."""
-    from ..train.run import setup_logging
-
     check_transfer(recipe)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(run_dir, is_logger=True)
+    _log_to(run_dir / "train.log")
     (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
     tracker = Tracker.disabled()
     if recipe.tracking.enabled:
@@ -187,3 +190,15 @@ def run_transfer_job(recipe: Recipe, ctxs: list, run_dir: Path, argv: list[str])
         print(f"MLflow run {tracker.run_id}. Open the UI with:\n  {ui_command()}")
     return 0
 
+
+
+def _log_to(path: Path) -> None:
+    """INFO and above to the console and to `path` (kept as a run artifact)."""
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    for handler in (logging.StreamHandler(), logging.FileHandler(path)):
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)

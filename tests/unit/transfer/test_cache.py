@@ -28,16 +28,17 @@ def test_round_trip(tmp_path, rec):
     assert [p.name for p in path.parent.iterdir()] == [path.name]          # no temporary file left
 
 
-def test_key_changes_with_model_layer_data_and_preprocessing(tmp_path, rec):
+def test_key_changes_with_model_layer_data_preprocessing_and_kind(tmp_path, rec):
     base = cache_key("resnet50_v1", "zoo a", "features", rec, **IMAGENET)
     others = [cache_key("resnet18_v1", "zoo a", "features", rec, **IMAGENET),
               cache_key("resnet50_v1", "file sha1 b", "features", rec, **IMAGENET),
               cache_key("resnet50_v1", "zoo a", "features[:-2]", rec, **IMAGENET),
-              cache_key("resnet50_v1", "zoo a", "features", rec, **dict(IMAGENET, resize=288))]
+              cache_key("resnet50_v1", "zoo a", "features", rec, **dict(IMAGENET, resize=288)),
+              cache_key("resnet50_v1", "zoo a", "features", rec, **IMAGENET, labeled=False)]   # ids, not labels
     os.utime(rec, ns=(1, 1))
     others.append(cache_key("resnet50_v1", "zoo a", "features", rec, **IMAGENET))    # the .rec was rebuilt
     paths = {cache_path(tmp_path, key) for key in [base, *others]}
-    assert len(paths) == 6
+    assert len(paths) == 7
 
 
 def test_cache_made_by_another_model_is_refused(tmp_path, rec):

@@ -49,7 +49,7 @@ def test_labels_stay_with_their_images(tmp_path, write_rec, grey):
 def test_test_rec_without_ids_is_refused(tmp_path, write_rec, grey):
     rec = write_rec(tmp_path / "test", [(0, -1, grey(100)) for _ in range(5)])
     block = feature_block(MeanColour(), "features", PLAIN.data_shape, mx.cpu())
-    with pytest.raises(TransferError, match="no distinct ids.*id 0 appears 5 times.*build_rec.py --layout dogs-vs-cats"):
+    with pytest.raises(TransferError, match="no distinct ids.*id 0 appears 5 times.*--layout dogs-vs-cats"):
         extract_features(block, str(rec), "transfer.test_rec", [mx.cpu()], PLAIN, batch_size=4, labeled=False)
 
 
