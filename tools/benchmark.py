@@ -41,10 +41,12 @@ def run_data(args: argparse.Namespace) -> int:
         return 2
     recipe = load_recipe(args.recipe, args.overrides)
     rows = benchmark_data(recipe, threads, args.seconds)
-    print(f"{'pipeline':<16} {'threads':>7} {'instances':>9} {'decode thr':>10} {'img/s':>8} {'img/s/thread':>12}")
+    print(f"{'pipeline':<16} {'threads':>7} {'instances':>9} {'decode_thr':>10} {'img/s':>8} "
+          f"{'img/s/thread':>12} {'img/cpu_s':>9}")
     for row in rows:
         print(f"{row['pipeline']:<16} {row['threads']:>7} {row['instances']:>9} {row['decode_threads']:>10} "
-              f"{row['img_per_s']:>8.0f} {row['img_per_s_per_thread']:>12.0f}")
+              f"{row['img_per_s']:>8.0f} {row['img_per_s_per_thread']:>12.0f} {row['img_per_cpu_s']:>9.0f}")
+    print("img/cpu_s: images per CPU-second used by this process = images/s per fully busy core.")
     return 0
 
 

@@ -29,8 +29,10 @@ def write_sample_images(folder: str | Path, classes: int = 4, per_class: int = 2
     return folder
 
 
-def _images_per_second(batches, batch_size: int, seconds: float, warmup: int = 8) -> float:
-    """Rate at which `batches` (an mx.io.DataIter, reset at each end of pass) delivers images."""
+def _measure(batches, batch_size: int, seconds: float, warmup: int = 8) -> tuple[float, float]:
+    """(images/s, images per CPU-second of this process) that `batches` (an mx.io.DataIter,
+    reset at each end of pass) delivers. The second figure is images/s per busy core: on a
+    shared machine it stays meaningful when the first one is cut by other loads."""
     def take() -> None:
         try:
             batch = batches.next()
@@ -41,11 +43,12 @@ def _images_per_second(batches, batch_size: int, seconds: float, warmup: int = 8
 
     for _ in range(warmup):             # drains the batches prefetched while the iterator was built
         take()
-    count, start = 0, time.perf_counter()
+    count, start, cpu_start = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         take()
         count += batch_size
-    return count / (time.perf_counter() - start)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start   # cpu: all threads
+    return count / wall, count / max(cpu, 1e-9)
 
 
 def benchmark_data(recipe: Recipe, thread_counts: list[int], seconds: float = 10.0) -> list[dict]:
@@ -64,17 +67,17 @@ def benchmark_data(recipe: Recipe, thread_counts: list[int], seconds: float = 10
     for threads in thread_counts:
         bare = mx.io.ImageRecordIter(path_imgrec=str(files.rec), path_imgidx=str(files.idx), batch_size=batch_size,
                                      preprocess_threads=threads or cores, **kwargs)
-        rate = _images_per_second(bare, batch_size, seconds)
+        rows.append(_row("ImageRecordIter", threads or cores, [min(threads or cores, cap)],
+                         *_measure(bare, batch_size, seconds)))
         del bare
-        rows.append(_row("ImageRecordIter", threads or cores, [min(threads or cores, cap)], rate))
         ours = RecordTrainIter(files, batch_size, kwargs, plan_threads(threads, cores))
-        rate = _images_per_second(ours, batch_size, seconds)
-        rows.append(_row("ours", threads or cores, ours.decode_threads, rate))
+        rows.append(_row("ours", threads or cores, ours.decode_threads, *_measure(ours, batch_size, seconds)))
         del ours
     return rows
 
 
-def _row(pipeline: str, threads: int, decode_threads: list[int], rate: float) -> dict:
+def _row(pipeline: str, threads: int, decode_threads: list[int], rate: float, per_cpu_second: float) -> dict:
     return {"pipeline": pipeline, "threads": threads, "instances": len(decode_threads),
             "decode_threads": sum(decode_threads), "img_per_s": round(rate, 1),
-            "img_per_s_per_thread": round(rate / sum(decode_threads), 1)}
+            "img_per_s_per_thread": round(rate / sum(decode_threads), 1),
+            "img_per_cpu_s": round(per_cpu_second, 1)}
