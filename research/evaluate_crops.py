@@ -3,11 +3,24 @@ the 4 corners and the centre of each image, and their mirrors, softmax averaged 
 """
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Iterator
 
 import mxnet as mx
 import numpy as np
 from mxnet import gluon
+
+from .config import Recipe, RecordData, recipe_from_dict
+from .data.recordio import (RecordEvalIter, check_data_shape, check_labels, cpu_cores, decode_thread_cap,
+                            image_record_kwargs, open_record_files, plan_threads, rgb_mean, shortest_side)
+from .errors import UserError
+from .nets import get_net
+from .tracking import Tracker, get_client, tracking_uri
+from .train.checkpoint import CheckpointError, find_latest, load_checkpoint, load_net_arrays
 
 
 def crop_offsets(height: int, width: int, crop_h: int, crop_w: int, crops: int) -> list[tuple[int, int]]:
@@ -79,3 +92,132 @@ def evaluate_crops(net: gluon.Block, batches: Iterable[mx.io.DataBatch], ctxs: l
     if count == 0:
         raise ValueError("no images to evaluate: the record file is empty")
     return {"top1": top1 / count, "top5": top5 / count, "count": count}
+
+
+@dataclass
+class Trained:
+    """A trained net ready to evaluate, with where it came from."""
+    net: gluon.HybridBlock
+    recipe: Recipe
+    checkpoint: Path
+    epoch: int                 # epochs done when the checkpoint was written
+    mid_epoch: bool            # written inside an epoch: no val/top1 of the loop matches it
+    run_id: str | None         # the MLflow run that trained it
+    tracking_uri: str | None   # where that run lives, from run.json
+
+
+def load_trained(source: str | Path, ctxs: list[mx.Context]) -> Trained:
+    """The net of a run directory (its newest valid checkpoint) or of one .ckpt file.
+
+    Raises:
+        UserError: no checkpoint there, or a file that is not one of this project's checkpoints.
+    """
+    source = Path(source)
+    if source.is_dir():
+        latest = find_latest(source / "checkpoints")
+        if latest is None:
+            raise UserError(f"{source}: no valid checkpoint in {source / 'checkpoints'}. Pass a run directory "
+                            f"written by tools/train.py (runs/<recipe name>/) or a .ckpt file.")
+        path, content = latest
+    elif source.is_file():
+        path = source
+        try:
+            content = load_checkpoint(path)
+        except CheckpointError as err:
+            raise UserError(str(err)) from None
+    else:
+        raise UserError(f"{source}: no such run directory or checkpoint file.")
+    state = content["state"]
+    recipe = recipe_from_dict(state.recipe, origin=f"the recipe saved in {path}")
+    net = get_net(recipe.net.name, classes=recipe.net.classes)
+    net.initialize(ctx=ctxs)
+    shape = (1,) + tuple(getattr(recipe.data, "data_shape", ()))
+    for ctx in ctxs:                             # deferred init: the shapes exist after one forward
+        net(mx.nd.zeros(shape, ctx=ctx))
+    try:
+        load_net_arrays(net, content["params"])  # float32 on the CPU even for a float16 run
+    except CheckpointError as err:
+        raise UserError(str(err)) from None      # float32 on the CPU even for a float16 run
+    if recipe.train.dtype == "float16" and all(c.device_type == "gpu" for c in ctxs):
+        net.cast("float16")
+    net.hybridize(static_alloc=True, static_shape=True)
+    run_json = path.parent.parent / "run.json"
+    run_info = json.loads(run_json.read_text()) if run_json.is_file() else {}
+    return Trained(net, recipe, path, state.epoch, state.batch_in_epoch > 0,
+                   state.run_id or run_info.get("run_id"), run_info.get("tracking_uri"))
+
+
+def record_batches(data: RecordData, rec: str | Path, batch_size: int, classes: int,
+                   view: int = 0) -> mx.io.DataIter:
+    """Every image of `rec` once, in file order, preprocessed as the recipe validates.
+
+    view 0: exactly the training loop's val pipeline (resize, centre crop to data_shape).
+    view > 0: the centre view x view square (after the same resize), to cut 10 crops from.
+    """
+    files = open_record_files(str(rec), "--rec")
+    check_labels(files, classes, "--rec")
+    # the mean of a `mean: rec` recipe is the one of its training set, as in training
+    mean = rgb_mean(data, open_record_files(data.train_rec, "data.train_rec")) if isinstance(data.mean, str) \
+        else list(data.mean)
+    if view:
+        data = dataclasses.replace(data, data_shape=[data.data_shape[0], view, view])
+    check_data_shape(data, files, data.resize, False, "data.val_rec")
+    kwargs = image_record_kwargs(data, mean, train=False)
+    threads = min(plan_threads(data.preprocess_threads)[0], decode_thread_cap(cpu_cores()))
+    return RecordEvalIter(files, batch_size, kwargs, threads)
+
+
+def ten_crop_view(data: RecordData, rec: str | Path) -> int:
+    """Side of the square the 10 crops are cut from: data.resize, else the images' shortest side."""
+    if data.resize > 0:
+        return data.resize
+    return shortest_side(open_record_files(str(rec), "--rec"))[0]
+
+
+def evaluate_rec(trained: Trained, rec: str | Path, ctxs: list[mx.Context], crops: list[int],
+                 batch_size: int) -> dict[str, float]:
+    """{"val/top1_center", "val/top5_center", "val/top1_10crop", "val/top5_10crop"} as asked by `crops`."""
+    data = trained.recipe.data
+    if not isinstance(data, RecordData):
+        raise UserError(f"{trained.checkpoint} was trained on data.kind {data.kind}; evaluating on a .rec "
+                        f"needs a recipe with data.kind recordio.")
+    dtype = "float16" if _is_float16(trained.net) else "float32"
+    crop = tuple(data.data_shape[1:])
+    metrics = {}
+    for count in crops:
+        name = "center" if count == 1 else f"{count}crop"
+        view = 0 if count == 1 else ten_crop_view(data, rec)
+        batches = record_batches(data, rec, batch_size, trained.recipe.net.classes, view)
+        result = evaluate_crops(trained.net, batches, ctxs, crop, count, dtype)
+        metrics.update({f"val/top1_{name}": result["top1"], f"val/top5_{name}": result["top5"],
+                        f"count_{name}": result["count"]})
+    return metrics
+
+
+def _is_float16(net: gluon.Block) -> bool:
+    return any(p.dtype == np.float16 for p in net.collect_params().values())
+
+
+def log_to_run(trained: Trained, metrics: dict[str, float], rec: str | Path) -> str | None:
+    """Add the figures to the run that trained the net, at its epoch; the run's status is kept.
+
+    Returns the run id, or None (with the reason printed) when they could not be logged.
+    """
+    if not trained.run_id:
+        print(f"not logged to MLflow: {trained.checkpoint} names no MLflow run (tracking was off)")
+        return None
+    if trained.tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI"):
+        os.environ["MLFLOW_TRACKING_URI"] = trained.tracking_uri    # the store the run was written to
+    try:
+        client = get_client()
+        client.get_run(trained.run_id)
+    except Exception as err:  # noqa: BLE001 - the figures are printed either way
+        print(f"not logged to MLflow: run {trained.run_id} not found at {tracking_uri()} ({err})")
+        return None
+    # not Tracker.resume: that marks the run RUNNING, and it may still be training or long finished
+    tracker = Tracker(client, trained.run_id)
+    tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith("val/")}, step=trained.epoch)
+    tracker.set_tags({"evaluate.rec": str(Path(rec).resolve()), "evaluate.checkpoint": str(trained.checkpoint)})
+    if not tracker.flush():
+        print(f"MLflow at {tracking_uri()} did not answer in time; the figures may be missing from the run")
+    return trained.run_id
