@@ -72,7 +72,8 @@ def fit(setup: Setup, state: TrainState, tracker: Tracker, should_stop: Callable
                 state.batch_in_epoch += 1
                 continue
             lr = lr_at(state.step / steps_per_epoch, setup.base_lr, train)
-            trainer.set_learning_rate(lr)
+            if trainer.optimizer.lr_scheduler is None:   # dist kvstore: the servers follow lr_at themselves
+                trainer.set_learning_rate(lr)
             xs = gluon.utils.split_and_load(batch.data[0], ctxs, even_split=False)
             ys = gluon.utils.split_and_load(batch.label[0], ctxs, even_split=False)
             with autograd.record():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import os
 import platform
 import socket
@@ -14,6 +15,7 @@ from pathlib import Path
 import mxnet as mx
 from mxnet import gluon
 
+from .. import distributed
 from ..config import Recipe, RecipeError, dump_recipe
 from ..data import get_iterators
 from ..nets import get_net
@@ -25,6 +27,7 @@ from .schedules import scaled_lr
 from .signals import StopRequest
 
 log = logging.getLogger("research.train")
+LOG_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
 DIST = ("dist_sync", "dist_device_sync", "dist_async")
 
 
@@ -57,28 +60,42 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, fresh: bool) ->
     return content
 
 
-def setup_logging(run_dir: Path, is_logger: bool) -> None:
+def setup_logging() -> None:
+    """Console logging now; records are also buffered until `add_file_log` knows the run dir."""
     root = logging.getLogger()
     root.setLevel(logging.INFO)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
     if not any(getattr(h, "_research", False) for h in root.handlers):
         console = logging.StreamHandler()
-        console.setFormatter(fmt)
+        console.setFormatter(LOG_FORMAT)
         console._research = True
+        buffer = logging.handlers.MemoryHandler(capacity=10000, flushLevel=logging.CRITICAL + 1)
+        buffer._research = "buffer"
         root.addHandler(console)
-        if is_logger:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            file_handler = logging.FileHandler(run_dir / "train.log")
-            file_handler.setFormatter(fmt)
-            file_handler._research = True
-            root.addHandler(file_handler)
+        root.addHandler(buffer)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
+def add_file_log(run_dir: Path, is_logger: bool) -> None:
+    """Append to run_dir/train.log (rank 0 only), starting with what was logged before."""
+    root = logging.getLogger()
+    buffers = [h for h in root.handlers if getattr(h, "_research", None) == "buffer"]
+    target = None
+    if is_logger:
+        target = logging.FileHandler(run_dir / "train.log")
+        target.setFormatter(LOG_FORMAT)
+        target._research = True
+        root.addHandler(target)
+    for buffer in buffers:
+        if target is not None:
+            for record in buffer.buffer:
+                target.handle(record)
+        root.removeHandler(buffer)
+
+
 def create_kvstore(recipe: Recipe):
     """A kvstore object for distributed training (it tells rank and worker count), else its name."""
-    return mx.kv.create(recipe.train.kvstore) if recipe.train.kvstore in DIST else recipe.train.kvstore
+    return distributed.create_kvstore(recipe.train.kvstore)
 
 
 def build_setup(recipe: Recipe, ctxs: list, run_dir: Path, kv) -> Setup:
@@ -155,15 +172,19 @@ def start_tracking(recipe: Recipe, state: checkpoint.TrainState, ctxs: list, arg
 
 def train(recipe: Recipe, ctxs: list, run_dir: Path, resume: bool, fresh: bool, argv: list[str]) -> int:
     """Run or resume `recipe`; returns the process exit code."""
-    content = prepare_run_dir(run_dir, recipe, resume, fresh)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging()
     kv = create_kvstore(recipe)
-    setup_logging(run_dir, is_logger=recipe.train.kvstore not in DIST or kv.rank == 0)
+    is_logger = recipe.train.kvstore not in DIST or kv.rank == 0
+    content = prepare_run_dir(run_dir, recipe, resume, fresh and is_logger)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    add_file_log(run_dir, is_logger)
     setup = build_setup(recipe, ctxs, run_dir, kv)
     state = checkpoint.TrainState(recipe=recipe.to_dict())
     if content is not None:
         state = checkpoint.restore(content, setup.net, setup.trainer)
         state.recipe = recipe.to_dict()
+    if recipe.train.kvstore in DIST:       # rank 0's weights and position on every worker, lr schedule on the servers
+        distributed.prepare_workers(kv, setup, state)
     if state.epoch >= recipe.train.epochs:
         print(f"{run_dir} already holds the finished run ({state.epoch} epochs). "
               f"Use --fresh to train again, or --set train.epochs=N to extend it.")
@@ -183,7 +204,7 @@ def train(recipe: Recipe, ctxs: list, run_dir: Path, resume: bool, fresh: bool, 
 
 def _run_loop(setup: Setup, state: checkpoint.TrainState, tracker: Tracker, argv: list[str]) -> int:
     recipe, run_dir = setup.recipe, setup.run_dir
-    stop = StopRequest()
+    stop = StopRequest() if setup.is_logger else distributed.FollowerStop()   # rank 0 decides when a job stops
     stop.install()
 
     def on_epoch_end(state: checkpoint.TrainState) -> None:
@@ -207,6 +228,8 @@ def _run_loop(setup: Setup, state: checkpoint.TrainState, tracker: Tracker, argv
             tracker.log_artifact(run_dir / "traceback.txt")
         _finish(setup, state, tracker, "FAILED", "failed")
         raise
+    if setup.num_workers > 1:              # equal on every worker when the kvstore kept them in sync
+        log.info("final weights sha256 %s", distributed.weights_digest(setup.net))
     if outcome == "stopped":
         _finish(setup, state, tracker, "KILLED", "killed")
         if setup.is_logger:

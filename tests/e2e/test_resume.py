@@ -1,0 +1,132 @@
+"""Multi-day survival with real processes: kill -9, SIGTERM, SIGHUP, a truncated checkpoint."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import PYTHON, REPO, make_env, run_tool
+from mlflow.tracking import MlflowClient
+
+from research.train.checkpoint import find_latest, list_checkpoints, load_checkpoint
+
+SMOKE = "recipes/smoke/lenet_digits_tiny.yaml"
+EPOCHS = ["--set", "train.epochs=6", "--set", "train.lr_steps=[4]"]
+pytestmark = pytest.mark.slow
+
+
+def start(run_dir: Path, env: dict, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([PYTHON, str(REPO / "tools/train.py"), SMOKE, "--output", str(run_dir), *EPOCHS, *extra],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_checkpoints(run_dir: Path, count: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while len(list_checkpoints(run_dir / "checkpoints")) < count:
+        assert proc.poll() is None, f"run ended early:\n{proc.stdout.read()}"
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+
+
+def final_params(run_dir: Path) -> dict[str, np.ndarray]:
+    path, content = find_latest(run_dir / "checkpoints")
+    return content["params"]
+
+
+def only_run(store: Path):
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("lenet_digits_tiny")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    return client, runs[0]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict[str, np.ndarray]:
+    tmp = tmp_path_factory.mktemp("reference")
+    run_tool("train.py", SMOKE, "--output", tmp / "run", *EPOCHS, env=make_env(tmp), check=True)
+    return final_params(tmp / "run")
+
+
+def assert_same_params(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def test_kill_9_then_rerun_resumes_same_run_and_matches_uninterrupted(tmp_path, store, uninterrupted):
+    env = make_env(store)
+    proc = start(tmp_path / "run", env)
+    wait_for_checkpoints(tmp_path / "run", 2, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    client, run = only_run(store)
+    assert run.info.status == "RUNNING"              # SIGKILL leaves it so; the resume fixes it
+
+    resumed = run_tool("train.py", SMOKE, "--output", tmp_path / "run", *EPOCHS, env=env, check=True)
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    client, run_after = only_run(store)
+    assert run_after.info.run_id == run.info.run_id and run_after.info.status == "FINISHED"
+    for key in ("val/top1", "train/loss", "lr"):
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+        assert steps == [1, 2, 3, 4, 5, 6], (key, steps)      # no gap, no duplicate
+    assert_same_params(final_params(tmp_path / "run"), uninterrupted)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129), (signal.SIGINT, 130)])
+def test_signal_checkpoints_marks_killed_and_resumes(tmp_path, store, uninterrupted, sig, code):
+    env = make_env(store)
+    proc = start(tmp_path / "run", env)
+    wait_for_checkpoints(tmp_path / "run", 1, proc)
+    time.sleep(0.3)                                   # mid-epoch, most likely
+    proc.send_signal(sig)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == code, output
+    assert "--resume" in output                        # tells how to resume
+    client, run = only_run(store)
+    assert run.info.status == "KILLED"
+    newest = load_checkpoint(list_checkpoints(tmp_path / "run" / "checkpoints")[-1])["state"]
+
+    run_tool("train.py", SMOKE, "--output", tmp_path / "run", *EPOCHS, "--resume", env=env, check=True)
+    client, run_after = only_run(store)
+    assert run_after.info.run_id == run.info.run_id and run_after.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/top1")) == [1, 2, 3, 4, 5, 6]
+    assert newest.step > 0
+    # LeNet draws no random numbers in training, and the data order is fixed per epoch:
+    # a mid-epoch resume continues the exact sequence of updates.
+    assert_same_params(final_params(tmp_path / "run"), uninterrupted)
+
+
+def test_truncated_newest_checkpoint_is_skipped(tmp_path, store):
+    env = make_env(store)
+    proc = start(tmp_path / "run", env)
+    wait_for_checkpoints(tmp_path / "run", 3, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    checkpoints = list_checkpoints(tmp_path / "run" / "checkpoints")
+    newest = checkpoints[-1]
+    newest.write_bytes(newest.read_bytes()[:1000])       # as a crash during a copy would leave it
+    resumed = run_tool("train.py", SMOKE, "--output", tmp_path / "run", *EPOCHS, env=env, check=True)
+    log = resumed.stdout + resumed.stderr
+    assert f"skipping checkpoint: {newest} is truncated" in log
+    assert f"resuming from {checkpoints[-2]}" in log
+    client, run = only_run(store)
+    assert run.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/top1")) == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_flag_without_checkpoint_is_a_user_error(tmp_path, env):
+    proc = run_tool("train.py", SMOKE, "--output", tmp_path / "run", "--resume", env=env)
+    assert proc.returncode == 2 and "no valid checkpoint" in proc.stderr
+
+
+def test_fresh_sets_the_old_run_aside(tmp_path, env):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "train.log").write_text("old")
+    run_tool("train.py", SMOKE, "--output", tmp_path / "run", "--fresh", "--set", "train.epochs=1",
+             "--set", "train.lr_steps=[]", env=env, check=True)
+    aside = list(tmp_path.glob("run.old-*"))
+    assert len(aside) == 1 and (aside[0] / "train.log").read_text() == "old"
