@@ -47,7 +47,6 @@ class Session:
     name: str
     alive: bool              # False once every pane's command has exited (kept by remain-on-exit)
     run_dir: Path | None     # set for sessions that tools/launch.py started
-    attached: bool
     created: float           # epoch seconds
 
 
@@ -55,16 +54,15 @@ def list_sessions(socket: str | None = None) -> list[Session]:
     """Sessions on the tmux server; [] if tmux is absent or no server runs."""
     if shutil.which("tmux") is None:
         return []
-    fmt = "\t".join(["#{session_name}", "#{pane_dead}", "#{session_attached}", "#{session_created}",
-                     "#{%s}" % RUN_DIR_OPTION])
+    fmt = "\t".join(["#{session_name}", "#{pane_dead}", "#{session_created}", "#{%s}" % RUN_DIR_OPTION])
     out = subprocess.run(tmux("list-panes", "-a", "-F", fmt, socket=socket), capture_output=True, text=True)
     if out.returncode != 0:          # "no server running": no sessions
         return []
     sessions: dict[str, Session] = {}
     for line in out.stdout.splitlines():
-        name, dead, attached, created, run_dir = (line.split("\t") + [""] * 5)[:5]
+        name, dead, created, run_dir = (line.split("\t") + [""] * 4)[:4]
         session = sessions.setdefault(name, Session(name, False, Path(run_dir) if run_dir else None,
-                                                    attached not in ("", "0"), float(created or 0)))
+                                                    float(created or 0)))
         session.alive = session.alive or dead != "1"
     return list(sessions.values())
 

@@ -21,7 +21,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("recipe", help="recipe YAML file, e.g. recipes/lenet_digits.yaml")
     parser.add_argument("--gpus", default="", help="comma-separated GPU ids, e.g. 0,1; omit to train on the CPU")
     parser.add_argument("--name", default=None,
-                        help="tmux session name; default the recipe name ('.' and ':' become '_')")
+                        help="tmux session name; default the recipe name (characters other than letters, digits, "
+                             "'-' and '_' become '_': tmux forbids '.' and ':')")
     parser.add_argument("--output", type=Path, default=None,
                         help="run directory; default runs/<recipe name>/ (the trainer's default)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -1,0 +1,159 @@
+"""tools/launch.py and tools/status.py as a user runs them, on a private tmux server per test."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+from helpers import make_env, run_tool
+
+RECIPE = "recipes/lenet_digits.yaml"
+needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None,
+                                reason="tmux is not installed (apt-get install tmux); tools/launch.py needs it")
+
+
+@pytest.fixture
+def tmux_env(tmp_path):
+    """Environment with a private tmux server (tmux -L) and MLflow store; both torn down after."""
+    socket_name = f"research-test-{uuid.uuid4().hex[:10]}"
+    env = make_env(tmp_path / "mlruns", RESEARCH_TMUX_SOCKET=socket_name)
+    try:
+        yield env
+    finally:
+        subprocess.run(["tmux", "-L", socket_name, "kill-server"], capture_output=True)
+        stop_trainers(tmp_path)
+        tmux_dir = Path(os.environ.get("TMUX_TMPDIR", "/tmp")) / f"tmux-{os.getuid()}"
+        (tmux_dir / socket_name).unlink(missing_ok=True)       # kill-server leaves the socket file
+
+
+def stop_trainers(root: Path) -> None:
+    """Trainers outlive their tmux server for a moment (they checkpoint on SIGHUP): wait, then kill."""
+    for status in root.rglob("status.json"):
+        pid = json.loads(status.read_text()).get("pid")
+        if not pid:
+            continue
+        try:
+            process = psutil.Process(pid)
+            if "train.py" in " ".join(process.cmdline()):
+                process.wait(30)
+        except psutil.TimeoutExpired:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def tmux(env: dict, *args: str) -> str:
+    return subprocess.run(["tmux", "-L", env["RESEARCH_TMUX_SOCKET"], *args],
+                          capture_output=True, text=True).stdout.strip()
+
+
+def wait_for(condition, timeout: float, what: str, run_dir: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            log = run_dir / "console.log"
+            tail = log.read_text()[-3000:] if log.exists() else "(no console.log)"
+            pytest.fail(f"timed out after {timeout} s waiting for {what}; console.log ends:\n{tail}")
+        time.sleep(0.2)
+
+
+def read_status(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "status.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def statuses(env: dict, root: Path) -> dict[str, dict]:
+    proc = run_tool("status.py", "--root", root, "--format", "json", env=env, check=True)
+    return {run["name"]: run for run in json.loads(proc.stdout)}
+
+
+@needs_tmux
+@pytest.mark.slow                                   # 50 s measured on the shared 2-core box
+def test_launched_run_finishes_detached_and_reports(tmp_path, tmux_env):
+    run_dir = tmp_path / "runs" / "digits"
+    args = [RECIPE, "--set", "train.epochs=2", "--output", run_dir]
+    proc = run_tool("launch.py", *args, env=tmux_env, timeout=120, check=True)
+    sock = tmux_env["RESEARCH_TMUX_SOCKET"]
+    for hint in (f"tmux -L {sock} attach -t lenet_digits", f"tail -f {run_dir / 'console.log'}",
+                 f"tmux -L {sock} send-keys -t lenet_digits C-c"):
+        assert hint in proc.stdout
+    assert tmux(tmux_env, "list-sessions", "-F", "#{session_name}") == "lenet_digits"
+
+    again = run_tool("launch.py", *args, env=tmux_env, timeout=120)
+    assert again.returncode == 2 and "already running" in again.stderr and "attach -t lenet_digits" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+
+    wait_for(lambda: read_status(run_dir).get("status") == "finished", 300, "status.json: finished", run_dir)
+    wait_for(lambda: tmux(tmux_env, "list-panes", "-t", "lenet_digits", "-F", "#{pane_dead}") == "1", 30,
+             "the trainer's pane to end", run_dir)
+    log = (run_dir / "console.log").read_text().splitlines()
+    assert log[-1].endswith("tools/train.py exited with status 0")
+    assert any(line.startswith("val top-1") for line in log)
+    # Attaching after the end shows the output and the exit status (remain-on-exit).
+    assert tmux(tmux_env, "list-panes", "-t", "lenet_digits", "-F", "#{pane_dead_status}") == "0"
+    run = statuses(tmux_env, tmp_path / "runs")["digits"]
+    assert (run["state"], run["epoch"], run["epochs"], run["session"]) == ("finished", 2, 2, "lenet_digits")
+    assert run["val_top1"] > 0.3                                            # chance is 0.1
+
+
+@needs_tmux
+def test_run_that_fails_at_start_shows_its_error_and_frees_the_name(tmp_path, tmux_env):
+    run_dir = tmp_path / "runs" / "nogpu"
+    args = [RECIPE, "--gpus", "99", "--name", "nogpu", "--output", run_dir]  # no machine has GPU 99
+    run_tool("launch.py", *args, env=tmux_env, timeout=120, check=True)
+    wait_for(lambda: "exited with status" in (run_dir / "console.log").read_text(), 120, "the trainer to exit",
+             run_dir)
+    log = (run_dir / "console.log").read_text()
+    assert "error: --gpus" in log and log.rstrip().endswith("exited with status 2")
+    assert tmux(tmux_env, "list-panes", "-t", "nogpu", "-F", "#{pane_dead} #{pane_dead_status}") == "1 2"
+    assert statuses(tmux_env, tmp_path / "runs")["nogpu"]["state"] == "exited"
+    # The ended session stays for the user to read, but does not block launching again.
+    again = run_tool("launch.py", *args, env=tmux_env, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert tmux(tmux_env, "list-sessions", "-F", "#{session_name}") == "nogpu"
+
+
+@needs_tmux
+def test_resume_without_checkpoint_is_refused_before_any_session_starts(tmp_path, tmux_env):
+    proc = run_tool("launch.py", RECIPE, "--resume", "--output", tmp_path / "empty", env=tmux_env, timeout=120)
+    assert proc.returncode == 2 and "no valid checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+    assert tmux(tmux_env, "list-sessions") == ""
+
+
+@needs_tmux
+@pytest.mark.slow
+def test_killing_tmux_mid_epoch_then_same_command_completes_one_mlflow_run(tmp_path, tmux_env):
+    """Issue 5, done when: launch, kill the tmux server mid-epoch, same command again -> one MLflow run."""
+    from mlflow.tracking import MlflowClient
+
+    epochs, run_dir = 4, tmp_path / "runs" / "digits"
+    args = [RECIPE, "--set", f"train.epochs={epochs}", "--output", run_dir]
+    run_tool("launch.py", *args, env=tmux_env, timeout=120, check=True)
+    wait_for(lambda: "epoch 2/4 batch" in (run_dir / "console.log").read_text(), 300, "epoch 2 to start", run_dir)
+    tmux(tmux_env, "kill-server")                       # SIGHUP to the trainer, as an SSH drop would without tmux
+    wait_for(lambda: read_status(run_dir).get("status") == "killed", 120, "status.json: killed", run_dir)
+    run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+    client = MlflowClient(tmux_env["MLFLOW_TRACKING_URI"])
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert "stopped by SIGHUP" in (run_dir / "console.log").read_text()     # tee outlived the tmux server
+    wait_for(lambda: not psutil.pid_exists(read_status(run_dir)["pid"]), 60, "the trainer to exit", run_dir)
+
+    run_tool("launch.py", *args, env=tmux_env, timeout=120, check=True)
+    wait_for(lambda: read_status(run_dir).get("status") == "finished", 300, "status.json: finished", run_dir)
+    wait_for(lambda: (run_dir / "console.log").read_text().rstrip().endswith("exited with status 0"), 60,
+             "the trainer to exit", run_dir)          # it closes the MLflow run after writing status.json
+
+    assert json.loads((run_dir / "run.json").read_text())["run_id"] == run_id == read_status(run_dir)["run_id"]
+    experiment = client.get_experiment_by_name("lenet_digits")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run_id, "val/top1")]
+    assert sorted(steps) == list(range(1, epochs + 1))
