@@ -5,6 +5,7 @@ matching parameters by their structured names (`features.4.0.body.0.weight`).
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import mxnet as mx
 from mxnet.gluon import HybridBlock
 
 from ..errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 class PretrainedError(UserError):
@@ -113,6 +116,8 @@ def load_pretrained(net: HybridBlock, source: str, ctxs: list | None = None, ski
             raise PretrainedError(f"{source} does not fit this net: '{name}' has shape {array.shape} in the "
                                   f"weights, {param.shape} in the net. Same architecture and input channels?")
         param.set_data(array.astype(param.dtype))
+    log.info("pretrained weights from %s: %d parameters loaded; those under '%s' keep their initialisation",
+             source, len(wanted), skip)
     return list(wanted)
 
 

@@ -164,3 +164,22 @@ def test_train_rec_given_as_test_rec_is_refused(dataset, tmp_path):
                     "--output", tmp_path / "run", env=dataset["env"])
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "is it a train .rec?" in proc.stderr
+
+
+@pytest.mark.slow
+def test_finetune_recipe_starts_from_the_pretrained_backbone(dataset, tmp_path):
+    """The fine-tuning recipe through the common trainer, its ResNet-50 swapped for the stand-in LeNet:
+    two head-only epochs on the pretrained features already separate the classes (random weights: ~0.65)."""
+    root = dataset["root"]
+    overrides = ["net.name=lenet", f"net.pretrained={root / 'lenet.params'}",
+                 f"data.train_rec={root / 'rec/train.rec'}", f"data.val_rec={root / 'rec/train_val.rec'}",
+                 "data.data_shape=[3,32,32]", "data.train_resize=36", "data.resize=36",
+                 "train.epochs=3", "train.frozen_epochs=2", "train.lr_steps=[2]", "train.batch_size=16"]
+    proc = run_tool("train.py", "recipes/resnet50_dogs_vs_cats_finetune.yaml",
+                    *[arg for override in overrides for arg in ("--set", override)],
+                    "--output", tmp_path / "run", env=dataset["env"], check=True)
+    assert "pretrained weights from" in proc.stderr and "'output.' keep their initialisation" in proc.stderr
+    experiment = dataset["client"].get_experiment_by_name("resnet50_dogs_vs_cats_finetune")
+    (run,) = dataset["client"].search_runs([experiment.experiment_id])
+    history = dataset["client"].get_metric_history(run.info.run_id, "val/top1")
+    assert len(history) == 3 and max(m.value for m in history) >= 0.85
