@@ -24,6 +24,11 @@ log = logging.getLogger(__name__)
 
 # Off unless the user asked for it: this machine class has no internet, and telemetry is not ours to send.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# MLflow's HTTP client retries 7 times with exponential backoff: over 4 minutes against a server
+# that is down. A run starts untracked after ~10 s instead; failed metric batches are retried later.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 
 def tracking_uri() -> str:
@@ -105,6 +110,7 @@ class Tracker:
         self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
         self._queue: queue.Queue = queue.Queue()
         self._failures = 0
+        self._pending: list[Callable] = []     # failed metric batches, retried before the next call
         # One worker thread even when disabled: it also runs `run_later` work (plots) off the loop.
         self._worker = threading.Thread(target=self._drain, name="tracker", daemon=True)
         self._worker.start()
@@ -162,7 +168,7 @@ class Tracker:
         from mlflow.entities import Metric
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
-        self._submit(self.client.log_batch, self.run_id, metrics=items)
+        self._submit(self.client.log_batch, self.run_id, metrics=items, _retry=True)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         if not self.enabled:
@@ -219,21 +225,30 @@ class Tracker:
                         "missing and its status may still read RUNNING", timeout)
         self._queue.put(None)
 
-    def _submit(self, fn: Callable, *args, **kwargs) -> None:
+    def _submit(self, fn: Callable, *args, _retry: bool = False, **kwargs) -> None:
         if self.enabled:
-            self._queue.put(lambda: fn(*args, **kwargs))
+            call = lambda: fn(*args, **kwargs)  # noqa: E731
+            call.retry = _retry
+            self._queue.put(call)
 
     def _drain(self) -> None:
         while True:
             call = self._queue.get()
             if call is None:
                 return
-            try:
-                call()
-            except Exception as err:  # noqa: BLE001 - a tracking failure must not end training
-                self._failures += 1
-                if self._failures <= 5 or self._failures % 100 == 0:
-                    log.warning("tracking call failed (%d so far), training goes on: %s", self._failures, err)
+            for pending in (self._pending.pop(0) for _ in range(len(self._pending))):
+                self._call(pending)          # the store may be back: older metrics first
+            self._call(call)
+
+    def _call(self, call: Callable) -> None:
+        try:
+            call()
+        except Exception as err:  # noqa: BLE001 - a tracking failure must not end training
+            self._failures += 1
+            if getattr(call, "retry", False) and len(self._pending) < 10000:
+                self._pending.append(call)
+            if self._failures <= 5 or self._failures % 100 == 0:
+                log.warning("tracking call failed (%d so far), training goes on: %s", self._failures, err)
 
 
 def ui_command(port: int = 5000) -> str:
