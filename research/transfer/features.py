@@ -173,34 +173,56 @@ def extract_features(block: HybridBlock, rec: str, key: str, ctxs: list[mx.Conte
 
 def _run(block: HybridBlock, images: mx.io.DataIter, ctxs: list[mx.Context], total: int,
          labeled: bool, desc: str) -> Features:
-    from tqdm import tqdm
-
     xs, ys = [], []
     pending = None   # the previous batch's outputs: syncing one batch late keeps the devices busy
-    bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, disable=not sys.stderr.isatty())
-    start = time.perf_counter()
+    progress = _Progress(total, desc)
     for batch in images:
         keep = batch.data[0].shape[0] - batch.pad     # the last batch is padded
         parts = gluon.utils.split_and_load(batch.data[0], ctx_list=ctxs, even_split=False)
         outputs = [block(part) for part in parts]
         if pending is not None:
-            _collect(pending, xs, ys, bar)
+            progress.update(_collect(pending, xs, ys))
         pending = (outputs, batch.label[0], keep)
     if pending is not None:
-        _collect(pending, xs, ys, bar)
-    seconds = time.perf_counter() - start
-    bar.close()
+        progress.update(_collect(pending, xs, ys))
+    seconds = progress.close()
     x = np.concatenate(xs) if xs else np.zeros((0, 0), np.float32)
     y = np.concatenate(ys).round().astype(np.int64) if ys else np.zeros(0, np.int64)
-    log.info("%s: %d images in %.1f s (%.0f img/s)", desc, len(x), seconds, len(x) / max(seconds, 1e-9))
+    log.info("%s: %d images in %.1f s (%.1f img/s)", desc, len(x), seconds, len(x) / max(seconds, 1e-9))
     empty = np.zeros(0, np.int64)
     return Features(x=x, labels=y if labeled else empty, ids=empty if labeled else y,
                     seconds=seconds, img_per_s=len(x) / max(seconds, 1e-9))
 
 
-def _collect(pending, xs: list, ys: list, bar) -> None:
+def _collect(pending, xs: list, ys: list) -> int:
     outputs, labels, keep = pending
     x = np.concatenate([out.asnumpy() for out in outputs])[:keep]    # sync point
     xs.append(x.astype(np.float32))
     ys.append(labels.asnumpy()[:keep])
-    bar.update(keep)
+    return keep
+
+
+class _Progress:
+    """A tqdm bar on a terminal; otherwise (tmux logs, nohup, CI) a log line every tenth of the images."""
+
+    def __init__(self, total: int, desc: str):
+        from tqdm import tqdm
+        self.total, self.desc, self.done, self.start = total, desc, 0, time.perf_counter()
+        self.bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True) if sys.stderr.isatty() else None
+        self.next_line = total / 10
+
+    def update(self, images: int) -> None:
+        self.done += images
+        if self.bar is not None:
+            self.bar.update(images)
+        elif self.next_line <= self.done < self.total:
+            rate = self.done / (time.perf_counter() - self.start)
+            log.info("%s: %d/%d images, %.1f img/s, %.0f s left", self.desc, self.done, self.total, rate,
+                     (self.total - self.done) / rate)
+            self.next_line = self.done + self.total / 10
+
+    def close(self) -> float:
+        """Seconds since the start."""
+        if self.bar is not None:
+            self.bar.close()
+        return time.perf_counter() - self.start
