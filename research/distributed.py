@@ -118,7 +118,7 @@ def resolve(host: str) -> str:
 
 
 def plan_nodes(hosts: list[str], num_servers: int | None = None) -> list[Node]:
-    """Scheduler on the first host, servers round-robin over the distinct hosts (default one each), a worker per line."""
+    """Scheduler on the first host, servers round-robin over the distinct hosts, one worker per line."""
     distinct = list(dict.fromkeys(hosts))
     num_servers = len(distinct) if num_servers is None else num_servers
     if num_servers < 1:
@@ -173,7 +173,9 @@ class Job:
         self.out = out or sys.stdout
         self.procs: list[subprocess.Popen] = []
         self.ranks: dict[int, int] = {}          # node index -> kvstore rank, from the workers' output
-        self.connected = False
+        self.connected = False                   # the scheduler saw every node
+        self.stop_signal: int | None = None
+        self.finish_by: float | None = None      # deadline once a worker finished or a stop signal came
         self._signals: list[int] = []
         self._lock = threading.Lock()
         self._readers: list[threading.Thread] = []
@@ -190,7 +192,8 @@ class Job:
 
     def run(self) -> int:
         """Start every process and watch them; returns the launcher's exit status."""
-        previous = {sig: signal.signal(sig, lambda signum, frame: self._signals.append(signum)) for sig in STOP_SIGNALS}
+        previous = {sig: signal.signal(sig, lambda signum, frame: self._signals.append(signum))
+                    for sig in STOP_SIGNALS}
         try:
             self._start()
             return self._watch()
@@ -220,50 +223,61 @@ class Job:
             match = RANK_LINE.search(line)
             if match and node.role == "worker":
                 self.ranks[index] = int(match.group(1))
+                if self.ranks[index] == 0:
+                    self.say(f"rank 0 is {node.label} on {node.host}: it writes the logs, checkpoints and MLflow run")
             if node.role == "scheduler" and CONNECTED_LINE in line:
                 self.connected = True
 
     def _watch(self) -> int:
-        started, finish_by, stop_signal = time.monotonic(), None, None
+        started, self.finish_by, self.stop_signal = time.monotonic(), None, None
         while True:
             time.sleep(POLL_S)
-            now = time.monotonic()
             while self._signals:
-                signum = self._signals.pop(0)
-                name = signal.Signals(signum).name
-                if stop_signal is not None:
-                    self.say(f"second signal ({name}): ending every process now")
-                    return 128 + stop_signal
-                stop_signal, finish_by = signum, now + self.timeout
-                self.say(f"{name}: passed on to the workers; rank 0 finishes its batch, writes a checkpoint and "
-                         f"exits, then the others are ended (signal again to end everything at once)")
-                for i in self.workers:
-                    self._send(i, name.removeprefix("SIG"))
-            codes = [proc.poll() for proc in self.procs]
-            if all(codes[i] == 0 for i in self.workers):
-                return 0 if stop_signal is None else 128 + stop_signal
-            dead = next((i for i, code in enumerate(codes)
-                         if code is not None and (code != 0 or self.nodes[i].role != "worker")), None)
-            if dead is not None:
-                if stop_signal is not None:     # rank 0 after its checkpoint, normally
-                    self.say(f"stopped by {signal.Signals(stop_signal).name}. To resume from rank 0's checkpoint, "
-                             f"run the same launch_dist command again.")
-                    return 128 + stop_signal
-                self.say(f"{self.describe(dead)} {_exit_words(codes[dead], self.nodes[dead])}: "
-                         f"ending the other processes (MXNet's would wait for it forever)")
-                code = codes[dead]
-                return code if self.nodes[dead].role == "worker" and 0 < code < 128 else 1
-            if finish_by is None and any(codes[i] == 0 for i in self.workers):
-                finish_by = now + self.timeout
-            if finish_by is not None and now > finish_by:
-                running = ", ".join(self.describe(i) for i in self.workers if codes[i] is None)
-                self.say(f"{running} still running {self.timeout:.0f} s after "
-                         f"{'the stop signal' if stop_signal else 'the first worker finished'}: ending them")
-                return 128 + stop_signal if stop_signal else 1
-            if not self.connected and now - started > self.timeout:
-                self.say(f"the nodes did not all connect to the scheduler at {self.root} within {self.timeout:.0f} s: check the hosts file addresses and "
-                         f"that the ports are open between the machines (docs/distributed.md)")
+                if self.stop_signal is not None:
+                    self.say("second signal: ending every process now")
+                    return 128 + self.stop_signal
+                self._pass_on(self._signals.pop(0))
+            status = self._verdict([proc.poll() for proc in self.procs])
+            if status is not None:
+                return status
+            if not self.connected and time.monotonic() - started > self.timeout:
+                self.say(f"the nodes did not all connect to the scheduler at {self.root} within {self.timeout:.0f} "
+                         f"s: check the hosts file addresses and the open ports (docs/distributed.md)")
                 return 1
+
+    def _pass_on(self, signum: int) -> None:
+        """A stop signal goes to every worker: rank 0 checkpoints and exits, the others wait (FollowerStop)."""
+        self.stop_signal, self.finish_by = signum, time.monotonic() + self.timeout
+        name = signal.Signals(signum).name
+        self.say(f"{name}: passed on to the workers; rank 0 finishes its batch, writes a checkpoint and exits, "
+                 f"then the others are ended (signal again to end everything at once)")
+        for i in self.workers:
+            self._send(i, name.removeprefix("SIG"))
+
+    def _verdict(self, codes: list[int | None]) -> int | None:
+        """The launcher's exit status once the job is over, else None."""
+        stopped = None if self.stop_signal is None else 128 + self.stop_signal
+        if all(codes[i] == 0 for i in self.workers):
+            return stopped or 0
+        dead = next((i for i, code in enumerate(codes)
+                     if code is not None and (code != 0 or self.nodes[i].role != "worker")), None)
+        if dead is not None and stopped:           # rank 0 after its checkpoint, normally
+            self.say(f"stopped by {signal.Signals(self.stop_signal).name}. To resume from rank 0's checkpoint, run "
+                     f"the same launch_dist command again.")
+            return stopped
+        if dead is not None:
+            code, node = codes[dead], self.nodes[dead]
+            self.say(f"{self.describe(dead)} {_exit_words(code, node)}: ending the other processes "
+                     f"(MXNet's would wait for it forever)")
+            return code if node.role == "worker" and 0 < code < 128 else 1
+        if self.finish_by is None and any(codes[i] == 0 for i in self.workers):
+            self.finish_by = time.monotonic() + self.timeout
+        if self.finish_by is not None and time.monotonic() > self.finish_by:
+            running = ", ".join(self.describe(i) for i in self.workers if codes[i] is None)
+            self.say(f"{running} still running {self.timeout:.0f} s after "
+                     f"{'the stop signal' if stopped else 'the first worker finished'}: ending them")
+            return stopped or 1
+        return None
 
     def _send(self, index: int, name: str) -> None:
         """Ask node `index`'s agent to signal its process group (TERM, INT, HUP, KILL)."""
@@ -452,8 +466,10 @@ def prepare_workers(kv, setup: Setup, state: TrainState) -> None:
     kv.broadcast(POSITION_KEY, position, out=position)
     epoch, batch, step = (int(value) for value in position.asnumpy())
     if (epoch, batch, step) != (state.epoch, state.batch_in_epoch, state.step):
-        log.warning("rank %d: starting at rank 0's epoch %d, step %d (this worker's run directory says epoch %d, "
-                    "step %d)", kv.rank, epoch, step, state.epoch, state.step)
+        log.warning("rank %d: starting at rank 0's epoch %d, step %d; this worker's run directory says epoch %d, "
+                    "step %d.%s", kv.rank, epoch, step, state.epoch, state.step,
+                    " Unless that is --fresh, rank 0's machine lacks this run's newest checkpoint: stop the job and "
+                    "put the run directory on a shared filesystem (docs/distributed.md)" if step < state.step else "")
         state.epoch, state.batch_in_epoch, state.step = epoch, batch, step
     local_batch = setup.global_batch // setup.num_workers
     updates_per_step = setup.num_workers if "async" in kv.type else 1
@@ -461,7 +477,7 @@ def prepare_workers(kv, setup: Setup, state: TrainState) -> None:
     optimizer.lr_scheduler = ScheduleLR(setup.base_lr, train, setup.train_iter.num_samples // local_batch,
                                         updates_per_step)
     optimizer.begin_num_update = optimizer.num_update = state.step * updates_per_step
-    optimizer.rescale_grad = trainer._scale / setup.global_batch   # what trainer.step(global_batch) sets; fixed once pickled
+    optimizer.rescale_grad = trainer._scale / setup.global_batch   # as trainer.step(global_batch) sets it
     trainer._init_kvstore()      # pickles the optimizer, schedule included, to the servers
     trainer._init_params()       # kvstore.broadcast: rank 0's weights to every worker
     log.info("%s: %d workers x %d device(s), batch %d per worker, global batch %d, lr %.4g (recipe %.4g for "

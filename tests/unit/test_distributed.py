@@ -136,7 +136,8 @@ def alive(pid: int) -> bool:
 
 
 def test_a_dying_worker_ends_the_whole_job(tmp_path, capsys):
-    job = fake_job(tmp_path, ["import time\nwhile True: time.sleep(1)", "import time, sys\ntime.sleep(1)\nsys.exit(3)"])
+    job = fake_job(tmp_path, ["import time\nwhile True: time.sleep(1)",
+                              "import time, sys\ntime.sleep(1)\nsys.exit(3)"])
     tic = time.monotonic()
     code = job.run()
     assert code == 3                                   # the worker's own status (3: NaN loss in tools/train.py)
@@ -203,6 +204,32 @@ def test_the_agent_ends_its_process_when_the_launcher_goes_away(tmp_path):
     finally:
         agent.kill()
         agent.wait()
+
+
+def test_remote_nodes_run_over_ssh_in_this_directory_with_the_environment(tmp_path, monkeypatch, capsys):
+    """A stand-in ssh runs the remote command here, as sshd would after login."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    write(bin_dir / "ssh", """\
+        #!/bin/bash
+        while [[ $1 == -* ]]; do [[ $1 == -o ]] && shift; shift; done
+        echo "ssh to $1" >&2
+        exec env -i HOME="$HOME" PATH=/usr/bin:/bin bash -c "$2"
+        """).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///x.db")
+    remote = Node("worker", 0, "alice@10.0.0.5", "10.0.0.5")
+    show = ("import os, sys; print(os.getcwd(), os.environ['DMLC_ROLE'], os.environ['MLFLOW_TRACKING_URI'], "
+            "sys.executable, flush=True)")
+    nodes = [Node("scheduler", 0, "alice@10.0.0.5", "10.0.0.5"), remote]
+    argvs = [node_argv(remote, {"DMLC_ROLE": "scheduler"},
+                       [PY, "-c", f"{show}; print('{distributed.CONNECTED_LINE}'); import time; time.sleep(60)"]),
+             node_argv(remote, {"DMLC_ROLE": "worker"}, ["python", "-c", show])]
+    assert Job(nodes, argvs, timeout=30, grace=2.0).run() == 0
+    out = capsys.readouterr()
+    assert f"[worker0] {os.getcwd()} worker sqlite:///x.db {PY}" in out.out     # `python`: the launcher's
+    assert f"[scheduler] {os.getcwd()} scheduler sqlite:///x.db {PY}" in out.out
+    assert "ssh to alice@10.0.0.5" in out.out
 
 
 # ---------------------------------------------------------------- worker side
