@@ -182,8 +182,15 @@ class Job:
         self.workers = [i for i, node in enumerate(nodes) if node.role == "worker"]
 
     def say(self, message: str) -> None:
+        self._emit(sys.stderr, f"launch_dist: {message}")
+
+    def _emit(self, stream: TextIO, line: str) -> None:
+        """Print, ignoring a terminal that is gone (SIGHUP) or a closed pipe: the job must still stop cleanly."""
         with self._lock:
-            print(f"launch_dist: {message}", file=sys.stderr, flush=True)
+            try:
+                print(line, file=stream, flush=True)
+            except OSError:
+                pass
 
     def describe(self, index: int) -> str:
         node = self.nodes[index]
@@ -218,8 +225,7 @@ class Job:
             if node.role == "scheduler" and "Barrier count" in line:
                 continue                              # PS_VERBOSE noise, one line per kvstore barrier
             prefix = f"rank{self.ranks[index]}" if index in self.ranks else node.label
-            with self._lock:
-                print(f"[{prefix}] {line}", file=self.out, flush=True)
+            self._emit(self.out, f"[{prefix}] {line}")
             match = RANK_LINE.search(line)
             if match and node.role == "worker":
                 self.ranks[index] = int(match.group(1))
