@@ -35,10 +35,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    from research.devices import get_contexts
-    from research.errors import UserError
-    from research.evaluate_crops import evaluate_rec, load_trained, log_to_run
-
     try:
         crops = sorted({int(c) for c in args.crops.split(",") if c.strip()})
         if not crops or set(crops) - {1, 10} or args.batch_size < 1:
@@ -47,6 +43,10 @@ def main(argv: list[str]) -> int:
         print(f"error: --crops {args.crops!r} --batch-size {args.batch_size}: crops are 1, 10 or 1,10 "
               f"and the batch size a positive integer", file=sys.stderr)
         return 2
+    from research.devices import get_contexts
+    from research.errors import UserError
+    from research.evaluate_crops import evaluate_rec, load_trained, log_to_run
+
     try:
         ctxs = get_contexts(args.gpus)
         trained = load_trained(args.source, ctxs)

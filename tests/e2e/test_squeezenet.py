@@ -1,0 +1,113 @@
+"""The SqueezeNet pipeline as a user runs it, on a tiny generated ImageNet-layout set:
+tools/build_rec.py -> tools/train.py (smoke recipe) -> tools/evaluate.py, tracked in MLflow."""
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from helpers import make_env, run_tool
+from mlflow.tracking import MlflowClient
+
+SMOKE = "recipes/smoke/squeezenet_tiny.yaml"
+CLASSES, PER_CLASS, HOLDOUT, SIZE = 10, 50, 100, 64
+
+
+def pattern_image(label: int, rng: np.random.RandomState) -> np.ndarray:
+    """RGB uint8: stripes at a class angle and a class colour, random phase and noise."""
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+    angle = np.pi * label / CLASSES
+    stripes = np.sin(2 * np.pi / 10 * (xx * np.cos(angle) + yy * np.sin(angle)) + rng.uniform(0, 2 * np.pi))
+    turn = 2 * np.pi * label / CLASSES
+    colour = np.cos([turn, turn + 2.1, turn + 4.2])
+    image = 128 + 40 * stripes[..., None] + 70 * colour + rng.normal(0, 15, (SIZE, SIZE, 3))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def write_imagenet_layout(root: Path) -> None:
+    """root/<synset>/<synset>_<i>.JPEG, as ILSVRC2012_img_train unpacks."""
+    rng = np.random.RandomState(0)
+    for label in range(CLASSES):
+        folder = root / f"n{label:08d}"
+        folder.mkdir(parents=True)
+        for i in range(PER_CLASS):
+            cv2.imwrite(str(folder / f"n{label:08d}_{i}.JPEG"), pattern_image(label, rng)[:, :, ::-1])
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("imagenet10")
+    write_imagenet_layout(tmp / "train")
+    env = make_env(tmp / "unused-store")
+    proc = run_tool("build_rec.py", tmp / "train", tmp / "rec" / "train", "--layout", "imagenet-train",
+                    "--holdout", HOLDOUT, "--quiet", env=env, check=True)
+    assert f"train_val.rec: {HOLDOUT} images" in proc.stdout
+    return tmp / "rec" / "train.rec", tmp / "rec" / "train_val.rec"
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory):
+    train_rec, val_rec = dataset
+    tmp = tmp_path_factory.mktemp("squeezenet")
+    env = make_env(tmp / "mlruns")
+    run_tool("train.py", SMOKE, "--set", f"data.train_rec={train_rec}", "--set", f"data.val_rec={val_rec}",
+             "--output", tmp / "run", env=env, check=True)
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    (run,) = client.search_runs([client.get_experiment_by_name("squeezenet_tiny").experiment_id])
+    return tmp / "run", val_rec, env, client, run.info.run_id
+
+
+@pytest.mark.slow
+def test_smoke_recipe_learns_well_above_chance(trained):
+    _, _, _, client, run_id = trained
+    history = {m.step: m.value for m in client.get_metric_history(run_id, "val/top1")}
+    assert sorted(history) == list(range(1, 7))
+    assert history[6] >= 3 / CLASSES                           # chance is 1 / CLASSES
+
+
+@pytest.mark.slow
+def test_evaluate_reproduces_the_logged_val_top1_and_adds_10crop(trained):
+    run_dir, val_rec, env, client, run_id = trained
+    proc = run_tool("evaluate.py", run_dir, "--rec", val_rec, "--batch-size", 32, env=env, check=True)
+    assert "centre crop" in proc.stdout and "10-crop" in proc.stdout
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"                       # evaluation does not reopen the run
+    logged = {m.step: m.value for m in client.get_metric_history(run_id, "val/top1")}
+    center = client.get_metric_history(run_id, "val/top1_center")
+    assert [m.step for m in center] == [6]                     # at the checkpoint's epoch
+    assert center[0].value == pytest.approx(logged[6], abs=1e-6)
+    assert f"{logged[6]:.2%}" in proc.stdout
+    for key in ("val/top5_center", "val/top1_10crop", "val/top5_10crop"):
+        (point,) = client.get_metric_history(run_id, key)
+        assert 0.0 <= point.value <= 1.0 and point.step == 6
+    ten_crop = client.get_metric_history(run_id, "val/top1_10crop")[0].value
+    assert ten_crop >= 3 / CLASSES                             # the same net, seen 10 ways, is no worse than chance x3
+
+
+@pytest.mark.slow
+def test_reference_recipe_starts_at_the_reference_shape(dataset, tmp_path):
+    """The 80-epoch ImageNet recipe itself, for one epoch: 227 crops, batch 128, 1000 classes."""
+    train_rec, val_rec = dataset
+    env = make_env(tmp_path / "mlruns")
+    proc = run_tool("train.py", "recipes/squeezenet_imagenet.yaml", "--set", f"data.train_rec={train_rec}",
+                    "--set", f"data.val_rec={val_rec}", "--set", "train.epochs=1", "--set", "train.lr_steps=[]",
+                    "--set", "train.log_every=1", "--set", "tracking.enabled=false",
+                    "--output", tmp_path / "run", env=env, check=True)
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "global batch 128, lr 0.01" in log
+    assert "epoch 1/1 batch 3/3" in log                        # 400 images: 3 full batches of 128
+    assert "val top-1" in proc.stdout
+
+
+def test_evaluate_user_errors_exit_2(tmp_path, env):
+    proc = run_tool("evaluate.py", tmp_path, "--rec", tmp_path / "val.rec", env=env)
+    assert proc.returncode == 2 and "no valid checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_tool("evaluate.py", tmp_path / "nope", "--rec", "x.rec", env=env)
+    assert proc.returncode == 2 and "no such run directory" in proc.stderr
+    proc = run_tool("evaluate.py", tmp_path, "--rec", "x.rec", "--crops", "5", env=env)
+    assert proc.returncode == 2 and "--crops" in proc.stderr
+
+
+def test_float16_recipe_is_refused_on_cpu_with_the_reason(env):
+    proc = run_tool("train.py", "recipes/squeezenet_imagenet_fp16.yaml", env=env)
+    assert proc.returncode == 2
+    assert "float16 needs GPUs" in proc.stderr and "Traceback" not in proc.stderr
