@@ -7,6 +7,7 @@ updates per device (apache/mxnet#17357).
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -14,9 +15,10 @@ import pickle
 import re
 import struct
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import mxnet as mx
 import numpy as np
@@ -63,13 +65,22 @@ def load_net_arrays(net: gluon.Block, arrays: dict[str, np.ndarray]) -> None:
 
 
 def trainer_states(trainer: gluon.Trainer) -> bytes | None:
-    """Optimizer state (momentum...) as MXNet serialises it; None where the kvstore servers hold it."""
+    """Optimizer state (momentum...) as Trainer.save_states serialises it, without the file;
+    None where the kvstore servers hold it.
+
+    One updater's state stands for all devices: with synchronous updates every device applies
+    the same aggregated gradient, so the per-device states are identical (apache/mxnet#15918).
+    """
+    if not trainer._kv_initialized:
+        trainer._init_kvstore()
+    if trainer._params_to_init:
+        trainer._init_params()
     kv = trainer._kvstore
-    if kv is not None and "dist" in kv.type and trainer._update_on_kvstore:
-        return None        # lives on the parameter servers: not reachable from a worker
-    with tempfile.NamedTemporaryFile() as tmp:
-        trainer.save_states(tmp.name)
-        return Path(tmp.name).read_bytes()
+    if trainer._update_on_kvstore:
+        if "dist" in kv.type:
+            return None    # lives on the parameter servers: not reachable from a worker
+        return kv._updater.get_states(dump_optimizer=True)
+    return trainer._updaters[0].get_states(dump_optimizer=True)
 
 
 def load_trainer_states(trainer: gluon.Trainer, states: bytes | None) -> None:
@@ -82,23 +93,27 @@ def load_trainer_states(trainer: gluon.Trainer, states: bytes | None) -> None:
         trainer.load_states(tmp.name)
 
 
-def save_checkpoint(folder: str | Path, state: TrainState, net: gluon.Block, trainer: gluon.Trainer,
-                    keep_last: int = 3, is_best: bool = False) -> Path:
+def snapshot(state: TrainState, net: gluon.Block, trainer: gluon.Trainer) -> bytes:
+    """Everything a checkpoint holds, copied off the devices now (a sync point), serialised."""
+    return pickle.dumps({
+        "state": copy.deepcopy(state.__dict__),
+        "params": net_arrays(net),
+        "trainer": trainer_states(trainer),
+        "numpy_rng": np.random.get_state(),
+        "mxnet": mx.__version__,
+    }, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def write_checkpoint(folder: str | Path, step: int, payload: bytes, keep_last: int = 3,
+                     is_best: bool = False) -> Path:
     """Write step-NNNNNNNNNN.ckpt atomically, update best.ckpt, prune to the newest keep_last.
 
     Raises:
         CheckpointError: disk full or folder not writable; older checkpoints are untouched.
     """
     folder = Path(folder)
-    payload = pickle.dumps({
-        "state": state.__dict__,
-        "params": net_arrays(net),
-        "trainer": trainer_states(trainer),
-        "numpy_rng": np.random.get_state(),
-        "mxnet": mx.__version__,
-    }, protocol=pickle.HIGHEST_PROTOCOL)
     blob = MAGIC + struct.pack("<Q", len(payload)) + hashlib.sha256(payload).digest() + payload
-    path = folder / f"step-{state.step:010d}.ckpt"
+    path = folder / f"step-{step:010d}.ckpt"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         _atomic_write(path, blob)
@@ -110,6 +125,51 @@ def save_checkpoint(folder: str | Path, state: TrainState, net: gluon.Block, tra
     for old in list_checkpoints(folder)[:-max(keep_last, 1)]:
         old.unlink(missing_ok=True)
     return path
+
+
+def save_checkpoint(folder: str | Path, state: TrainState, net: gluon.Block, trainer: gluon.Trainer,
+                    keep_last: int = 3, is_best: bool = False) -> Path:
+    """Snapshot and write in the calling thread."""
+    return write_checkpoint(folder, state.step, snapshot(state, net, trainer), keep_last, is_best)
+
+
+class CheckpointWriter:
+    """Writes checkpoints on a background thread, one at a time and in order.
+
+    The snapshot is taken in the caller's thread, so training may go on while the file is
+    hashed, written and fsynced. `then` runs after a successful write (the loop logs the
+    epoch's metrics to MLflow there, so MLflow never runs ahead of the checkpoints).
+    """
+
+    def __init__(self, folder: str | Path, keep_last: int):
+        self.folder, self.keep_last = Path(folder), keep_last
+        self._thread: threading.Thread | None = None
+
+    def save(self, state: TrainState, net: gluon.Block, trainer: gluon.Trainer, is_best: bool = False,
+             then: Callable[[], None] = lambda: None, on_error: Callable[[CheckpointError], None] = None,
+             wait: bool = False) -> None:
+        payload = snapshot(state, net, trainer)
+        self.wait()
+        self._thread = threading.Thread(target=self._write, name="checkpoint",
+                                        args=(state.step, payload, is_best, then, on_error))
+        self._thread.start()
+        if wait:
+            self.wait()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _write(self, step, payload, is_best, then, on_error) -> None:
+        try:
+            write_checkpoint(self.folder, step, payload, self.keep_last, is_best)
+        except CheckpointError as err:
+            if on_error is None:
+                raise
+            on_error(err)
+            return
+        then()
 
 
 def _atomic_write(path: Path, blob: bytes) -> None:

@@ -14,7 +14,7 @@ from mxnet import autograd, gluon
 from ..config import Recipe
 from ..evaluate import evaluate
 from ..tracking import Tracker
-from .checkpoint import CheckpointError, TrainState, save_checkpoint
+from .checkpoint import CheckpointError, CheckpointWriter, TrainState
 from .progress import Progress
 from .schedules import lr_at
 
@@ -48,12 +48,22 @@ def fit(setup: Setup, state: TrainState, tracker: Tracker, should_stop: Callable
     Raises:
         NonFiniteLoss: the loss became NaN/inf; the last good checkpoint is kept.
     """
-    recipe, net, trainer, ctxs = setup.recipe, setup.net, setup.trainer, setup.ctxs
-    train, dtype = recipe.train, recipe.train.dtype
+    recipe = setup.recipe
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     steps_per_epoch = setup.train_iter.num_samples // _local_batch(setup)
-    last_save = time.monotonic()
+    writer = CheckpointWriter(setup.run_dir / "checkpoints", recipe.checkpoint.keep_last)
+    try:
+        return _epochs(setup, state, tracker, should_stop, on_epoch_end, loss_fn, steps_per_epoch, writer)
+    finally:
+        writer.wait()                             # a checkpoint being written is finished, even on error
 
+
+def _epochs(setup: Setup, state: TrainState, tracker: Tracker, should_stop: Callable[[], bool],
+            on_epoch_end: Callable[[TrainState], None], loss_fn: gluon.loss.Loss, steps_per_epoch: int,
+            writer: CheckpointWriter) -> str:
+    recipe, net, trainer, ctxs = setup.recipe, setup.net, setup.trainer, setup.ctxs
+    train, dtype = recipe.train, recipe.train.dtype
+    last_save = time.monotonic()
     for epoch in range(state.epoch, train.epochs):
         mx.random.seed(train.seed + epoch)        # resumed and uninterrupted runs draw alike
         if train.frozen_epochs:
@@ -63,6 +73,7 @@ def fit(setup: Setup, state: TrainState, tracker: Tracker, should_stop: Callable
         else:
             setup.train_iter.reset()
         skip, state.batch_in_epoch = state.batch_in_epoch, 0
+        lr = lr_at(state.step / steps_per_epoch, setup.base_lr, train)
         sums = [[mx.nd.zeros(1, ctx=c), mx.nd.zeros(1, ctx=c)] for c in ctxs]   # loss, correct
         seen, tic = 0, time.monotonic()
         progress = Progress(epoch, train.epochs, steps_per_epoch, enabled=setup.is_logger)
@@ -96,11 +107,11 @@ def fit(setup: Setup, state: TrainState, tracker: Tracker, should_stop: Callable
                 progress.tick(state.batch_in_epoch)
             if should_stop():
                 progress.close()
-                _save(setup, state, tracker, is_best=False)
+                _save(writer, setup, state, tracker, is_best=False, wait=True)
                 return "stopped"
             if (recipe.checkpoint.every_minutes
                     and time.monotonic() - last_save > 60 * recipe.checkpoint.every_minutes):
-                _save(setup, state, tracker, is_best=False)
+                _save(writer, setup, state, tracker, is_best=False)
                 last_save = time.monotonic()
         progress.close()
         mx.nd.waitall()
@@ -114,7 +125,7 @@ def fit(setup: Setup, state: TrainState, tracker: Tracker, should_stop: Callable
         metrics = {
             "train/loss": train_loss, "train/top1": _total(sums, 1) / max(seen, 1),
             "val/loss": val["loss"], "val/top1": val["top1"], "val/top5": val["top5"],
-            "lr": lr_at(state.step / steps_per_epoch, setup.base_lr, train),
+            "lr": lr,                                          # the last lr this epoch trained with
             "speed/img_per_s": seen / train_seconds * setup.num_workers, "time/epoch_s": epoch_seconds,
         }
         state.epoch, state.batch_in_epoch = epoch + 1, 0
@@ -128,23 +139,25 @@ def fit(setup: Setup, state: TrainState, tracker: Tracker, should_stop: Callable
                      metrics["train/loss"], metrics["train/top1"], metrics["val/loss"], metrics["val/top1"],
                      metrics["val/top5"], metrics["lr"], metrics["speed/img_per_s"], epoch_seconds,
                      _duration(eta))
-            _save(setup, state, tracker, is_best)          # checkpoint first: MLflow never runs ahead of it
-            tracker.log_metrics(metrics, step=state.epoch)
+            # MLflow gets the epoch once its checkpoint is on disk: it never runs ahead of the checkpoints
+            _save(writer, setup, state, tracker, is_best,
+                  then=lambda metrics=metrics, epoch=state.epoch: tracker.log_metrics(metrics, step=epoch))
             on_epoch_end(state)
         last_save = time.monotonic()
     return "finished"
 
 
-def _save(setup: Setup, state: TrainState, tracker: Tracker, is_best: bool) -> None:
-    """Checkpoint on rank 0; a failed write is reported and training goes on."""
+def _save(writer: CheckpointWriter, setup: Setup, state: TrainState, tracker: Tracker, is_best: bool,
+          then: Callable[[], None] = lambda: None, wait: bool = False) -> None:
+    """Checkpoint on rank 0 (written in the background); a failed write is reported, training goes on."""
     if not setup.is_logger:
         return
-    try:
-        save_checkpoint(setup.run_dir / "checkpoints", state, setup.net, setup.trainer,
-                        setup.recipe.checkpoint.keep_last, is_best)
-    except CheckpointError as err:
+
+    def on_error(err: CheckpointError) -> None:
         log.error("%s Training goes on; the next checkpoint is tried at the next epoch end.", err)
         tracker.set_tags({"checkpoint.error": str(err)[:500]})
+
+    writer.save(state, setup.net, setup.trainer, is_best, then=then, on_error=on_error, wait=wait)
 
 
 def _set_frozen(net: gluon.Block, frozen: bool) -> None:

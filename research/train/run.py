@@ -233,8 +233,10 @@ def _run_loop(setup: Setup, state: checkpoint.TrainState, tracker: Tracker, argv
     if outcome == "stopped":
         _finish(setup, state, tracker, "KILLED", "killed")
         if setup.is_logger:
+            how = ("rerun the same tools/launch_dist.py command" if setup.num_workers > 1
+                   else _resume_command(argv))
             log.warning("stopped by %s at epoch %d, step %d; checkpoint written. Resume with:\n  %s",
-                        stop.signal_name, state.epoch, state.step, _resume_command(argv))
+                        stop.signal_name, state.epoch, state.step, how)
         return stop.exit_code
     if setup.is_logger:
         export_final(setup, tracker)
