@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -202,6 +203,9 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "")
 
 
+FLOAT_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
 def _check_value(value: Any, tp: Any, where: str) -> Any:
     """Return value converted to tp (int -> float only), or raise naming the expected type."""
     origin = typing.get_origin(tp)
@@ -222,6 +226,8 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
             return None
     elif tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    elif tp is float and isinstance(value, str) and FLOAT_TEXT.match(value):
+        return float(value)       # YAML 1.1 reads 1e-4 (no dot) as a string: take it as the number meant
     elif tp is bool and isinstance(value, bool):
         return value
     elif tp in (int, str) and isinstance(value, tp) and not isinstance(value, bool):

@@ -218,8 +218,9 @@ def _run_loop(setup: Setup, state: checkpoint.TrainState, tracker: Tracker, argv
     try:
         outcome = fit(setup, state, tracker, stop, on_epoch_end)
     except NonFiniteLoss as err:
-        log.error("%s. Stopped; the last good checkpoint is in %s. Lower train.lr or check the data.",
-                  err, run_dir / "checkpoints")
+        kept = checkpoint.list_checkpoints(run_dir / "checkpoints")
+        where = f"the last good checkpoint is {kept[-1]}" if kept else "no checkpoint had been written yet"
+        log.error("%s. Stopped; %s. Lower train.lr or check the data.", err, where)
         _finish(setup, state, tracker, "FAILED", "failed")
         return 3
     except BaseException:

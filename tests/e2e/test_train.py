@@ -78,3 +78,12 @@ def test_help_explains_every_option(env):
     proc = run_tool("train.py", "--help", env=env, check=True)
     for option in ("--gpus", "--set", "--output", "--resume", "--fresh"):
         assert option in proc.stdout
+
+
+def test_nan_loss_stops_with_a_clear_message_and_a_failed_run(tmp_path, store, env):
+    proc = run_tool("train.py", SMOKE, "--output", tmp_path / "run", "--set", "train.lr=1e6", env=env)
+    assert proc.returncode == 3
+    assert "train loss is nan" in proc.stderr and "Lower train.lr" in proc.stderr
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("lenet_digits_tiny").experiment_id])
+    assert run.info.status == "FAILED"

@@ -99,3 +99,11 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("net: [unclosed")
     with pytest.raises(RecipeError, match="not valid YAML"):
         load_recipe(bad)
+
+
+def test_exponent_without_dot_is_a_float(recipe_file):
+    """PyYAML reads 1e-4 as a string (YAML 1.1); a user writing it means the number."""
+    recipe = load_recipe(recipe_file, ["train.wd=1e-4", "train.lr=2E-2"])
+    assert recipe.train.wd == 1e-4 and recipe.train.lr == 0.02
+    with pytest.raises(RecipeError, match="expected int"):
+        load_recipe(recipe_file, ["train.epochs=1e3"])
