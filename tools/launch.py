@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from research.cli import add_run_options  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -18,20 +19,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         epilog="The session stays open after the run ends and shows the trainer's exit status (0 done, 2 user "
                "error, 3 NaN loss, 128+N stopped by signal N). Set RESEARCH_TMUX_SOCKET=NAME to use a private "
                "tmux server (tmux -L NAME) instead of your default one.")
-    parser.add_argument("recipe", help="recipe YAML file, e.g. recipes/lenet_digits.yaml")
-    parser.add_argument("--gpus", default="", help="comma-separated GPU ids, e.g. 0,1; omit to train on the CPU")
+    add_run_options(parser)
     parser.add_argument("--name", default=None,
                         help="tmux session name; default the recipe name (characters other than letters, digits, "
                              "'-' and '_' become '_': tmux forbids '.' and ':')")
-    parser.add_argument("--output", type=Path, default=None,
-                        help="run directory; default runs/<recipe name>/ (the trainer's default)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a recipe value, e.g. --set train.epochs=2; repeatable (see tools/train.py)")
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--resume", action="store_true",
-                      help="require a checkpoint to resume from (without it, one is used when present)")
-    mode.add_argument("--fresh", action="store_true",
-                      help="start over: move the existing run directory aside (to <dir>.old-<time>) first")
     return parser.parse_args(argv)
 
 
