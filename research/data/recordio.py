@@ -217,8 +217,10 @@ class RecordTrainIter(mx.io.DataIter):
 
     def _instance(self, j: int) -> mx.io.DataIter:
         part = self._first_part + j
+        # No seed_aug: MXNet 1.9 then reseeds at every batch position, so every batch would get
+        # the same crops and flips. The augmentation streams are seeded by thread number instead.
         return mx.io.ImageRecordIter(part_index=part, preprocess_threads=self._threads[j],
-                                     seed=self._seed * 1000 + part, seed_aug=self._seed * 1000 + part, **self._open)
+                                     seed=self._seed * 1000 + part, **self._open)
 
     @property
     def provide_data(self):

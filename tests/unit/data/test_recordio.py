@@ -107,6 +107,21 @@ def test_set_epoch_reproduces_an_uninterrupted_order(unique):
     assert labels_of(resumed) == orders[2] and orders[1] != orders[2]
 
 
+def test_augmentation_differs_between_batches(tmp_path):
+    gradient = np.zeros((48, 48, 3), np.uint8)
+    gradient[:, :, 0] = np.arange(48)[None, :] * 5
+    gradient[:, :, 1] = np.arange(48)[:, None] * 5
+    record = mx.recordio.MXIndexedRecordIO(str(tmp_path / "same.idx"), str(tmp_path / "same.rec"), "w")
+    for i in range(32):                       # one picture 32 times: only the augmentation differs
+        record.write_idx(i, mx.recordio.pack_img(mx.recordio.IRHeader(0, 0.0, i, 0), gradient, quality=100))
+    record.close()
+    data = record_data(tmp_path / "same.rec", tmp_path / "same.rec", data_shape=[3, 24, 24])
+    train, _ = get_rec_iterators(data, batch_size=8, classes=1, seed=1)
+    first, second = (batch.data[0].asnumpy().copy() for batch in (train.next(), train.next()))
+    assert len({image.tobytes() for image in first}) > 1
+    assert not all(np.array_equal(a, b) for a, b in zip(first, second))    # not the same crop per position
+
+
 def test_pixels_are_rgb_and_normalised_with_the_recipe_mean(tmp_path):
     rec = pack_like_im2rec(tmp_path / "solid", [0, 1, 0, 1], colour=(200, 100, 50))
     data = record_data(rec, rec, mean=[100.0, 50.0, 25.0], std=[2.0, 1.0, 0.5], rand_mirror=False)
