@@ -8,6 +8,7 @@ import json
 import multiprocessing
 import os
 import random
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,7 +174,6 @@ def list_items(layout: str, src: Path, ground_truth: Path | None = None, synset_
 
 def _run_jobs(jobs: list[tuple], workers: int, progress: bool, desc: str):
     """Yield (number, Prepared) in job order, on `workers` processes, with a progress bar and ETA."""
-    import sys
     from tqdm import tqdm
     # a log file (no terminal) gets a line a minute instead of a carriage-return stream
     bar = tqdm(total=len(jobs), unit="img", desc=desc, disable=not progress, smoothing=0.05,
