@@ -15,16 +15,18 @@ from .recordio import (RecordTrainIter, cpu_cores, decode_thread_cap, image_reco
 
 def write_sample_images(folder: str | Path, classes: int = 4, per_class: int = 250, short_side: int = 256,
                         seed: int = 0) -> Path:
-    """Class folders of smooth random JPEGs (4:3, `short_side` px high): data to measure with."""
+    """Class folders of smooth random JPEGs (4:3, `short_side` px high), each class tinted its
+    own colour so that a net can learn them: data to measure and to try a recipe with."""
     import cv2
     folder, rng = Path(folder), np.random.RandomState(seed)
+    tints = rng.randint(0, 256, (classes, 3))
     for label in range(classes):
         (folder / f"class{label}").mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             small = rng.randint(0, 256, (short_side // 16, short_side // 12, 3), dtype=np.uint8)
             image = cv2.resize(small, (short_side * 4 // 3, short_side), interpolation=cv2.INTER_CUBIC)
             noise = rng.randint(-12, 13, image.shape)     # some texture, so JPEG sizes look like photos
-            image = np.clip(image.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+            image = np.clip((image + tints[label]) / 2 + noise, 0, 255).astype(np.uint8)
             cv2.imwrite(str(folder / f"class{label}" / f"{i}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
     return folder
 
