@@ -1,4 +1,4 @@
-"""Measure speed: python tools/benchmark.py data recipes/squeezenet1.0_imagenet.yaml [--threads 1,2,4]."""
+"""Measure speed: python tools/benchmark.py data recipes/squeezenet_imagenet.yaml [--threads 1,2,4]."""
 from __future__ import annotations
 
 import argparse
