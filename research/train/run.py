@@ -232,12 +232,12 @@ def _run_loop(setup: Setup, state: checkpoint.TrainState, tracker: Tracker, argv
     if setup.num_workers > 1:              # equal on every worker when the kvstore kept them in sync
         log.info("final weights sha256 %s", distributed.weights_digest(setup.net))
     if outcome == "stopped":
-        _finish(setup, state, tracker, "KILLED", "killed")
         if setup.is_logger:
             how = ("rerun the same tools/launch_dist.py command" if setup.num_workers > 1
                    else _resume_command(argv))
             log.warning("stopped by %s at epoch %d, step %d; checkpoint written. Resume with:\n  %s",
                         stop.signal_name, state.epoch, state.step, how)
+        _finish(setup, state, tracker, "KILLED", "killed")
         return stop.exit_code
     if setup.is_logger:
         export_final(setup, tracker)
@@ -268,11 +268,11 @@ def export_final(setup: Setup, tracker: Tracker) -> None:
 def _finish(setup: Setup, state: checkpoint.TrainState, tracker: Tracker, status: str, word: str) -> None:
     if not setup.is_logger:
         return
-    write_status(setup.run_dir, state, setup.recipe, word, tracker.run_id)
     for handler in logging.getLogger().handlers:
         handler.flush()
     tracker.log_artifact(setup.run_dir / "train.log")
     tracker.end(status)
+    write_status(setup.run_dir, state, setup.recipe, word, tracker.run_id)   # last: the run is settled
 
 
 def _resume_command(argv: list[str]) -> str:
