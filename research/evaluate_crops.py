@@ -137,7 +137,7 @@ def load_trained(source: str | Path, ctxs: list[mx.Context]) -> Trained:
     try:
         load_net_arrays(net, content["params"])  # float32 on the CPU even for a float16 run
     except CheckpointError as err:
-        raise UserError(str(err)) from None      # float32 on the CPU even for a float16 run
+        raise UserError(str(err)) from None
     if recipe.train.dtype == "float16" and all(c.device_type == "gpu" for c in ctxs):
         net.cast("float16")
     net.hybridize(static_alloc=True, static_shape=True)

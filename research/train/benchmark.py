@@ -4,6 +4,7 @@ a bare hybridized loop against the project's trainer, to tell model speed from d
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -13,9 +14,10 @@ from mxnet import autograd, gluon
 
 from ..config import Recipe, SyntheticData
 from ..errors import UserError
-from ..nets import get_net
 from ..tracking import Tracker
 from .checkpoint import TrainState
+from .loop import Setup, fit
+from .run import build_setup
 
 
 def global_batch_size(recipe: Recipe, num_devices: int) -> int:
@@ -31,58 +33,41 @@ def input_shape(recipe: Recipe) -> list[int]:
     return list(shape)
 
 
-def benchmark_train(recipe: Recipe, ctx_lists: list[list[mx.Context]], steps: int, warmup: int) -> list[dict]:
+def benchmark_train(recipe: Recipe, ctx_lists: list[list[mx.Context]], steps: int, warmup: int,
+                    windows: int = 1) -> list[dict]:
     """Training images/s of the bare loop and of the project's trainer, per device set.
 
     Returns one row per entry of ctx_lists: {"devices", "global_batch", "bare_img_per_s",
-    "trainer_img_per_s", "ratio"} (ratio = trainer / bare; the goal is >= 0.95).
+    "trainer_img_per_s", "ratio"}; ratio = trainer / bare speed, the goal is >= 0.95.
+    The `steps` after `warmup` are cut into `windows`; see `measure` for how they alternate.
     """
-    if warmup < 1 or steps < 1:
-        raise UserError(f"benchmark: steps ({steps}) and warmup ({warmup}) must be at least 1")
-    rows = []
-    for ctxs in ctx_lists:
-        bare = bare_images_per_second(recipe, ctxs, steps, warmup)
-        full = trainer_images_per_second(recipe, ctxs, steps, warmup)
-        rows.append({"devices": ",".join(str(c) for c in ctxs), "global_batch": global_batch_size(recipe, len(ctxs)),
-                     "bare_img_per_s": bare, "trainer_img_per_s": full, "ratio": full / bare})
-    return rows
+    if warmup < 1 or windows < 1 or steps < windows:
+        raise UserError(f"benchmark: warmup ({warmup}) and windows ({windows}) must be >= 1 and "
+                        f"steps ({steps}) at least one per window")
+    return [measure(recipe, ctxs, steps, warmup, windows) for ctxs in ctx_lists]
 
 
-def bare_images_per_second(recipe: Recipe, ctxs: list[mx.Context], steps: int, warmup: int) -> float:
-    """forward/backward/trainer.step of the recipe's net on device-resident random data.
+class BareLoop:
+    """forward/backward/trainer.step and nothing else (no data loading, lr updates, metrics,
+    logging) on device-resident random data: the ceiling any trainer can reach."""
 
-    Nothing else runs in the loop (no data loading, lr updates, metrics or logging): this is
-    the ceiling any trainer can reach for this net, batch and device set.
-    """
-    batch = global_batch_size(recipe, len(ctxs))
-    net = get_net(recipe.net.name, classes=recipe.net.classes)
-    net.initialize(mx.init.Xavier(), ctx=ctxs)
-    if recipe.train.dtype != "float32":
-        net.cast(recipe.train.dtype)
-    net.hybridize(static_alloc=True, static_shape=True)
-    trainer = gluon.Trainer(net.collect_params(), "sgd",
-                            {"learning_rate": 1e-3, "momentum": recipe.train.momentum, "wd": recipe.train.wd,
-                             "multi_precision": recipe.train.dtype == "float16"},
-                            kvstore=recipe.train.kvstore)
-    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-    shape = (batch,) + tuple(input_shape(recipe))
-    x = mx.nd.random.uniform(-1, 1, shape, dtype=recipe.train.dtype)
-    y = mx.nd.random.randint(0, recipe.net.classes, (batch,)).astype("float32")
-    xs = gluon.utils.split_and_load(x, ctxs, even_split=False)
-    ys = gluon.utils.split_and_load(y, ctxs, even_split=False)
+    def __init__(self, setup: Setup):
+        shape = (setup.global_batch, *input_shape(setup.recipe))
+        dtype = setup.recipe.train.dtype
+        x = mx.nd.random.uniform(-1, 1, shape).astype(dtype)
+        y = mx.nd.random.randint(0, setup.recipe.net.classes, (setup.global_batch,)).astype("float32")
+        self.xs = gluon.utils.split_and_load(x, setup.ctxs, even_split=False)
+        self.ys = gluon.utils.split_and_load(y, setup.ctxs, even_split=False)
+        self.setup = setup
+        self.loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
 
-    def run(count: int) -> None:
-        for _ in range(count):
+    def run(self, steps: int) -> None:
+        net, trainer = self.setup.net, self.setup.trainer
+        for _ in range(steps):
             with autograd.record():
-                losses = [loss_fn(net(xi), yi) for xi, yi in zip(xs, ys)]
+                losses = [self.loss_fn(net(x), y) for x, y in zip(self.xs, self.ys)]
             autograd.backward(losses)
-            trainer.step(batch)
-        mx.nd.waitall()                  # the sync point: MXNet runs asynchronously
-
-    run(warmup)
-    start = time.perf_counter()
-    run(steps)
-    return steps * batch / (time.perf_counter() - start)
+            trainer.step(self.setup.global_batch)
 
 
 class RepeatIter(mx.io.DataIter):
@@ -114,33 +99,54 @@ class RepeatIter(mx.io.DataIter):
         return self._batch
 
 
-def trainer_images_per_second(recipe: Recipe, ctxs: list[mx.Context], steps: int, warmup: int) -> float:
-    """research.train.loop.fit, as tools/train.py builds it, on RepeatIter batches.
+def _synced_time() -> float:
+    mx.nd.waitall()                  # MXNet runs asynchronously: the clock means nothing without a sync
+    return time.perf_counter()
 
-    The recipe's data section is swapped for a small synthetic one (build_setup needs an
-    iterator) and the train iterator for RepeatIter; the run stops through `should_stop`
-    after warmup + steps batches, all inside the first epoch (no evaluation or checkpoint in
-    the measured window). Tracking is off: MLflow calls happen only at epoch ends anyway.
+
+def measure(recipe: Recipe, ctxs: list[mx.Context], steps: int, warmup: int, windows: int) -> dict:
+    """Run research.train.loop.fit as tools/train.py builds it, and the bare loop in between.
+
+    The recipe's data is swapped for RepeatIter batches (build_setup gets a small synthetic
+    section), and `fit` is stopped through its `should_stop` callback, inside its first epoch,
+    so no evaluation or checkpoint falls in the measured steps. After each window of the
+    trainer's steps the callback runs as many bare steps on the same net and trainer (no
+    second copy in device memory). The two loops thus alternate under the same load: on a
+    shared machine one loop alone swung 12-410 img/s between runs here. Each side's speed is
+    the median over windows and the ratio the median of the per-window ratios. The syncs
+    closing each window stop MXNet from overlapping Python work with the next window's
+    compute, which, if anything, counts the trainer's extra Python work in full.
     """
-    from .loop import fit
-    from .run import build_setup
-
     batch = global_batch_size(recipe, len(ctxs))
     synthetic = SyntheticData(data_shape=input_shape(recipe), num_train=batch, num_val=batch)
     recipe = dataclasses.replace(recipe, data=synthetic, train=dataclasses.replace(recipe.train, epochs=1))
+    per_window = steps // windows
     with tempfile.TemporaryDirectory(prefix="benchmark-") as run_dir:
         setup = build_setup(recipe, ctxs, Path(run_dir), recipe.train.kvstore)
         setup = dataclasses.replace(setup, is_logger=False,   # no progress lines, no checkpoint at the stop
                                     train_iter=RepeatIter(batch, input_shape(recipe), recipe.net.classes,
-                                                          warmup + steps + 1))
-        done, marks = [0], {}
+                                                          warmup + windows * per_window + 1))
+        bare = BareLoop(setup)
+        bare.run(warmup)
+        pairs, done, mark = [], [0], [0.0]
 
-        def should_stop() -> bool:             # called after every batch, from inside the loop
+        def should_stop() -> bool:             # called by fit after every batch
             done[0] += 1
-            if done[0] in (warmup, warmup + steps):
-                mx.nd.waitall()                # the only syncs the benchmark adds: at the window's ends
-                marks[done[0]] = time.perf_counter()
-            return done[0] == warmup + steps
+            if done[0] < warmup or (done[0] - warmup) % per_window:
+                return False
+            now = _synced_time()
+            if done[0] > warmup:
+                trainer_seconds = now - mark[0]
+                bare.run(per_window)
+                mark[0] = _synced_time()
+                pairs.append((mark[0] - now, trainer_seconds))
+            else:
+                mark[0] = now
+            return len(pairs) == windows
 
         fit(setup, TrainState(recipe=recipe.to_dict()), Tracker.disabled(), should_stop)
-    return steps * batch / (marks[warmup + steps] - marks[warmup])
+    images = per_window * batch
+    return {"devices": ",".join(str(c) for c in ctxs), "global_batch": batch,
+            "bare_img_per_s": images / statistics.median(b for b, _ in pairs),
+            "trainer_img_per_s": images / statistics.median(t for _, t in pairs),
+            "ratio": statistics.median(b / t for b, t in pairs)}
