@@ -150,3 +150,17 @@ def measure(recipe: Recipe, ctxs: list[mx.Context], steps: int, warmup: int, win
             "bare_img_per_s": images / statistics.median(b for b, _ in pairs),
             "trainer_img_per_s": images / statistics.median(t for _, t in pairs),
             "ratio": statistics.median(b / t for b, t in pairs)}
+
+
+def device_sets(ctxs: list[mx.Context]) -> list[list[mx.Context]]:
+    """Each device count up to the given devices: [gpu0], [gpu0, gpu1], ..."""
+    return [ctxs[:count] for count in range(1, len(ctxs) + 1)]
+
+
+def format_rows(rows: list[dict]) -> str:
+    """The table tools/benchmark.py prints."""
+    lines = [f"{'devices':<24} {'batch':>6} {'bare img/s':>11} {'trainer img/s':>14} {'trainer/bare':>13}"]
+    for row in rows:
+        lines.append(f"{row['devices']:<24} {row['global_batch']:>6} {row['bare_img_per_s']:>11.1f} "
+                     f"{row['trainer_img_per_s']:>14.1f} {row['ratio']:>13.2f}")
+    return "\n".join(lines)
