@@ -14,6 +14,7 @@ from mxnet import autograd, gluon
 
 from ..config import Recipe, SyntheticData
 from ..errors import UserError
+from ..preflight import check_recipe
 from ..tracking import Tracker
 from .checkpoint import TrainState
 from .loop import Setup, fit
@@ -44,6 +45,9 @@ def benchmark_train(recipe: Recipe, ctx_lists: list[list[mx.Context]], steps: in
     if warmup < 1 or windows < 1 or steps < windows:
         raise UserError(f"benchmark: warmup ({warmup}) and windows ({windows}) must be >= 1 and "
                         f"steps ({steps}) at least one per window")
+    synthetic = SyntheticData(data_shape=input_shape(recipe))
+    for ctxs in ctx_lists:          # the recipe's checks (float16 on a CPU...), not its data files
+        check_recipe(dataclasses.replace(recipe, data=synthetic), ctxs)
     return [measure(recipe, ctxs, steps, warmup, windows) for ctxs in ctx_lists]
 
 
