@@ -1,0 +1,98 @@
+"""What checkpoints and tracking cost the training loop, per epoch, for a recipe's net."""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import mxnet as mx
+from mxnet import autograd, gluon
+
+from ..config import Recipe
+from ..nets import get_net
+from ..tracking import Tracker
+from .checkpoint import CheckpointWriter, TrainState, save_checkpoint
+
+
+def benchmark_overhead(recipe: Recipe, repeats: int = 5, track: bool = True) -> dict[str, float]:
+    """Seconds per epoch-end spent on the loop's thread (and in the background) for checkpoints and MLflow.
+
+    Builds the recipe's net and optimizer on the CPU, takes one step so that momentum exists,
+    then times `repeats` epoch-end checkpoints and metric logs into a temporary store.
+    """
+    net = get_net(recipe.net.name, classes=recipe.net.classes)
+    net.initialize(mx.init.Xavier(), ctx=mx.cpu())
+    net.hybridize(static_alloc=True, static_shape=True)
+    shape = (2, *_input_shape(recipe))
+    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.01, "momentum": 0.9})
+    with autograd.record():
+        loss = net(mx.nd.zeros(shape)).sum()
+    loss.backward()
+    trainer.step(2)
+    mx.nd.waitall()
+    history = [{"epoch": e, "val/top1": 0.5, "train/loss": 1.0} for e in range(recipe.train.epochs)]
+    state = TrainState(epoch=recipe.train.epochs, step=1, history=history, recipe=recipe.to_dict())
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        writer = CheckpointWriter(folder / "bg", keep_last=recipe.checkpoint.keep_last)
+        loop_s, total_s = [], []
+        for i in range(repeats):
+            state.step = i + 1
+            tic = time.perf_counter()
+            writer.save(state, net, trainer, is_best=True)
+            loop_s.append(time.perf_counter() - tic)
+            writer.wait()
+            total_s.append(time.perf_counter() - tic)
+        sync_s = _median_time(lambda: save_checkpoint(folder / "sync", state, net, trainer, is_best=True), repeats)
+        size = max(p.stat().st_size for p in (folder / "bg").glob("step-*.ckpt"))
+        result = {"checkpoint_loop_s": _median(loop_s), "checkpoint_total_s": _median(total_s),
+                  "checkpoint_sync_s": sync_s, "checkpoint_mb": size / 1e6}
+        if track:
+            result.update(_tracking_cost(folder, repeats))
+    return result
+
+
+def _tracking_cost(folder: Path, repeats: int) -> dict[str, float]:
+    import os
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
+    try:
+        tracker = Tracker.start("overhead", "overhead")
+        metrics = {k: 0.5 for k in ("train/loss", "train/top1", "val/loss", "val/top1", "val/top5", "lr",
+                                    "speed/img_per_s", "time/epoch_s")}
+        tracker.flush()
+        loop_s = _median_time(lambda: tracker.log_metrics(metrics, step=1), repeats)
+        tic = time.perf_counter()
+        for step in range(repeats):
+            tracker.log_metrics(metrics, step=step)
+        tracker.flush()
+        store_s = (time.perf_counter() - tic) / repeats
+        tracker.end()
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+    return {"tracking_loop_s": loop_s, "tracking_store_s": store_s}
+
+
+def _input_shape(recipe: Recipe) -> tuple[int, ...]:
+    shape = getattr(recipe.data, "data_shape", None)
+    if shape:
+        return tuple(shape)
+    size = getattr(recipe.data, "size", 28)
+    return (1, size, size)
+
+
+def _median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - tic)
+    return _median(times)
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
