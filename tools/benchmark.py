@@ -13,9 +13,12 @@ set_cpu_threads()
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Measure images/s. 'data': the recipe's RecordIO train pipeline (decode + augment) "
-                    "against a bare ImageRecordIter, per decode-thread count: compare with the images/s "
-                    "the GPUs train at to know whether they will starve.",
+        description="Measure speed, both sides in one run. 'train': the trainer against a bare hybridized "
+                    "forward/backward/step loop on synthetic data at the recipe's shape and batch, per device "
+                    "count (model speed, without data). 'data': the recipe's RecordIO train pipeline (decode + "
+                    "augment) against a bare ImageRecordIter, per decode-thread count: compare with the "
+                    "images/s the GPUs train at to know whether they will starve. 'checkpoint': seconds an "
+                    "epoch end spends on checkpoints and MLflow for the recipe's net.",
         epilog="Exit status: 0 done, 2 a user error (bad recipe, missing .rec). Figures on a shared or "
                "busy machine are noisy: run twice.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -26,7 +29,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     data.add_argument("--seconds", type=float, default=10.0, help="seconds measured per row (default 10)")
     data.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a recipe value, e.g. --set train.batch_size=64; repeatable")
-    # 'train' (model images/s per device set, research/train/benchmark.py) is added here as a second parser.
+    train = commands.add_parser("train", help="trainer vs bare loop images/s per device count, synthetic data")
+    train.add_argument("recipe", help="recipe YAML (its net, batch and data_shape are used; its data is not read)")
+    train.add_argument("--gpus", default="", help="GPU ids, e.g. 0,1: measures 1, then 2 ... devices; "
+                                                  "omit for the CPU")
+    train.add_argument("--steps", type=int, default=40, help="measured steps per device count (default 40)")
+    train.add_argument("--warmup", type=int, default=5, help="steps before measuring (default 5)")
+    train.add_argument("--windows", type=int, default=4,
+                       help="the steps alternate between trainer and bare loop in this many windows (default 4)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a recipe value, e.g. --set train.batch_size=32; repeatable")
+    ckpt = commands.add_parser("checkpoint", help="checkpoint and MLflow cost per epoch end for the recipe's net")
+    ckpt.add_argument("recipe", help="recipe YAML (its net and class count are used)")
+    ckpt.add_argument("--repeats", type=int, default=5, help="measurements per figure (default 5)")
+    ckpt.add_argument("--epoch-seconds", type=float, default=0.0,
+                      help="an epoch's duration to express the cost as a share of (e.g. 1680 for SqueezeNet on a V100)")
     return parser.parse_args(argv)
 
 
@@ -50,13 +67,40 @@ def run_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_train(args: argparse.Namespace) -> int:
+    from research.config import load_recipe
+    from research.devices import get_contexts
+    from research.train.benchmark import benchmark_train, device_sets, format_rows
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    rows = benchmark_train(recipe, device_sets(get_contexts(args.gpus)), args.steps, args.warmup, args.windows)
+    print(format_rows(rows))
+    print("trainer/bare: the full trainer (splitting, lr, metrics, progress) over a bare loop; goal >= 0.95.")
+    return 0
+
+
+def run_checkpoint(args: argparse.Namespace) -> int:
+    from research.config import load_recipe
+    from research.train.overhead import benchmark_overhead
+
+    result = benchmark_overhead(load_recipe(args.recipe), repeats=args.repeats)
+    print(f"checkpoint: {result['checkpoint_mb']:.1f} MB; {result['checkpoint_loop_s'] * 1000:.1f} ms on the "
+          f"training thread, {result['checkpoint_total_s'] * 1000:.1f} ms until on disk (background write)")
+    print(f"MLflow: {result['tracking_loop_s'] * 1000:.2f} ms on the training thread per epoch's metrics, "
+          f"{result['tracking_store_s'] * 1000:.1f} ms in the store (background)")
+    if args.epoch_seconds:
+        share = (result["checkpoint_loop_s"] + result["tracking_loop_s"]) / args.epoch_seconds
+        print(f"= {100 * share:.4f}% of a {args.epoch_seconds:.0f} s epoch")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    from research.config import RecipeError
+    from research.errors import UserError
 
     try:
-        return run_data(args)
-    except RecipeError as err:
+        return {"data": run_data, "train": run_train, "checkpoint": run_checkpoint}[args.command](args)
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

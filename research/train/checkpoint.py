@@ -93,18 +93,18 @@ def load_trainer_states(trainer: gluon.Trainer, states: bytes | None) -> None:
         trainer.load_states(tmp.name)
 
 
-def snapshot(state: TrainState, net: gluon.Block, trainer: gluon.Trainer) -> bytes:
-    """Everything a checkpoint holds, copied off the devices now (a sync point), serialised."""
-    return pickle.dumps({
+def snapshot(state: TrainState, net: gluon.Block, trainer: gluon.Trainer) -> dict[str, Any]:
+    """Everything a checkpoint holds, copied off the devices now (a sync point)."""
+    return {
         "state": copy.deepcopy(state.__dict__),
         "params": net_arrays(net),
         "trainer": trainer_states(trainer),
         "numpy_rng": np.random.get_state(),
         "mxnet": mx.__version__,
-    }, protocol=pickle.HIGHEST_PROTOCOL)
+    }
 
 
-def write_checkpoint(folder: str | Path, step: int, payload: bytes, keep_last: int = 3,
+def write_checkpoint(folder: str | Path, step: int, content: dict[str, Any], keep_last: int = 3,
                      is_best: bool = False) -> Path:
     """Write step-NNNNNNNNNN.ckpt atomically, update best.ckpt, prune to the newest keep_last.
 
@@ -112,6 +112,7 @@ def write_checkpoint(folder: str | Path, step: int, payload: bytes, keep_last: i
         CheckpointError: disk full or folder not writable; older checkpoints are untouched.
     """
     folder = Path(folder)
+    payload = pickle.dumps(content, protocol=pickle.HIGHEST_PROTOCOL)
     blob = MAGIC + struct.pack("<Q", len(payload)) + hashlib.sha256(payload).digest() + payload
     path = folder / f"step-{step:010d}.ckpt"
     try:
@@ -148,10 +149,10 @@ class CheckpointWriter:
     def save(self, state: TrainState, net: gluon.Block, trainer: gluon.Trainer, is_best: bool = False,
              then: Callable[[], None] = lambda: None, on_error: Callable[[CheckpointError], None] = None,
              wait: bool = False) -> None:
-        payload = snapshot(state, net, trainer)
+        content = snapshot(state, net, trainer)
         self.wait()
         self._thread = threading.Thread(target=self._write, name="checkpoint",
-                                        args=(state.step, payload, is_best, then, on_error))
+                                        args=(state.step, content, is_best, then, on_error))
         self._thread.start()
         if wait:
             self.wait()
@@ -161,9 +162,9 @@ class CheckpointWriter:
             self._thread.join()
             self._thread = None
 
-    def _write(self, step, payload, is_best, then, on_error) -> None:
+    def _write(self, step, content, is_best, then, on_error) -> None:
         try:
-            write_checkpoint(self.folder, step, payload, self.keep_last, is_best)
+            write_checkpoint(self.folder, step, content, self.keep_last, is_best)
         except CheckpointError as err:
             if on_error is None:
                 raise
