@@ -101,6 +101,7 @@ class TrainConfig:
     optimizer: str = "sgd"           # sgd | nag | adam
     momentum: float = 0.9
     wd: float = 1e-4
+    clip_gradient: float = 0.0       # clip each gradient element to +-this (after rescaling); 0: off
     lr_schedule: str = "step"        # step | cosine | poly | constant
     lr_steps: list[int] = field(default_factory=list)   # epochs at which lr *= lr_factor
     lr_factor: float = 0.1

@@ -131,6 +131,8 @@ def build_setup(recipe: Recipe, ctxs: list, run_dir: Path, kv) -> Setup:
     optimizer_params = {"learning_rate": base_lr, "wd": train.wd, "multi_precision": train.dtype == "float16"}
     if train.optimizer in ("sgd", "nag"):
         optimizer_params["momentum"] = train.momentum
+    if train.clip_gradient > 0:        # a guard against loss spikes; the reference run used none
+        optimizer_params["clip_gradient"] = train.clip_gradient
     trainer = gluon.Trainer(net.collect_params(), train.optimizer, optimizer_params, kvstore=kv)
     return Setup(recipe, net, trainer, train_iter, val_iter, ctxs, global_batch, base_lr, run_dir,
                  num_workers=num_workers, is_logger=rank == 0)
