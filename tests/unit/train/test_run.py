@@ -1,0 +1,52 @@
+"""A run that raises mid-epoch is marked FAILED in MLflow with its traceback as an artifact."""
+import signal
+from pathlib import Path
+
+import mxnet as mx
+import pytest
+from mlflow.tracking import MlflowClient
+
+from research.config import load_recipe
+from research.train import run
+from research.train.checkpoint import TrainState
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+class BrokenAfter:
+    """Wraps an iterator and fails like a disk error would, after `n` batches."""
+
+    def __init__(self, inner, n: int):
+        self.inner, self.n, self.served = inner, n, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __iter__(self):
+        for batch in self.inner:
+            if self.served == self.n:
+                raise OSError("Input/output error while reading the training data")
+            self.served += 1
+            yield batch
+
+
+def test_exception_marks_run_failed_with_traceback(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    recipe = load_recipe(REPO / "recipes/smoke/lenet_digits_tiny.yaml")
+    setup = run.build_setup(recipe, [mx.cpu()], tmp_path / "run", run.create_kvstore(recipe))
+    setup.train_iter = BrokenAfter(setup.train_iter, 3)
+    state = TrainState(recipe=recipe.to_dict())
+    tracker = run.start_tracking(recipe, state, [mx.cpu()], ["tools/train.py", "x"])
+    (tmp_path / "run").mkdir(exist_ok=True)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        with pytest.raises(OSError, match="Input/output error"):
+            run._run_loop(setup, state, tracker, ["tools/train.py", "x"])
+    finally:                                 # the run installed its own; give pytest back Ctrl-C
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert "Input/output error" in (tmp_path / "run" / "traceback.txt").read_text()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert client.get_run(tracker.run_id).info.status == "FAILED"
+    assert "traceback.txt" in {a.path for a in client.list_artifacts(tracker.run_id)}
+    assert '"status": "failed"' in (tmp_path / "run" / "status.json").read_text()
