@@ -12,6 +12,7 @@ import os
 import platform
 import queue
 import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -252,8 +253,13 @@ class Tracker:
 
 
 def ui_command(port: int = 5000) -> str:
-    """The one-liner that serves this store's UI on localhost with the light settings."""
-    return (f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --backend-store-uri {tracking_uri()} "
+    """The one-liner that serves this store's UI on localhost with the light settings.
+
+    Names the mlflow beside this interpreter, so it works without activating the virtualenv.
+    """
+    beside = Path(sys.executable).parent / "mlflow"
+    mlflow = str(beside) if beside.exists() else "mlflow"
+    return (f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false {mlflow} server --backend-store-uri {tracking_uri()} "
             f"--host 127.0.0.1 --port {port} --workers 1")
 
 
