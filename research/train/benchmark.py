@@ -18,12 +18,7 @@ from ..preflight import check_recipe
 from ..tracking import Tracker
 from .checkpoint import TrainState
 from .loop import Setup, fit
-from .run import build_setup
-
-
-def global_batch_size(recipe: Recipe, num_devices: int) -> int:
-    train = recipe.train
-    return train.batch_size * num_devices if train.batch_per == "device" else train.batch_size
+from .run import build_setup, global_batch_size
 
 
 def input_shape(recipe: Recipe) -> list[int]:
@@ -121,7 +116,7 @@ def measure(recipe: Recipe, ctxs: list[mx.Context], steps: int, warmup: int, win
     closing each window stop MXNet from overlapping Python work with the next window's
     compute, which, if anything, counts the trainer's extra Python work in full.
     """
-    batch = global_batch_size(recipe, len(ctxs))
+    batch = global_batch_size(recipe.train, len(ctxs))
     synthetic = SyntheticData(data_shape=input_shape(recipe), num_train=batch, num_val=batch)
     recipe = dataclasses.replace(recipe, data=synthetic, train=dataclasses.replace(recipe.train, epochs=1))
     per_window = steps // windows

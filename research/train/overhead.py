@@ -1,6 +1,7 @@
 """What checkpoints and tracking cost the training loop, per epoch, for a recipe's net."""
 from __future__ import annotations
 
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -9,6 +10,7 @@ import mxnet as mx
 from mxnet import autograd, gluon
 
 from ..config import Recipe
+from ..export import input_shape
 from ..nets import get_net
 from ..tracking import Tracker
 from .checkpoint import CheckpointWriter, TrainState, save_checkpoint
@@ -23,7 +25,7 @@ def benchmark_overhead(recipe: Recipe, repeats: int = 5, track: bool = True) -> 
     net = get_net(recipe.net.name, classes=recipe.net.classes)
     net.initialize(mx.init.Xavier(), ctx=mx.cpu())
     net.hybridize(static_alloc=True, static_shape=True)
-    shape = (2, *_input_shape(recipe))
+    shape = (2, *input_shape(recipe))
     trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.01, "momentum": 0.9})
     with autograd.record():
         loss = net(mx.nd.zeros(shape)).sum()
@@ -45,7 +47,7 @@ def benchmark_overhead(recipe: Recipe, repeats: int = 5, track: bool = True) -> 
             total_s.append(time.perf_counter() - tic)
         sync_s = _median_time(lambda: save_checkpoint(folder / "sync", state, net, trainer, is_best=True), repeats)
         size = max(p.stat().st_size for p in (folder / "bg").glob("step-*.ckpt"))
-        result = {"checkpoint_loop_s": _median(loop_s), "checkpoint_total_s": _median(total_s),
+        result = {"checkpoint_loop_s": statistics.median(loop_s), "checkpoint_total_s": statistics.median(total_s),
                   "checkpoint_sync_s": sync_s, "checkpoint_mb": size / 1e6}
         if track:
             result.update(_tracking_cost(folder, repeats))
@@ -76,23 +78,10 @@ def _tracking_cost(folder: Path, repeats: int) -> dict[str, float]:
     return {"tracking_loop_s": loop_s, "tracking_store_s": store_s}
 
 
-def _input_shape(recipe: Recipe) -> tuple[int, ...]:
-    shape = getattr(recipe.data, "data_shape", None)
-    if shape:
-        return tuple(shape)
-    size = getattr(recipe.data, "size", 28)
-    return (1, size, size)
-
-
 def _median_time(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
         tic = time.perf_counter()
         fn()
         times.append(time.perf_counter() - tic)
-    return _median(times)
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[len(ordered) // 2]
+    return statistics.median(times)

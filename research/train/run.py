@@ -16,7 +16,7 @@ import mxnet as mx
 from mxnet import gluon
 
 from .. import distributed
-from ..config import Recipe, RecipeError, dump_recipe
+from ..config import Recipe, RecipeError, TrainConfig, dump_recipe
 from ..data import get_iterators
 from ..nets import get_net
 from ..plots import plot_curves
@@ -93,6 +93,11 @@ def add_file_log(run_dir: Path, is_logger: bool) -> None:
         root.removeHandler(buffer)
 
 
+def global_batch_size(train: TrainConfig, devices: int) -> int:
+    """Images per update over all devices: train.batch_size is per device or global (train.batch_per)."""
+    return train.batch_size * devices if train.batch_per == "device" else train.batch_size
+
+
 def create_kvstore(recipe: Recipe):
     """A kvstore object for distributed training (it tells rank and worker count), else its name."""
     return distributed.create_kvstore(recipe.train.kvstore)
@@ -103,7 +108,7 @@ def build_setup(recipe: Recipe, ctxs: list, run_dir: Path, kv) -> Setup:
     train = recipe.train
     num_workers, rank = (kv.num_workers, kv.rank) if train.kvstore in DIST else (1, 0)
     devices = len(ctxs) * num_workers
-    global_batch = train.batch_size * devices if train.batch_per == "device" else train.batch_size
+    global_batch = global_batch_size(train, devices)
     if global_batch % devices:
         raise RecipeError(f"train.batch_size {train.batch_size} (global) does not split evenly over "
                           f"{devices} devices: use a multiple of {devices} or train.batch_per: device.")
@@ -164,9 +169,14 @@ def start_tracking(recipe: Recipe, state: checkpoint.TrainState, ctxs: list, arg
                 tracker.log_metrics({k: v for k, v in entry.items() if k != "epoch"}, step=entry["epoch"])
         tracker.set_tags({f"resumed.{int(time.time())}": " ".join(argv)})
         return tracker
+    return start_new_run(recipe, ctxs, argv)
+
+
+def start_new_run(recipe: Recipe, ctxs: list, argv: list[str], tags: dict[str, str] | None = None) -> Tracker:
+    """A new MLflow run named "<recipe> <date> <4 hex>", tagged and described by its command, params logged."""
     name = f"{recipe.name} {datetime.now():%Y-%m-%d %H:%M} {os.urandom(2).hex()}"
     tracker = Tracker.start(recipe.tracking.experiment or recipe.name, name,
-                            tags={**environment_tags(ctxs, argv), "recipe": recipe.name},
+                            tags={**environment_tags(ctxs, argv), "recipe": recipe.name, **(tags or {})},
                             description=f"`{' '.join(argv)}` on {platform.node()}")
     tracker.log_params(recipe.flat())
     return tracker
