@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import platform
 import time
 import traceback
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +14,8 @@ import numpy as np
 from ..config import Recipe, RecordData, dump_recipe
 from ..data.recordio import check_labels, open_record_files
 from ..nets.pretrained import PretrainedError
-from ..tracking import Tracker, environment_tags, ui_command
+from ..tracking import Tracker, ui_command
+from ..train.run import add_file_log, setup_logging, start_new_run
 from . import classifier
 from .cache import cache_key, cache_path, load_features, save_features
 from .features import (Features, TransferError, check_test_ids, extract_features, feature_block, load_backbone,
@@ -161,15 +159,12 @@ def run_transfer_job(recipe: Recipe, ctxs: list, run_dir: Path, argv: list[str])
     check_transfer(recipe)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _log_to(run_dir / "train.log")
+    setup_logging()
+    add_file_log(run_dir, is_logger=True)
     (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
     tracker = Tracker.disabled()
     if recipe.tracking.enabled:
-        name = f"{recipe.name} {datetime.now():%Y-%m-%d %H:%M} {os.urandom(2).hex()}"
-        tracker = Tracker.start(recipe.tracking.experiment or recipe.name, name,
-                                tags={**environment_tags(ctxs, argv), "recipe": recipe.name, "task": "transfer"},
-                                description=f"`{' '.join(argv)}` on {platform.node()}")
-        tracker.log_params(recipe.flat())
+        tracker = start_new_run(recipe, ctxs, argv, tags={"task": "transfer"})
         tracker.log_artifact(run_dir / "recipe.yaml")
     try:
         results = run_transfer(recipe, ctxs, run_dir, tracker)
@@ -190,15 +185,3 @@ def run_transfer_job(recipe: Recipe, ctxs: list, run_dir: Path, argv: list[str])
         print(f"MLflow run {tracker.run_id}. Open the UI with:\n  {ui_command()}")
     return 0
 
-
-
-def _log_to(path: Path) -> None:
-    """INFO and above to the console and to `path` (kept as a run artifact)."""
-    root = logging.getLogger()
-    root.setLevel(logging.INFO)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    for handler in (logging.StreamHandler(), logging.FileHandler(path)):
-        handler.setFormatter(fmt)
-        root.addHandler(handler)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
