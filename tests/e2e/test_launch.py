@@ -92,8 +92,9 @@ def test_launched_run_finishes_detached_and_reports(tmp_path, tmux_env):
     assert len(again.stderr.strip().splitlines()) == 1
 
     wait_for(lambda: read_status(run_dir).get("status") == "finished", 300, "status.json: finished", run_dir)
-    wait_for(lambda: tmux(tmux_env, "list-panes", "-t", "lenet_digits", "-F", "#{pane_dead}") == "1", 30,
-             "the trainer's pane to end", run_dir)
+    # tmux marks the pane dead before it records the exit status: wait for both
+    wait_for(lambda: tmux(tmux_env, "list-panes", "-t", "lenet_digits", "-F", "#{pane_dead}:#{pane_dead_status}")
+             not in ("0:", "1:"), 30, "the trainer's pane to end", run_dir)
     log = (run_dir / "console.log").read_text().splitlines()
     assert log[-1].endswith("tools/train.py exited with status 0")
     assert any(line.startswith("val top-1") for line in log)
