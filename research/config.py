@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -225,10 +226,12 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
     if tp is type(None):
         if value is None:
             return None
-    elif tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    elif tp is float and isinstance(value, str) and FLOAT_TEXT.match(value):
-        return float(value)       # YAML 1.1 reads 1e-4 (no dot) as a string: take it as the number meant
+    elif tp is float and (isinstance(value, (int, float)) and not isinstance(value, bool)
+                          or isinstance(value, str) and FLOAT_TEXT.match(value)):
+        number = float(value)     # YAML 1.1 reads 1e-4 (no dot) as a string: take it as the number meant
+        if not math.isfinite(number):
+            raise RecipeError(f"{where}: expected a finite number, got {value!r} (.nan/.inf would reach MXNet).")
+        return number
     elif tp is bool and isinstance(value, bool):
         return value
     elif tp in (int, str) and isinstance(value, tp) and not isinstance(value, bool):
@@ -308,7 +311,13 @@ def _apply_override(raw: dict, assignment: str, origin: str) -> None:
     node[keys[-1]] = value
 
 
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
 def _validate_semantics(recipe: Recipe, origin: str) -> None:
+    if not NAME.match(recipe.name):
+        raise RecipeError(f"{origin}: name {recipe.name!r} is not a safe run name: it names the folder runs/<name>, so "
+                          f"use letters, digits, '.', '_' and '-', starting with a letter or digit (e.g. lenet_digits).")
     train = recipe.train
     positive = {"train.epochs": train.epochs, "train.batch_size": train.batch_size,
                 "train.lr": train.lr, "net.classes": recipe.net.classes,
@@ -338,7 +347,8 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}. The recipes shipped are in recipes/.")
     try:
-        raw = yaml.safe_load(path.read_text())
+        with open(path) as stream:        # the marks in errors then name the file
+            raw = yaml.load(stream, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
         raise RecipeError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
@@ -351,6 +361,21 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     del base
     recipe.source = str(path)
     return recipe
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key written twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise RecipeError(f"{key_node.start_mark.name}: key '{key}' is written twice, on lines {seen[key]} "
+                                  f"and {line}; keep one.")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
 
 
 def _build_checked(raw: dict, origin: str) -> Recipe:

@@ -20,9 +20,11 @@ def set_cpu_threads() -> int:
 
 
 def parse_gpus(spec: str | None) -> list[int]:
-    """'0,1' -> [0, 1]; None or '' -> [] (CPU)."""
-    if not spec:
+    """'0,1' -> [0, 1]; None (no --gpus) -> [] (CPU). An empty `--gpus ''` is an error, not the CPU."""
+    if spec is None:
         return []
+    if not spec.replace(",", "").strip():
+        raise DeviceError(f"--gpus {spec!r}: no GPU ids given; pass ids such as 0,1, or omit --gpus for the CPU")
     try:
         ids = [int(part) for part in spec.split(",") if part.strip()]
     except ValueError:

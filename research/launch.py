@@ -111,10 +111,10 @@ class Launch:
             f"close it with: {t} kill-session -t {self.session}"])
 
 
-def train_command(recipe_path: str, run_dir: Path, gpus: str, overrides: list[str], resume: bool) -> list[str]:
+def train_command(recipe_path: str, run_dir: Path, gpus: str | None, overrides: list[str], resume: bool) -> list[str]:
     """tools/train.py with this interpreter and an explicit --output, so a relaunch finds the run."""
     command = [sys.executable, str(REPO / "tools" / "train.py"), recipe_path, "--output", str(run_dir)]
-    command += ["--gpus", gpus] if gpus else []
+    command += ["--gpus", gpus] if gpus is not None else []
     for assignment in overrides:
         command += ["--set", assignment]
     return command + (["--resume"] if resume else [])
@@ -144,7 +144,7 @@ def passed_env() -> dict[str, str]:
             if key in PASSED_ENV or key.startswith(PASSED_ENV_PREFIXES)}
 
 
-def launch(recipe_path: str, overrides: list[str] = (), gpus: str = "", name: str | None = None,
+def launch(recipe_path: str, overrides: list[str] = (), gpus: str | None = None, name: str | None = None,
            output: Path | None = None, fresh: bool = False, resume: bool = False,
            socket: str | None = None) -> Launch:
     """Start tools/train.py for `recipe_path` in a new detached tmux session.

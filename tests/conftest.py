@@ -8,6 +8,8 @@ import pytest
 
 import helpers
 
+helpers.pin_test_process_threads()
+
 
 @pytest.fixture
 def store(tmp_path: Path) -> Path:

@@ -11,12 +11,30 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+CALLER_THREADS = os.environ.get("OMP_NUM_THREADS")    # read before conftest pins the test process's own
+
+
+def pin_test_process_threads() -> None:
+    """One OpenMP thread for MXNet inside pytest, whatever the caller exported.
+
+    The in-process equivalence tests (2 contexts vs 1, 2 dist workers vs one process) compare
+    float32 weights after dozens of SGD steps: with one thread they agree to 1e-7, with 2 threads the
+    reduction order changes and they drift by up to 1.5e-3 here. Pinning keeps their 1e-5 tolerance,
+    which a gradient divided by the wrong batch (a factor of 2 on every step) exceeds by orders of magnitude.
+    MXNet reads the variable once, at import: this must run before anything imports mxnet.
+    """
+    if "mxnet" in sys.modules:
+        raise RuntimeError("mxnet was imported before tests/conftest.py could pin OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def make_env(store: Path, **extra: str) -> dict[str, str]:
     """Environment for a tool subprocess: a private MLflow store, no terminal, unbuffered output."""
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{store / 'mlflow.db'}", PYTHONUNBUFFERED="1",
                MLFLOW_DISABLE_TELEMETRY="true")
+    env.pop("OMP_NUM_THREADS", None)      # the tools run with the caller's threading, not the test process's pin
+    if CALLER_THREADS is not None:
+        env["OMP_NUM_THREADS"] = CALLER_THREADS
     env.update(extra)
     return env
 

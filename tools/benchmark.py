@@ -31,7 +31,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                       help="override a recipe value, e.g. --set train.batch_size=64; repeatable")
     train = commands.add_parser("train", help="trainer vs bare loop images/s per device count, synthetic data")
     train.add_argument("recipe", help="recipe YAML (its net, batch and data_shape are used; its data is not read)")
-    train.add_argument("--gpus", default="", help="GPU ids, e.g. 0,1: measures 1, then 2 ... devices; "
+    train.add_argument("--gpus", default=None, help="GPU ids, e.g. 0,1: measures 1, then 2 ... devices; "
                                                   "omit for the CPU")
     train.add_argument("--steps", type=int, default=40, help="measured steps per device count (default 40)")
     train.add_argument("--warmup", type=int, default=5, help="steps before measuring (default 5)")

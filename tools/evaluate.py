@@ -24,7 +24,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                        "is used) or one checkpoint file (.../checkpoints/step-*.ckpt, best.ckpt)")
     parser.add_argument("--rec", required=True,
                         help="labeled .rec (with its .idx) to evaluate on, e.g. data/imagenet/train_val.rec")
-    parser.add_argument("--gpus", default="", help="comma-separated GPU ids, e.g. 0,1; omit for the CPU")
+    parser.add_argument("--gpus", default=None, help="comma-separated GPU ids, e.g. 0,1; omit for the CPU")
     parser.add_argument("--crops", default="1,10",
                         help="which evaluations: 1 (centre crop), 10 (10-crop) or 1,10 (default)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch over all devices "

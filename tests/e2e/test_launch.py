@@ -112,6 +112,9 @@ def test_run_that_fails_at_start_shows_its_error_and_frees_the_name(tmp_path, tm
     run_tool("launch.py", *args, env=tmux_env, timeout=120, check=True)
     wait_for(lambda: "exited with status" in (run_dir / "console.log").read_text(), 120, "the trainer to exit",
              run_dir)
+    # the log line comes before tmux records the pane's exit status: wait for that too, then assert it
+    wait_for(lambda: tmux(tmux_env, "list-panes", "-t", "nogpu", "-F", "#{pane_dead}:#{pane_dead_status}")
+             not in ("0:", "1:"), 30, "the trainer's pane to end", run_dir)
     log = (run_dir / "console.log").read_text()
     assert "error: --gpus" in log and log.rstrip().endswith("exited with status 2")
     assert tmux(tmux_env, "list-panes", "-t", "nogpu", "-F", "#{pane_dead} #{pane_dead_status}") == "1 2"

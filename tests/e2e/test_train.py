@@ -60,13 +60,25 @@ def test_finished_run_is_not_retrained(finished_run):
     (["--set", "data={kind: recordio, train_rec: /nope/train.rec, val_rec: /nope/val.rec}"],
      "/nope/train.rec does not exist"),
     (["--set", "data={kind: mnist, root: /nope/mnist, download: false}"], "/nope/mnist"),
+    (["--gpus", ""], "--gpus '': no GPU ids given"),
+    (["--set", "train.lr=.nan"], "train.lr: expected a finite number"),
+    (["--set", "name="], "name '' is not a safe run name"),
+    (["--set", "name=../.."], "name '../..' is not a safe run name"),
 ])
 def test_user_errors_exit_2_without_traceback(tmp_path, env, args, message):
     proc = run_tool("train.py", SMOKE, "--output", tmp_path / "run", *args, env=env, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "run").exists()          # failed before any work
+
+
+def test_key_written_twice_in_a_recipe_names_both_lines(tmp_path, env, repo):
+    recipe = tmp_path / "twice.yaml"
+    recipe.write_text((repo / SMOKE).read_text() + "train:\n  epochs: 1\n")
+    proc = run_tool("train.py", recipe, "--output", tmp_path / "run", env=env, timeout=120)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f"{recipe}: key 'train' is written twice, on lines 9 and 22; keep one." in proc.stderr
 
 
 def test_missing_recipe_file(env):

@@ -107,3 +107,24 @@ def test_exponent_without_dot_is_a_float(recipe_file):
     assert recipe.train.wd == 1e-4 and recipe.train.lr == 0.02
     with pytest.raises(RecipeError, match="expected int"):
         load_recipe(recipe_file, ["train.epochs=1e3"])
+
+
+@pytest.mark.parametrize("name", ["", "../..", "a/b", ".hidden", "two words"])
+def test_name_must_be_a_safe_folder_name(recipe_file, name):
+    recipe_file.write_text(f"name: {name!r}\n" + MINIMAL)
+    with pytest.raises(RecipeError, match="not a safe run name"):
+        load_recipe(recipe_file)
+
+
+def test_key_written_twice_names_both_lines(recipe_file):
+    recipe_file.write_text(MINIMAL + "train: {epochs: 3, lr: 0.1, batch_size: 64}\n")
+    with pytest.raises(RecipeError, match=r"tiny.yaml: key 'train' is written twice, on lines 4 and 5"):
+        load_recipe(recipe_file)
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_nan_and_inf_are_refused_for_float_keys(recipe_file, value):
+    with pytest.raises(RecipeError, match="train.lr: expected a finite number"):
+        load_recipe(recipe_file, [f"train.lr={value}"])
+    with pytest.raises(RecipeError, match="data.val_fraction: expected a finite number"):
+        load_recipe(recipe_file, [f"data.val_fraction={value}"])
