@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+from .builds import gpu_problem
 from .errors import UserError
 
 
@@ -42,11 +43,17 @@ def get_contexts(spec: str | None) -> list:
     if not ids:
         return [mx.cpu()]
     if not mx.runtime.Features().is_enabled("CUDA"):
-        raise DeviceError(f"--gpus {spec}: this MXNet ({mx.__version__}) is a CPU-only build. Install the "
-                          f"CUDA build (pip uninstall mxnet && pip install mxnet-cu112==1.9.1) or drop --gpus.")
-    available = mx.context.num_gpus()
+        raise DeviceError(gpu_problem(spec))
+    try:
+        available = mx.context.num_gpus()
+    except mx.base.MXNetError as err:         # e.g. "CUDA driver version is insufficient for CUDA runtime"
+        raise DeviceError(gpu_problem(spec) or f"--gpus {spec}: MXNet could not count the GPUs "
+                                               f"({str(err).strip().splitlines()[0]}). Check nvidia-smi.") from None
     missing = [i for i in ids if i >= available]
-    if missing:
-        raise DeviceError(f"--gpus {spec}: GPU {missing[0]} does not exist; this machine has {available} "
-                          f"GPU(s) (ids 0..{available - 1}). Check nvidia-smi and CUDA_VISIBLE_DEVICES.")
+    if missing:           # a CUDA build counts 0 GPUs when the driver is missing or too old for it
+        hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+        where = ("no GPU is visible to MXNet" if available == 0 else
+                 f"GPU {missing[0]} does not exist; this machine has {available} GPU(s) (ids 0..{available - 1})")
+        raise DeviceError((available == 0 and gpu_problem(spec)) or f"--gpus {spec}: {where}. Check nvidia-smi"
+                          + (f" and CUDA_VISIBLE_DEVICES={hidden!r}." if hidden is not None else "."))
     return [mx.gpu(i) for i in ids]

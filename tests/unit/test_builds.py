@@ -1,0 +1,86 @@
+"""Install by choice of MXNet build: setup.cfg's extras, the README's commands, and the messages
+that name the command to run (the CUDA wheels cannot be installed here: the metadata is checked)."""
+from __future__ import annotations
+
+import configparser
+import re
+import subprocess
+import sys
+
+import pytest
+
+from helpers import REPO
+from research import builds
+from research.builds import BUILDS, build_for, gpu_problem
+
+
+def _extras() -> dict[str, list[str]]:
+    config = configparser.ConfigParser()
+    config.read(REPO / "setup.cfg")
+    return {name: [line.strip() for line in value.strip().splitlines() if line.strip()]
+            for name, value in config["options.extras_require"].items()}
+
+
+def test_one_extra_per_mxnet_build_and_no_mxnet_in_the_base_install():
+    config = configparser.ConfigParser()
+    config.read(REPO / "setup.cfg")
+    base = config["options"]["install_requires"]
+    assert not re.search(r"^\s*mxnet", base, re.M), "install_requires must leave the build to the extras"
+    extras = _extras()
+    for build in BUILDS:
+        assert extras.get(build.extra) == [f"{build.package}=={builds.MXNET_VERSION}"], build.extra
+    mxnet_extras = {name for name, reqs in extras.items() if any(r.startswith("mxnet") for r in reqs)}
+    assert mxnet_extras == {b.extra for b in BUILDS}, "an extra installs mxnet but is not in BUILDS (or twice)"
+
+
+def test_readme_commands_use_existing_extras_and_ci_runs_the_second_verbatim():
+    readme = (REPO / "README.md").read_text()
+    commands = re.findall(r"^\s*(python3\.11 -m venv \.venv && .*)$", readme, re.M)
+    assert len(commands) >= 2
+    for command in commands:
+        extras = re.findall(r"pip install (?:-q )?-e '\.\[([^\]]*)\]'", command)
+        assert extras, f"README command installs no MXNet build: {command}"
+        assert set(extras[0].split(",")) & {b.extra for b in BUILDS}, command
+        assert set(extras[0].split(",")) <= set(_extras()), command
+    ci = (REPO / ".ci" / "run").read_text()
+    assert commands[1].strip() in ci
+
+
+def test_import_without_mxnet_prints_the_install_command():
+    # sys.modules["mxnet"] = None makes find_spec report it missing, as after a bare `pip install -e .`
+    proc = subprocess.run([sys.executable, "-c", "import sys; sys.modules['mxnet'] = None; import research"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    expected = build_for(builds.driver_cuda_version()).extra
+    assert f"-m pip install -e '{REPO}[{expected}]'" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("driver, extra", [
+    (None, "cpu"), ((10, 0), "cpu"), ((10, 2), "cu102"), ((11, 1), "cu110"), ((11, 4), "cu114"), ((12, 4), "cu117"),
+])
+def test_build_for_picks_the_newest_build_the_driver_runs(driver, extra):
+    assert build_for(driver).extra == extra
+
+
+def _by_extra(extra: str) -> builds.Build:
+    return next(b for b in BUILDS if b.extra == extra)
+
+
+@pytest.mark.parametrize("driver, installed, expected", [
+    ((10, 2), "cu112", ["supports CUDA 10.2 but mxnet-cu112 needs CUDA 11.2", ">= 460.27.03",
+                        "uninstall -y mxnet-cu112 &&", "[cu102]'"]),
+    (None, "cu112", ["mxnet-cu112 is installed but no NVIDIA driver was found", "[cpu]'"]),
+    ((11, 4), "cpu", ["CPU-only build", "uninstall -y mxnet &&", "[cu114]'"]),
+])
+def test_gpu_problem_says_which_and_what_to_install(monkeypatch, driver, installed, expected):
+    monkeypatch.setattr(builds, "driver_cuda_version", lambda: driver)
+    monkeypatch.setattr(builds, "installed_builds", lambda: [_by_extra(installed)])
+    message = gpu_problem("0")
+    for part in expected:
+        assert part in message, message
+
+
+def test_gpu_problem_is_none_when_driver_and_build_fit(monkeypatch):
+    monkeypatch.setattr(builds, "driver_cuda_version", lambda: (11, 4))
+    monkeypatch.setattr(builds, "installed_builds", lambda: [_by_extra("cu112")])
+    assert gpu_problem("0") is None
