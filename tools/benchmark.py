@@ -1,4 +1,4 @@
-"""Measure speed: python tools/benchmark.py data recipes/squeezenet_imagenet.yaml [--threads 1,2,4]."""
+"""Measure speed: python tools/benchmark.py plan recipes/squeezenet_imagenet.yaml [--gpus 0] [--price-per-hour 3.06]."""
 from __future__ import annotations
 
 import argparse
@@ -13,8 +13,9 @@ set_cpu_threads()
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Measure speed, both sides in one run. 'train': the trainer against a bare hybridized "
-                    "forward/backward/step loop on synthetic data at the recipe's shape and batch, per device "
+        description="Measure speed. 'plan': before a long run, the recipe's data alone, model alone and both "
+                    "together on these devices, the bottleneck, epoch and run time and cost (docs/long-runs.md). "
+                    "'train': the trainer against a bare hybridized forward/backward/step loop on synthetic data at the recipe's shape and batch, per device "
                     "count (model speed, without data). 'data': the recipe's RecordIO train pipeline (decode + "
                     "augment) against a bare ImageRecordIter, per decode-thread count: compare with the "
                     "images/s the GPUs train at to know whether they will starve. 'checkpoint': seconds an "
@@ -22,6 +23,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         epilog="Exit status: 0 done, 2 a user error (bad recipe, missing .rec). Figures on a shared or "
                "busy machine are noisy: run twice.")
     commands = parser.add_subparsers(dest="command", required=True)
+    plan = commands.add_parser("plan", help="data / model / together img/s, bottleneck, run time and cost")
+    plan.add_argument("recipe", help="recipe YAML: its data, net, batch, augmentation and epochs are used")
+    plan.add_argument("--gpus", default=None, help="GPU ids as for tools/train.py, e.g. 0,1; omit for the CPU")
+    plan.add_argument("--price-per-hour", type=float, default=None, help="machine price, e.g. 3.06, for the cost")
+    plan.add_argument("--seconds", type=float, default=60.0, help="total measuring time, a third per figure "
+                                                                 "(default 60; model setup comes on top)")
+    plan.add_argument("--epoch-images", type=int, default=None,
+                      help="images per epoch instead of the train set's (e.g. 1281167 on a small sample of ImageNet)")
+    plan.add_argument("--format", choices=("text", "json"), default="text", help="json: the figures for scripts")
+    plan.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a recipe value, e.g. --set data.preprocess_threads=4; repeatable")
     data = commands.add_parser("data", help="decode + augment images/s of the recipe's train data")
     data.add_argument("recipe", help="recipe YAML with data.kind: recordio")
     data.add_argument("--threads", default="1,2,4,0",
@@ -45,6 +57,26 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ckpt.add_argument("--epoch-seconds", type=float, default=0.0,
                       help="an epoch's duration to express the cost as a share of (e.g. 1680 for SqueezeNet on a V100)")
     return parser.parse_args(argv)
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from tqdm import tqdm
+
+    from research.config import load_recipe
+    from research.devices import get_contexts
+    from research.train.plan import format_plan, plan
+
+    recipe, ctxs = load_recipe(args.recipe, args.overrides), get_contexts(args.gpus)
+    start = time.perf_counter()
+    with tqdm(total=round(args.seconds), desc="plan: measuring", unit="s", disable=None) as bar:
+        def on_progress() -> None:          # the bar follows the clock
+            bar.update(min(round(time.perf_counter() - start), bar.total) - bar.n)
+        figures = plan(recipe, ctxs, args.seconds, args.price_per_hour, args.epoch_images, on_progress)
+    print(json.dumps(figures, indent=1) if args.format == "json" else format_plan(figures))
+    return 0
 
 
 def run_data(args: argparse.Namespace) -> int:
@@ -99,7 +131,8 @@ def main(argv: list[str]) -> int:
     from research.errors import UserError
 
     try:
-        return {"data": run_data, "train": run_train, "checkpoint": run_checkpoint}[args.command](args)
+        commands = {"plan": run_plan, "data": run_data, "train": run_train, "checkpoint": run_checkpoint}
+        return commands[args.command](args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -31,7 +32,8 @@ def write_sample_images(folder: str | Path, classes: int = 4, per_class: int = 2
     return folder
 
 
-def _measure(batches, batch_size: int, seconds: float, warmup: int = 8) -> tuple[float, float]:
+def measure_rate(batches, batch_size: int, seconds: float, warmup: int = 8,
+                 on_batch: Callable[[], None] = lambda: None) -> tuple[float, float]:
     """(images/s, images per CPU-second of this process) that `batches` (an mx.io.DataIter,
     reset at each end of pass) delivers. The second figure is images/s per busy core: on a
     shared machine it stays meaningful when the first one is cut by other loads."""
@@ -49,6 +51,7 @@ def _measure(batches, batch_size: int, seconds: float, warmup: int = 8) -> tuple
     while time.perf_counter() - start < seconds:
         take()
         count += batch_size
+        on_batch()
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start   # cpu: all threads
     return count / wall, count / max(cpu, 1e-9)
 
@@ -70,10 +73,10 @@ def benchmark_data(recipe: Recipe, thread_counts: list[int], seconds: float = 10
         bare = mx.io.ImageRecordIter(path_imgrec=str(files.rec), path_imgidx=str(files.idx), batch_size=batch_size,
                                      preprocess_threads=threads or cores, **kwargs)
         rows.append(_row("ImageRecordIter", threads or cores, [min(threads or cores, cap)],
-                         *_measure(bare, batch_size, seconds)))
+                         *measure_rate(bare, batch_size, seconds)))
         del bare
         ours = RecordTrainIter(files, batch_size, kwargs, plan_threads(threads, cores))
-        rows.append(_row("ours", threads or cores, ours.decode_threads, *_measure(ours, batch_size, seconds)))
+        rows.append(_row("ours", threads or cores, ours.decode_threads, *measure_rate(ours, batch_size, seconds)))
         del ours
     return rows
 

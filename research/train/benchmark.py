@@ -48,7 +48,8 @@ def benchmark_train(recipe: Recipe, ctx_lists: list[list[mx.Context]], steps: in
 
 class BareLoop:
     """forward/backward/trainer.step and nothing else (no data loading, lr updates, metrics,
-    logging) on device-resident random data: the ceiling any trainer can reach."""
+    logging) on device-resident random data: the ceiling any trainer can reach. `step(batch)`
+    does the same on a real batch, for `plan`'s data and model together."""
 
     def __init__(self, setup: Setup):
         shape = (setup.global_batch, *input_shape(setup.recipe))
@@ -61,12 +62,21 @@ class BareLoop:
         self.loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
 
     def run(self, steps: int) -> None:
-        net, trainer = self.setup.net, self.setup.trainer
         for _ in range(steps):
-            with autograd.record():
-                losses = [self.loss_fn(net(x), y) for x, y in zip(self.xs, self.ys)]
-            autograd.backward(losses)
-            trainer.step(self.setup.global_batch)
+            self.step()
+
+    def step(self, batch: mx.io.DataBatch | None = None) -> list[mx.nd.NDArray]:
+        """One update on the random data, or on `batch` (split over the devices as the loop does)."""
+        setup, xs, ys = self.setup, self.xs, self.ys
+        if batch is not None:
+            xs = [x.astype(setup.recipe.train.dtype, copy=False)
+                  for x in gluon.utils.split_and_load(batch.data[0], setup.ctxs, even_split=False)]
+            ys = gluon.utils.split_and_load(batch.label[0], setup.ctxs, even_split=False)
+        with autograd.record():
+            losses = [self.loss_fn(setup.net(x), y) for x, y in zip(xs, ys)]
+        autograd.backward(losses)
+        setup.trainer.step(setup.global_batch)
+        return losses
 
 
 class RepeatIter(mx.io.DataIter):

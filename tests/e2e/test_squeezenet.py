@@ -1,5 +1,7 @@
 """The SqueezeNet pipeline as a user runs it, on a tiny generated ImageNet-layout set:
 tools/build_rec.py -> tools/train.py (smoke recipe) -> tools/evaluate.py, tracked in MLflow."""
+import json
+import re
 from pathlib import Path
 
 import cv2
@@ -111,3 +113,27 @@ def test_float16_recipe_is_refused_on_cpu_with_the_reason(env):
     proc = run_tool("train.py", "recipes/squeezenet_imagenet_fp16.yaml", env=env)
     assert proc.returncode == 2
     assert "float16 needs GPUs" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_plan_prints_three_rates_a_bottleneck_an_eta_and_a_cost(dataset, env):
+    """tools/benchmark.py plan on the smoke recipe's real data, a second per figure; text and JSON."""
+    train_rec, val_rec = dataset
+    args = ["plan", SMOKE, "--set", f"data.train_rec={train_rec}", "--set", f"data.val_rec={val_rec}",
+            "--seconds", "3", "--price-per-hour", "3.06"]
+    text = run_tool("benchmark.py", *args, env=env, check=True).stdout
+    figures = json.loads(run_tool("benchmark.py", *args, "--format", "json", env=env, check=True).stdout)
+    rates = re.findall(r"^  (data pipeline alone|model alone|both together).* ([\d.]+) img/s$", text, re.M)
+    assert [name for name, _ in rates] == ["data pipeline alone", "model alone", "both together"]
+    assert all(float(rate) > 0 for _, rate in rates)
+    assert re.search(r"^bottleneck: the (data pipeline|devices).* idle \d+% of the time", text, re.M), text
+    assert re.search(r"^estimate: epoch \d+m\d\ds \(training only\), 6 epochs \d+m\d\ds, \$\d+\.\d\d at \$3.06/h",
+                     text, re.M), text
+    assert "K80 140 min, V100 28 min" in text and "to lift it: " in text
+    # the JSON holds the same figures, and they add up: 400 images = 12 full batches of 32 a epoch
+    assert figures["bottleneck"] in ("data", "devices") and figures["epoch_images"] == 384
+    rates = [figures[key] for key in ("data_img_per_s", "model_img_per_s", "together_img_per_s")]
+    assert all(rate > 0 for rate in rates)
+    assert figures["epoch_s"] == pytest.approx(384 / figures["together_img_per_s"], rel=0.01)
+    assert figures["run_s"] == pytest.approx(6 * figures["epoch_s"], rel=0.01)
+    assert figures["cost"] == pytest.approx(figures["run_s"] / 3600 * 3.06, abs=0.01)
+    assert figures["reference_min_per_epoch"] == {"K80": 140.0, "V100": 28.0} and figures["lift"]
