@@ -15,6 +15,8 @@ from ..config import Recipe
 from ..evaluate import evaluate
 from ..tracking import Tracker
 from .checkpoint import CheckpointError, CheckpointWriter, TrainState
+from .estimate import format_duration
+from .pace import Pace
 from .progress import Progress
 from .schedules import lr_at
 
@@ -64,6 +66,8 @@ def _epochs(setup: Setup, state: TrainState, tracker: Tracker, should_stop: Call
     recipe, net, trainer, ctxs = setup.recipe, setup.net, setup.trainer, setup.ctxs
     train, dtype = recipe.train, recipe.train.dtype
     last_save = time.monotonic()
+    pace = Pace(tracker, train.epochs, steps_per_epoch, setup.global_batch, enabled=setup.is_logger)
+    pace.start(state)
     for epoch in range(state.epoch, train.epochs):
         mx.random.seed(train.seed + epoch)        # resumed and uninterrupted runs draw alike
         if train.frozen_epochs:
@@ -78,6 +82,7 @@ def _epochs(setup: Setup, state: TrainState, tracker: Tracker, should_stop: Call
         seen, tic = 0, time.monotonic()
         progress = Progress(epoch, train.epochs, steps_per_epoch, enabled=setup.is_logger)
         for batch in setup.train_iter:
+            pace.batch_arrived()                   # after a log sync: how long the idle devices waited for data
             if skip:                               # resuming mid-epoch: these were trained on
                 skip -= 1
                 state.batch_in_epoch += 1
@@ -103,6 +108,7 @@ def _epochs(setup: Setup, state: TrainState, tracker: Tracker, should_stop: Call
                 if not math.isfinite(train_loss):
                     raise NonFiniteLoss(f"train loss is {train_loss} at epoch {epoch + 1}, step {state.step}")
                 progress.update(state.batch_in_epoch, seen / (time.monotonic() - tic), train_loss, lr)
+                pace.interval(state, epoch, time.monotonic() - tic)
             else:
                 progress.tick(state.batch_in_epoch)
             if should_stop():
@@ -127,6 +133,7 @@ def _epochs(setup: Setup, state: TrainState, tracker: Tracker, should_stop: Call
             "val/loss": val["loss"], "val/top1": val["top1"], "val/top5": val["top5"],
             "lr": lr,                                          # the last lr this epoch trained with
             "speed/img_per_s": seen / train_seconds * setup.num_workers, "time/epoch_s": epoch_seconds,
+            "time/data_wait": pace.epoch_wait_share(),     # the devices' estimated idle share, waiting on data
         }
         state.epoch, state.batch_in_epoch = epoch + 1, 0
         state.history.append({"epoch": epoch + 1, **metrics})
@@ -138,7 +145,8 @@ def _epochs(setup: Setup, state: TrainState, tracker: Tracker, should_stop: Call
                      "lr %.3g | %.0f img/s | %.1f s | ETA %s", state.epoch, train.epochs,
                      metrics["train/loss"], metrics["train/top1"], metrics["val/loss"], metrics["val/top1"],
                      metrics["val/top5"], metrics["lr"], metrics["speed/img_per_s"], epoch_seconds,
-                     _duration(eta))
+                     format_duration(eta))
+            pace.epoch_end(state)
             # MLflow gets the epoch once its checkpoint is on disk: it never runs ahead of the checkpoints
             _save(writer, setup, state, tracker, is_best,
                   then=lambda metrics=metrics, epoch=state.epoch: tracker.log_metrics(metrics, step=epoch))
@@ -175,7 +183,3 @@ def _local_batch(setup: Setup) -> int:
 def _total(sums: list[list[mx.nd.NDArray]], index: int) -> float:
     return float(sum(device_sums[index].asscalar() for device_sums in sums))
 
-
-def _duration(seconds: float) -> str:
-    hours, rest = divmod(int(seconds), 3600)
-    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"

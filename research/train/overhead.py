@@ -61,7 +61,7 @@ def _tracking_cost(folder: Path, repeats: int) -> dict[str, float]:
     try:
         tracker = Tracker.start("overhead", "overhead")
         metrics = {k: 0.5 for k in ("train/loss", "train/top1", "val/loss", "val/top1", "val/top5", "lr",
-                                    "speed/img_per_s", "time/epoch_s")}
+                                    "speed/img_per_s", "time/epoch_s", "time/data_wait")}
         tracker.flush()
         loop_s = _median_time(lambda: tracker.log_metrics(metrics, step=1), repeats)
         tic = time.perf_counter()
