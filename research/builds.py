@@ -97,16 +97,16 @@ def gpu_problem(requested: str) -> str | None:
     if build is None:
         what = (f"the NVIDIA driver supports CUDA {_dotted(cuda)}: install {fitting.package}" if cuda
                 else "no NVIDIA driver was found either: install one, then a CUDA build such as mxnet-cu112")
-        return (f"--gpus {requested}: this MXNet is the CPU-only build ({_names(installed)}); {what}:\n"
-                f"  {install_command(fitting if cuda else BUILDS[4], installed)}\nor drop --gpus.")
+        return (f"--gpus {requested}: this MXNet is the CPU-only build ({_names(installed)}); {what}: "
+                f"{install_command(fitting if cuda else BUILDS[4], installed)} (or drop --gpus)")
     if cuda is None:
         return (f"--gpus {requested}: {build.package} is installed but no NVIDIA driver was found "
                 f"(libcuda.so.1 does not load): install the NVIDIA driver >= {build.min_driver} "
-                f"(check with nvidia-smi), or train on the CPU with\n  {install_command(BUILDS[0], installed)}")
+                f"(check with nvidia-smi), or train on the CPU with: {install_command(BUILDS[0], installed)}")
     if cuda < build.cuda:
         return (f"--gpus {requested}: the NVIDIA driver supports CUDA {_dotted(cuda)} but {build.package} needs "
                 f"CUDA {_dotted(build.cuda)}: upgrade the driver to >= {build.min_driver}, or install the build "
-                f"this driver runs:\n  {install_command(fitting, installed)}")
+                f"this driver runs: {install_command(fitting, installed)}")
     return None
 
 
