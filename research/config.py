@@ -29,6 +29,8 @@ class NetConfig:
     name: str                 # a key of research.nets.NETS
     classes: int
     pretrained: str = ""      # "" none; a gluoncv model-zoo name or a .params file: weights to start from
+    activation: str = "relu"  # SqueezeNet: relu | elu after every convolution, conv10 included
+    init: str = "caffe"       # SqueezeNet: caffe (the release's fillers) | xavier (mx.init.Xavier() defaults)
 
 
 @dataclass
@@ -113,6 +115,7 @@ class TrainConfig:
     dtype: str = "float32"           # float32 | float16 (GPU only; multi-precision master weights)
     hybridize: bool = True
     log_every: int = 50              # batches between progress lines (each one a device sync)
+    chance_epochs: int = 0           # stop if val top-1 is still at chance (<= 2/classes) after this many; 0: off
     seed: int = 0
 
 
@@ -177,6 +180,8 @@ OPTIMIZERS = ("sgd", "nag", "adam")
 SCHEDULES = ("step", "cosine", "poly", "constant")
 CHOICES = {
     ("task",): TASKS,
+    ("net", "activation"): ("relu", "elu"),
+    ("net", "init"): ("caffe", "xavier"),
     ("train", "kvstore"): KVSTORES,
     ("train", "optimizer"): OPTIMIZERS,
     ("train", "lr_schedule"): SCHEDULES,
@@ -322,9 +327,16 @@ def _validate_semantics(recipe: Recipe, origin: str) -> None:
     positive = {"train.epochs": train.epochs, "train.batch_size": train.batch_size,
                 "train.lr": train.lr, "net.classes": recipe.net.classes,
                 "train.log_every": train.log_every}
+    if train.chance_epochs < 0:
+        raise RecipeError(f"{origin}: train.chance_epochs must be 0 (off) or a number of epochs, "
+                          f"got {train.chance_epochs}.")
     for key, value in positive.items():
         if value <= 0:
             raise RecipeError(f"{origin}: {key} must be positive, got {value}.")
+    net = recipe.net
+    if not net.name.startswith("squeezenet") and (net.activation, net.init) != ("relu", "caffe"):
+        raise RecipeError(f"{origin}: net.activation and net.init apply to SqueezeNet only; "
+                          f"remove them for net.name {net.name!r}.")
     if train.lr_schedule == "step" and sorted(train.lr_steps) != train.lr_steps:
         raise RecipeError(f"{origin}: train.lr_steps must be increasing epochs, got {train.lr_steps}.")
     if any(s <= 0 or s >= train.epochs for s in train.lr_steps):

@@ -2,18 +2,24 @@
 from __future__ import annotations
 
 import mxnet as mx
+import numpy as np
 from mxnet import gluon
+
+from .train.health import dead_fraction
 
 
 def evaluate(net: gluon.Block, val_iter: mx.io.DataIter, ctxs: list[mx.Context],
              loss_fn: gluon.loss.Loss | None = None, dtype: str = "float32") -> dict[str, float]:
-    """Return {"loss", "top1", "top5"} (fractions) over one pass of `val_iter`.
+    """Return {"loss", "top1", "top5"} (fractions) and "dead_fraction" over one pass of `val_iter`.
 
-    Sums stay on the devices and are read once at the end: one sync per evaluation.
-    Padded samples of the last batch (`batch.pad`) are masked out.
+    dead_fraction: the share of the net's outputs that had the same value for every image
+    (research.train.health). Sums stay on the devices and are read once at the end: one sync
+    per evaluation. Padded samples of the last batch (`batch.pad`) are masked out of the sums;
+    they do count in the outputs' ranges, where they cannot make a dead output look alive.
     """
     loss_fn = loss_fn or gluon.loss.SoftmaxCrossEntropyLoss()
     sums = {c: [mx.nd.zeros(1, ctx=c) for _ in range(3)] for c in ctxs}
+    ranges = {}                                                       # ctx -> [per-output min, max]
     count = 0
     val_iter.reset()
     for batch in val_iter:
@@ -33,8 +39,15 @@ def evaluate(net: gluon.Block, val_iter: mx.io.DataIter, ctxs: list[mx.Context],
             hits = (topk == y.reshape((-1, 1)).astype(topk.dtype))
             top1_sum += (hits[:, 0] * w).sum()
             top5_sum += (hits.sum(axis=1) * w).sum()
+            low, high = out.min(axis=0), out.max(axis=0)
+            if x.context in ranges:
+                low, high = mx.nd.minimum(low, ranges[x.context][0]), mx.nd.maximum(high, ranges[x.context][1])
+            ranges[x.context] = [low, high]
         count += size - batch.pad
     totals = [sum(sums[c][i].asscalar() for c in ctxs) for i in range(3)]   # the sync point
     if count == 0:
         raise ValueError("the validation iterator yielded no images")
-    return {"loss": totals[0] / count, "top1": totals[1] / count, "top5": totals[2] / count}
+    low = np.min([r[0].asnumpy() for r in ranges.values()], axis=0)
+    high = np.max([r[1].asnumpy() for r in ranges.values()], axis=0)
+    return {"loss": totals[0] / count, "top1": totals[1] / count, "top5": totals[2] / count,
+            "dead_fraction": dead_fraction(low.tolist(), high.tolist())}

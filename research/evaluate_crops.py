@@ -18,7 +18,7 @@ from .config import Recipe, RecordData, recipe_from_dict
 from .data.recordio import (RecordEvalIter, check_data_shape, check_labels, cpu_cores, decode_thread_cap,
                             image_record_kwargs, open_record_files, plan_threads, rgb_mean, shortest_side)
 from .errors import UserError
-from .nets import get_net
+from .nets import build_net
 from .tracking import Tracker, get_client, tracking_uri
 from .train.checkpoint import CheckpointError, find_latest, load_checkpoint, load_net_arrays
 
@@ -129,7 +129,7 @@ def load_trained(source: str | Path, ctxs: list[mx.Context]) -> Trained:
         raise UserError(f"{source}: no such run directory or checkpoint file.")
     state = content["state"]
     recipe = recipe_from_dict(state.recipe, origin=f"the recipe saved in {path}")
-    net = get_net(recipe.net.name, classes=recipe.net.classes)
+    net = build_net(recipe.net)
     net.initialize(ctx=ctxs)
     shape = (1,) + tuple(getattr(recipe.data, "data_shape", ()))
     for ctx in ctxs:                             # deferred init: the shapes exist after one forward

@@ -28,3 +28,31 @@ def plot_curves(history: list[dict[str, float]], path: str | Path, title: str = 
     tmp = Path(path).with_suffix(".tmp.png")
     fig.savefig(tmp)
     tmp.replace(path)
+
+
+def plot_probe_curves(records: list[dict], path: str | Path, title: str = "") -> None:
+    """Train loss against step, one panel per config, one line per seed; x marks where a run went NaN."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    configs = list(dict.fromkeys(r["variant"] for r in records))
+    cols = min(3, len(configs))
+    rows = -(-len(configs) // cols)
+    fig = Figure(figsize=(4.5 * cols, 3.2 * rows), dpi=90)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, config in zip(axes, configs):
+        for r in (r for r in records if r["variant"] == config):
+            finite = [v if v == v and v != float("inf") else float("nan") for v in r["losses"]]
+            (line,) = ax.plot(range(1, len(finite) + 1), finite, lw=1, label=f"seed {r['seed']}: {r['outcome']}")
+            if r["outcome"] == "nan":
+                ax.plot([r["step"]], [7.5], "x", color=line.get_color(), ms=9)
+        ax.set(title=config, xlabel="step", ylabel="train loss", ylim=(0, 8))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in axes[len(configs):]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path)

@@ -5,6 +5,7 @@ from typing import Callable
 
 from mxnet.gluon import HybridBlock
 
+from ..config import NetConfig
 from .lenet import LeNet
 from .squeezenet import squeezenet1_0, squeezenet1_1
 
@@ -33,3 +34,9 @@ def get_net(name: str, classes: int, **kwargs) -> HybridBlock:
     if name not in NETS:
         raise KeyError(f"unknown net '{name}'. Valid names: {', '.join(sorted(NETS))}.")
     return NETS[name](classes=classes, **kwargs)
+
+
+def build_net(config: NetConfig) -> HybridBlock:
+    """The recipe's `net:` section as an uninitialised net (net.activation/net.init: SqueezeNet only)."""
+    options = {"activation": config.activation, "init": config.init} if config.name.startswith("squeezenet") else {}
+    return get_net(config.name, classes=config.classes, **options)

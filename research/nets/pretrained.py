@@ -1,12 +1,15 @@
-"""Pretrained weights for a net's backbone: from a gluoncv model-zoo name or a local .params file.
+"""Pretrained weights for a net: from a gluoncv model-zoo name or a local .params file.
 
-`load_pretrained(net, source)` copies every parameter except the new head (`net.output`),
-matching parameters by their structured names (`features.4.0.body.0.weight`).
+`load_pretrained(net, source)` copies every parameter of the backbone, and the head
+(`net.output`) too when the source's head has the same shape (same classes), matching
+parameters by their structured names (`features.4.0.body.0.weight`). GluonCV's SqueezeNet
+names its layers otherwise; `gluoncv_squeezenet_names` maps them onto ours.
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 import mxnet as mx
@@ -77,8 +80,43 @@ def read_params(source: str) -> dict[str, mx.nd.NDArray]:
     return {name: p.data() for name, p in net._collect_params_with_prefix().items()}
 
 
+# GluonCV's squeezenet1.0/1.1 (gluoncv/model_zoo/squeezenet.py) -> ours (research/nets/squeezenet.py).
+# Its features hold a separate ReLU block after conv1, so each later index is ours + 1; a fire module
+# is Sequential(squeeze conv + relu, Concurrent(expand1x1 conv + relu, expand3x3 conv + relu)); its
+# output is (conv10, relu, pool, flatten) where ours starts with the dropout GluonCV keeps in features.
+GLUONCV_SQUEEZENET = [
+    (re.compile(r"^features\.0\.(weight|bias)$"), lambda m: f"features.0.{m[1]}"),
+    (re.compile(r"^features\.(\d+)\.0\.0\.(weight|bias)$"), lambda m: f"features.{int(m[1]) - 1}.squeeze.{m[2]}"),
+    (re.compile(r"^features\.(\d+)\.1\.0\.0\.(weight|bias)$"), lambda m: f"features.{int(m[1]) - 1}.expand1x1.{m[2]}"),
+    (re.compile(r"^features\.(\d+)\.1\.1\.0\.(weight|bias)$"), lambda m: f"features.{int(m[1]) - 1}.expand3x3.{m[2]}"),
+    (re.compile(r"^output\.0\.(weight|bias)$"), lambda m: f"output.1.{m[1]}"),
+]
+
+
+def gluoncv_squeezenet_names(params: dict[str, mx.nd.NDArray]) -> dict[str, mx.nd.NDArray]:
+    """GluonCV's squeezenet1.0/1.1 parameter names renamed to ours; other names come back unchanged.
+
+    Raises:
+        PretrainedError: a GluonCV-style file holding a name the mapping does not know.
+    """
+    if "output.0.weight" not in params:          # ours name conv10 output.1: already our names
+        return params
+    renamed = {}
+    for name, array in params.items():
+        match = next(((m, rename) for pattern, rename in GLUONCV_SQUEEZENET if (m := pattern.match(name))), None)
+        if match is None:
+            raise PretrainedError(f"'{name}' is not a parameter of GluonCV's squeezenet1.0/1.1: the weights "
+                                  f"are of another architecture.")
+        renamed[match[1](match[0])] = array
+    return renamed
+
+
 def load_pretrained(net: HybridBlock, source: str, ctxs: list | None = None, skip: str = "output.") -> list[str]:
-    """Copy `source`'s weights into every parameter of `net` whose name does not start with `skip`.
+    """Copy `source`'s weights into `net`: every parameter, those under `skip` only where they fit.
+
+    The head (`skip`, default `output.`) keeps its initialisation when the source's head has another
+    shape (fine-tuning to other classes); with the same classes it is loaded as well (evaluating
+    GluonCV's ImageNet weights). SqueezeNet takes GluonCV's parameter names as well as ours.
 
     The weights are set on all of the net's contexts; parameters awaiting deferred shape
     inference take them at their first forward.
@@ -98,7 +136,14 @@ def load_pretrained(net: HybridBlock, source: str, ctxs: list | None = None, ski
     if ctxs is not None and not _initialised(net):
         net.initialize(ctx=ctxs)
     src = read_params(source)
-    wanted = {name: p for name, p in net._collect_params_with_prefix().items() if not name.startswith(skip)}
+    from .squeezenet import SqueezeNet
+    if isinstance(net, SqueezeNet):
+        src = gluoncv_squeezenet_names(src)
+    params = net._collect_params_with_prefix()
+    wanted = {name: p for name, p in params.items() if not name.startswith(skip)}
+    head = {name: p for name, p in params.items() if name.startswith(skip)}
+    if head and all(name in src and _fits(p, src[name]) for name, p in head.items()):
+        wanted.update(head)
     if src and not any("." in name for name in src):
         example = next(iter(src))
         raise PretrainedError(f"{source} names its arrays like '{example}' (saved by collect_params().save() "
@@ -116,9 +161,15 @@ def load_pretrained(net: HybridBlock, source: str, ctxs: list | None = None, ski
             raise PretrainedError(f"{source} does not fit this net: '{name}' has shape {array.shape} in the "
                                   f"weights, {param.shape} in the net. Same architecture and input channels?")
         param.set_data(array.astype(param.dtype))
-    log.info("pretrained weights from %s: %d parameters loaded; those under '%s' keep their initialisation",
-             source, len(wanted), skip)
+    kept = "" if any(name.startswith(skip) for name in wanted) else f"; those under '{skip}' keep their initialisation"
+    log.info("pretrained weights from %s: %d parameters loaded%s", source, len(wanted), kept)
     return list(wanted)
+
+
+def _fits(param: mx.gluon.Parameter, array: mx.nd.NDArray) -> bool:
+    """The array has the parameter's shape where it is known (0: awaiting deferred shape inference)."""
+    shape = param.shape or ()
+    return len(shape) == array.ndim and all(d in (0, a) for d, a in zip(shape, array.shape))
 
 
 def _initialised(net: HybridBlock) -> bool:

@@ -14,6 +14,7 @@ from mxnet import autograd, gluon
 from ..config import Recipe
 from ..evaluate import evaluate
 from ..tracking import Tracker
+from . import health
 from .checkpoint import CheckpointError, CheckpointWriter, TrainState
 from .estimate import format_duration
 from .pace import Pace
@@ -49,6 +50,8 @@ def fit(setup: Setup, state: TrainState, tracker: Tracker, should_stop: Callable
 
     Raises:
         NonFiniteLoss: the loss became NaN/inf; the last good checkpoint is kept.
+        health.DeadHead: the net's outputs stopped carrying information (research/train/health.py);
+            the epoch that showed it is not checkpointed.
     """
     recipe = setup.recipe
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
@@ -134,7 +137,12 @@ def _epochs(setup: Setup, state: TrainState, tracker: Tracker, should_stop: Call
             "lr": lr,                                          # the last lr this epoch trained with
             "speed/img_per_s": seen / train_seconds * setup.num_workers, "time/epoch_s": epoch_seconds,
             "time/data_wait": pace.epoch_wait_share(),     # the devices' estimated idle share, waiting on data
+            "health/dead_fraction": val["dead_fraction"],
         }
+        problem = health.check(state.history + [{"epoch": epoch + 1, **metrics}], recipe.net.classes,
+                               train.chance_epochs)
+        if problem:
+            raise health.DeadHead(problem)
         state.epoch, state.batch_in_epoch = epoch + 1, 0
         state.history.append({"epoch": epoch + 1, **metrics})
         is_best = metrics["val/top1"] > state.best_top1

@@ -11,7 +11,7 @@ from mxnet import autograd, gluon
 
 from ..config import Recipe
 from ..export import input_shape
-from ..nets import get_net
+from ..nets import build_net
 from ..tracking import Tracker
 from .checkpoint import CheckpointWriter, TrainState, save_checkpoint
 
@@ -22,7 +22,7 @@ def benchmark_overhead(recipe: Recipe, repeats: int = 5, track: bool = True) -> 
     Builds the recipe's net and optimizer on the CPU, takes one step so that momentum exists,
     then times `repeats` epoch-end checkpoints and metric logs into a temporary store.
     """
-    net = get_net(recipe.net.name, classes=recipe.net.classes)
+    net = build_net(recipe.net)
     net.initialize(mx.init.Xavier(), ctx=mx.cpu())
     net.hybridize(static_alloc=True, static_shape=True)
     shape = (2, *input_shape(recipe))

@@ -18,10 +18,11 @@ from mxnet import gluon
 from .. import distributed
 from ..config import Recipe, RecipeError, TrainConfig, dump_recipe
 from ..data import get_iterators
-from ..nets import get_net
+from ..nets import build_net
 from ..plots import plot_curves
 from ..tracking import REPO, Tracker, environment_tags, tracking_uri, ui_command
 from . import checkpoint
+from .health import DeadHead
 from .loop import NonFiniteLoss, Setup, fit
 from .schedules import scaled_lr
 from .signals import StopRequest
@@ -120,7 +121,7 @@ def build_setup(recipe: Recipe, ctxs: list, run_dir: Path, kv) -> Setup:
                  global_batch, train.base_batch_size or train.batch_size, base_lr, train.lr)
 
     mx.random.seed(train.seed)                     # every worker and device starts from the same weights
-    net = get_net(recipe.net.name, classes=recipe.net.classes)
+    net = build_net(recipe.net)
     net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2), ctx=ctxs)
     if recipe.net.pretrained:
         from ..nets.pretrained import load_pretrained
@@ -235,6 +236,13 @@ def _run_loop(setup: Setup, state: checkpoint.TrainState, tracker: Tracker, argv
         log.error("%s. Stopped; %s. Lower train.lr or check the data.", err, where)
         _finish(setup, state, tracker, "FAILED", "failed")
         return 3
+    except DeadHead as err:
+        log.error("%s. Stopped; %s. Lower train.lr, add a warm-up (train.warmup_epochs) or use net.activation: "
+                  "elu (docs/squeezenet-stability.md), then resume from that checkpoint or start afresh.",
+                  err, _last_good(run_dir, state))
+        tracker.set_tags({"failure": str(err)[:500]})
+        _finish(setup, state, tracker, "FAILED", "failed")
+        return 3
     except BaseException:
         if setup.is_logger:
             (run_dir / "traceback.txt").write_text(traceback.format_exc())
@@ -285,6 +293,14 @@ def _finish(setup: Setup, state: checkpoint.TrainState, tracker: Tracker, status
     tracker.log_artifact(setup.run_dir / "train.log")
     tracker.end(status)
     write_status(setup.run_dir, state, setup.recipe, word, tracker.run_id)   # last: the run is settled
+
+
+def _last_good(run_dir: Path, state: checkpoint.TrainState) -> str:
+    """The best checkpoint by val top-1: written before the head died, unlike the newest ones."""
+    best = run_dir / "checkpoints" / checkpoint.BEST
+    if not best.exists():
+        return "no checkpoint had been written yet"
+    return f"the last good checkpoint is {best} (best val top-1 {state.best_top1:.4f})"
 
 
 def _resume_command(argv: list[str]) -> str:

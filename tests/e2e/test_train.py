@@ -39,7 +39,8 @@ def test_mlflow_reads_the_run_back(finished_run):
     history = client.get_metric_history(run.info.run_id, "val/top1")
     assert sorted(m.step for m in history) == [1, 2, 3, 4]
     assert max(m.value for m in history) > 0.5                       # chance is 0.1
-    for key in ("train/loss", "train/top1", "val/loss", "val/top5", "lr", "speed/img_per_s", "time/epoch_s"):
+    for key in ("train/loss", "train/top1", "val/loss", "val/top5", "lr", "speed/img_per_s", "time/epoch_s",
+                "health/dead_fraction"):
         assert len(client.get_metric_history(run.info.run_id, key)) == 4, key
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"recipe.yaml", "train.log", "curves.png", "model"} <= artifacts

@@ -128,3 +128,12 @@ def test_nan_and_inf_are_refused_for_float_keys(recipe_file, value):
         load_recipe(recipe_file, [f"train.lr={value}"])
     with pytest.raises(RecipeError, match="data.val_fraction: expected a finite number"):
         load_recipe(recipe_file, [f"data.val_fraction={value}"])
+
+
+def test_net_activation_and_init_are_squeezenet_choices(recipe_file):
+    recipe = load_recipe(recipe_file, ["net.name=squeezenet1.0", "net.activation=elu", "net.init=xavier"])
+    assert (recipe.net.activation, recipe.net.init) == ("elu", "xavier")
+    with pytest.raises(RecipeError, match="net.activation = 'gelu' is not one of relu, elu"):
+        load_recipe(recipe_file, ["net.name=squeezenet1.0", "net.activation=gelu"])
+    with pytest.raises(RecipeError, match="apply to SqueezeNet only.*'lenet'"):
+        load_recipe(recipe_file, ["net.activation=elu"])

@@ -71,3 +71,24 @@ def test_zoo_weights_absent_offline_say_where_to_put_the_file(tmp_path, monkeypa
     message = str(err.value)
     assert f"{tmp_path}/models/resnet50_v1-cc729d95.params does not exist" in message
     assert "--set net.pretrained=PATH.params" in message
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1"])
+def test_gluoncv_squeezenet_weights_give_gluoncv_outputs(tmp_path, version):
+    """GluonCV's model (random weights standing in for the zoo's), saved, loaded into ours: same logits."""
+    from gluoncv.model_zoo import get_model
+
+    mx.random.seed(0)
+    theirs = get_model(f"squeezenet{version}", classes=1000)
+    theirs.initialize(mx.init.Xavier())
+    for name, param in theirs.collect_params().items():       # non-zero biases: a swapped bias would show
+        if name.endswith("bias"):
+            param.initialize(mx.init.Uniform(0.1), force_reinit=True)
+    x = mx.nd.random.uniform(-1, 1, (2, 3, 224, 224))        # GluonCV ends in a 13x13 pool: 224 px only
+    expected = theirs(x).asnumpy()
+    theirs.save_parameters(str(tmp_path / f"squeezenet{version}.params"))
+    ours = get_net(f"squeezenet{version}", classes=1000)
+    loaded = load_pretrained(ours, str(tmp_path / f"squeezenet{version}.params"), [mx.cpu()])
+    assert len(loaded) == len(theirs.collect_params().keys())       # the head too: the same 1,000 classes
+    assert np.abs(expected).max() > 1e-2                       # dead logits would match trivially
+    np.testing.assert_allclose(ours(x).asnumpy(), expected, rtol=1e-5, atol=1e-5)

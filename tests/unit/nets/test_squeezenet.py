@@ -77,3 +77,31 @@ def test_two_cpu_contexts_give_the_gradients_of_one():
     for name in one:
         assert np.linalg.norm(one[name]) > 0, name
         assert np.linalg.norm(two[name] - one[name]) <= 1e-4 * np.linalg.norm(one[name]), name
+
+
+@pytest.mark.parametrize("name", ["squeezenet1.0", "squeezenet1.1"])
+def test_elu_reaches_the_head_before_the_pool(name):
+    """With ELU after conv10 a negative value can come out of the head; a ReLU head gives 0 at least."""
+    outputs = {}
+    for activation in ("relu", "elu"):
+        net = get_net(name, classes=10, activation=activation, init="xavier")
+        net.initialize()
+        x = mx.nd.random.uniform(-1, 1, (2, 3, 64, 64))
+        net(x)
+        net.output[1].bias.set_data(mx.nd.full((10,), -3.0))   # conv10 pushed below zero
+        outputs[activation] = net(x).asnumpy()
+        assert count_parameters(net) == count_parameters(initialized(name, classes=10))
+    assert outputs["relu"].min() >= 0
+    assert outputs["elu"].max() < -0.5                         # ELU(z) for z near -3 is about -0.95
+
+
+def test_xavier_init_is_mxnet_xavier_defaults_on_every_weight_conv10_included():
+    net = get_net("squeezenet1.0", classes=1000, activation="elu", init="xavier")
+    net.initialize(mx.init.Normal(100))                        # the global init: overridden on every weight
+    net(mx.nd.zeros((1, 3, 64, 64)))
+    for name, param in net._collect_params_with_prefix().items():
+        if name.endswith("weight"):
+            out_ch, in_ch, kh, kw = param.shape
+            bound = np.sqrt(3 / ((in_ch * kh * kw + out_ch * kh * kw) / 2))   # uniform, avg, magnitude 3
+            values = param.data().asnumpy()
+            assert np.abs(values).max() <= bound and values.std() == pytest.approx(bound / np.sqrt(3), rel=0.1), name
