@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import time
 
+import mxnet as mx
+
 from ..tracking import Tracker
 from .estimate import DATA_WAIT_WARNING, format_duration, run_estimate
 
@@ -15,8 +17,9 @@ class Pace:
     """Called by the loop on rank 0: `batch_arrived` at the top of every batch, `interval` after
     each log interval's sync, `epoch_end` after each epoch.
 
-    Data wait: right after the log interval's sync the devices have nothing queued, so the time
-    until the next batch arrives is time they sit idle for data. In a steady state where decoding
+    Data wait: right after the log interval's sync (and a wait for every queued operation) the
+    devices have nothing to do, so the time until the next batch arrives is time they sit idle
+    for data. In a steady state where decoding
     keeps up, batches are prefetched and this is ~0; where it does not, it is the per-batch
     shortfall. Its share of the interval's time per batch estimates the devices' idle share.
     (Time spent inside `next()` in general says nothing: with MXNet's asynchronous engine the
@@ -75,6 +78,9 @@ class Pace:
                 self._report(figures["epoch_s"], figures["run_s"],
                              f"estimated from batches {last_batches + 1}-{state.batch_in_epoch} at "
                              f"{img_per_s:.0f} img/s, training only")
+        # The log's sync (the loss sums) leaves the last batch's backward and update queued, and they
+        # hold its input buffer: wait for them too, once an interval, so that the probe sees data only.
+        mx.nd.waitall()
         self._probe = time.monotonic()
 
     def epoch_wait_share(self) -> float:
