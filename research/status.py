@@ -1,7 +1,7 @@
 """The state of every run under an output root, read from each RUN_DIR/status.json.
 
-The trainer writes status.json atomically at start, after every epoch and at the end; a run
-it says is running whose process is gone (kill -9, reboot) shows as "dead".
+The trainer writes status.json atomically at start, every train.log_every batches, after every
+epoch and at the end; a run it says is running whose process is gone (kill -9, reboot) shows as "dead".
 """
 from __future__ import annotations
 
@@ -34,8 +34,11 @@ class RunStatus:
     name: str
     run_dir: str
     state: str              # running, finished, killed, failed, dead, stale, starting, exited, unreadable
-    epoch: int | None = None
+    epoch: int | None = None           # epochs done
     epochs: int | None = None
+    batch: int | None = None           # batches done in the epoch under way, of `batches`
+    batches: int | None = None
+    train_loss: float | None = None    # running mean over the epoch under way
     val_top1: float | None = None
     img_per_s: float | None = None
     eta_s: float | None = None
@@ -133,6 +136,7 @@ def collect(root: Path, sessions: dict[Path, SessionInfo] | None = None,
             state = "starting"
         runs.append(RunStatus(
             name, str(run_dir), state, epoch=info.get("epoch"), epochs=info.get("epochs"),
+            batch=info.get("batch"), batches=info.get("batches"), train_loss=info.get("train_loss"),
             val_top1=info.get("val_top1"), img_per_s=info.get("img_per_s"), eta_s=info.get("eta_s"),
             age_s=now - info["updated"] if info.get("updated") else None, host=info.get("host"),
             pid=info.get("pid"), run_id=info.get("run_id"), session=session and session.name))
@@ -156,8 +160,7 @@ def format_table(runs: list[RunStatus]) -> str:
     for run in runs:
         running = run.state == "running"
         rows.append((
-            run.name, run.state,
-            f"{run.epoch}/{run.epochs}" if run.epochs is not None else "-",
+            run.name, run.state, format_epoch(run),
             f"{run.val_top1:.2%}" if run.val_top1 is not None else "-",
             f"{run.img_per_s:.0f}" if run.img_per_s is not None else "-",
             format_duration(run.eta_s) if running and run.eta_s is not None else "-",
@@ -165,6 +168,16 @@ def format_table(runs: list[RunStatus]) -> str:
             run.session or "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def format_epoch(run: RunStatus) -> str:
+    """'12/80' epochs done, with how far the next one has got while it runs: '12/80 +43%'."""
+    if run.epochs is None:
+        return "-"
+    text = f"{run.epoch}/{run.epochs}"
+    if run.state == "running" and run.batch and run.batches:
+        text += f" +{run.batch / run.batches:.0%}"
+    return text
 
 
 def format_duration(seconds: float) -> str:

@@ -112,6 +112,7 @@ class Tracker:
         self._queue: queue.Queue = queue.Queue()
         self._failures = 0
         self._pending: list[Callable] = []     # failed metric batches, retried before the next call
+        self._monitor = None                   # mlflow's SystemMetricsMonitor, started by start_system_metrics
         # One worker thread even when disabled: it also runs `run_later` work (plots) off the loop.
         self._worker = threading.Thread(target=self._drain, name="tracker", daemon=True)
         self._worker.start()
@@ -187,7 +188,39 @@ class Tracker:
             return
         self._submit(self.client.log_artifacts, self.run_id, str(folder), artifact_path)
 
+    def start_system_metrics(self, every_s: float, resumed: bool) -> None:
+        """MLflow's system metrics (system/cpu_utilization_percentage, ...; GPUs when nvidia-ml-py finds
+        them), one point per metric every `every_s` seconds, on MLflow's own thread until `end`.
+
+        Steps continue after the last logged one when `resumed`. Started from the tracker's thread:
+        creating the monitor reads the run and probes for GPUs.
+        """
+        if not self.enabled:
+            return
+
+        def start() -> None:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+            logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)   # start/stop chatter
+            sampling = min(every_s, 15.0)
+            self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=sampling,
+                                                 samples_before_logging=max(1, round(every_s / sampling)),
+                                                 resume_logging=resumed, tracking_uri=tracking_uri())
+            self._monitor.start()
+        self._submit(start)
+
     # -- synchronous ------------------------------------------------------------------------
+    def last_step(self, key: str) -> int | None:
+        """The largest step logged for `key` (one read, not the whole history); None if none."""
+        if not self.enabled:
+            return None
+        self.flush()
+        try:
+            latest = self.client.get_run(self.run_id).data._metric_objs
+            return max((m.step for m in latest if m.key == key), default=None)
+        except Exception as err:  # noqa: BLE001
+            log.warning("MLflow: could not read the last step of %s (%s)", key, err)
+            return None
+
     def logged_steps(self, key: str) -> set[int]:
         """Steps at which `key` was logged already (to resume without duplicates)."""
         if not self.enabled:
@@ -220,11 +253,17 @@ class Tracker:
     def end(self, status: str = "FINISHED", timeout: float = 60.0) -> None:
         """Flush, then mark the run FINISHED, FAILED or KILLED."""
         if self.enabled:
+            self._submit(self._stop_system_metrics)
             self._submit(self.client.set_terminated, self.run_id, status)
         if not self.flush(timeout) and self.enabled:
             log.warning("MLflow: the store did not answer within %.0f s; the run's last records may be "
                         "missing and its status may still read RUNNING", timeout)
         self._queue.put(None)
+
+    def _stop_system_metrics(self) -> None:
+        if self._monitor is not None:
+            self._monitor.finish()          # writes the points it still holds
+            self._monitor = None
 
     def _submit(self, fn: Callable, *args, _retry: bool = False, **kwargs) -> None:
         if self.enabled:

@@ -12,8 +12,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def parse_args(argv: list[str]) -> argparse.Namespace:
     from research.status import DEFAULT_ROOT
     parser = argparse.ArgumentParser(
-        description="Show every run under the output root: state, epoch k of N, last val top-1, images/s, ETA, "
-                    "age of the last status update and the tmux session that runs it.",
+        description="Show every run under the output root: state, epochs done of N (+ how far the epoch under way "
+                    "has got), last val top-1, images/s, ETA, age of the last status update (a running trainer "
+                    "reports every train.log_every batches) and the tmux session that runs it.",
         epilog="States: running, finished, killed (stopped by a signal; rerun the command to resume), failed, "
                "dead (status.json says running but its process is gone from this host: kill -9 or a reboot; "
                "rerun the command to resume), stale (running on another host that has not reported for "

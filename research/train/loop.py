@@ -45,8 +45,12 @@ class Setup:
 
 
 def fit(setup: Setup, state: TrainState, tracker: Tracker, should_stop: Callable[[], bool],
-        on_epoch_end: Callable[[TrainState], None] = lambda state: None) -> str:
+        on_epoch_end: Callable[[TrainState], None] = lambda state: None,
+        on_progress: Callable[..., None] = lambda state, *figures: None) -> str:
     """Train from `state` to the recipe's last epoch. Returns "finished" or "stopped".
+
+    `on_progress(state, steps_per_epoch, images, seconds, loss, lr)` runs on rank 0 every
+    train.log_every batches (figures since the epoch's first trained batch; must not block).
 
     Raises:
         NonFiniteLoss: the loss became NaN/inf; the last good checkpoint is kept.
@@ -58,14 +62,15 @@ def fit(setup: Setup, state: TrainState, tracker: Tracker, should_stop: Callable
     steps_per_epoch = setup.train_iter.num_samples // _local_batch(setup)
     writer = CheckpointWriter(setup.run_dir / "checkpoints", recipe.checkpoint.keep_last)
     try:
-        return _epochs(setup, state, tracker, should_stop, on_epoch_end, loss_fn, steps_per_epoch, writer)
+        return _epochs(setup, state, tracker, should_stop, on_epoch_end, on_progress, loss_fn, steps_per_epoch,
+                       writer)
     finally:
         writer.wait()                             # a checkpoint being written is finished, even on error
 
 
 def _epochs(setup: Setup, state: TrainState, tracker: Tracker, should_stop: Callable[[], bool],
-            on_epoch_end: Callable[[TrainState], None], loss_fn: gluon.loss.Loss, steps_per_epoch: int,
-            writer: CheckpointWriter) -> str:
+            on_epoch_end: Callable[[TrainState], None], on_progress: Callable[..., None], loss_fn: gluon.loss.Loss,
+            steps_per_epoch: int, writer: CheckpointWriter) -> str:
     recipe, net, trainer, ctxs = setup.recipe, setup.net, setup.trainer, setup.ctxs
     train, dtype = recipe.train, recipe.train.dtype
     last_save = time.monotonic()
@@ -112,6 +117,8 @@ def _epochs(setup: Setup, state: TrainState, tracker: Tracker, should_stop: Call
                     raise NonFiniteLoss(f"train loss is {train_loss} at epoch {epoch + 1}, step {state.step}")
                 progress.update(state.batch_in_epoch, seen / (time.monotonic() - tic), train_loss, lr)
                 pace.interval(state, epoch, time.monotonic() - tic)
+                if setup.is_logger:                # status.json and MLflow iter/ (queued: the loop never waits)
+                    on_progress(state, steps_per_epoch, seen, time.monotonic() - tic, train_loss, lr)
             else:
                 progress.tick(state.batch_in_epoch)
             if should_stop():

@@ -24,6 +24,7 @@ from ..tracking import REPO, Tracker, environment_tags, tracking_uri, ui_command
 from . import checkpoint
 from .health import DeadHead
 from .loop import NonFiniteLoss, Setup, fit
+from .progress import InEpochReport
 from .schedules import scaled_lr
 from .signals import StopRequest
 
@@ -145,14 +146,19 @@ def build_setup(recipe: Recipe, ctxs: list, run_dir: Path, kv) -> Setup:
 
 
 def write_status(run_dir: Path, state: checkpoint.TrainState, recipe: Recipe, status: str,
-                 run_id: str | None) -> None:
-    """run_dir/status.json for tools/status.py: written atomically, read without locks."""
+                 run_id: str | None, in_epoch: dict | None = None) -> None:
+    """run_dir/status.json for tools/status.py: written atomically, read without locks.
+
+    `in_epoch` (batch, batches, step, train_loss, img_per_s, eta_epoch_s, eta_s) comes every
+    train.log_every batches from InEpochReport; without it the figures are the last epoch's.
+    """
     last = state.history[-1] if state.history else {}
     done = len(state.history)
     info = {"status": status, "epoch": state.epoch, "epochs": recipe.train.epochs,
             "val_top1": last.get("val/top1"), "img_per_s": last.get("speed/img_per_s"),
             "eta_s": (recipe.train.epochs - state.epoch) * state.elapsed_s / done if done else None,
-            "run_id": run_id, "pid": os.getpid(), "host": socket.gethostname(), "updated": time.time()}
+            "run_id": run_id, "pid": os.getpid(), "host": socket.gethostname(), "updated": time.time(),
+            **(in_epoch or {})}
     tmp = run_dir / ".status.json.tmp"
     tmp.write_text(json.dumps(info, indent=1))
     tmp.replace(run_dir / "status.json")
@@ -169,8 +175,11 @@ def start_tracking(recipe: Recipe, state: checkpoint.TrainState, ctxs: list, arg
             if entry["epoch"] not in logged:
                 tracker.log_metrics({k: v for k, v in entry.items() if k != "epoch"}, step=entry["epoch"])
         tracker.set_tags({f"resumed.{int(time.time())}": " ".join(argv)})
-        return tracker
-    return start_new_run(recipe, ctxs, argv)
+    else:
+        tracker = start_new_run(recipe, ctxs, argv)
+    if recipe.tracking.system_metrics:
+        tracker.start_system_metrics(recipe.tracking.system_metrics_every_s, resumed=bool(state.run_id))
+    return tracker
 
 
 def start_new_run(recipe: Recipe, ctxs: list, argv: list[str], tags: dict[str, str] | None = None) -> Tracker:
@@ -226,10 +235,15 @@ def _run_loop(setup: Setup, state: checkpoint.TrainState, tracker: Tracker, argv
         tracker.run_later(lambda: plot_curves(history, run_dir / "curves.png", recipe.name))
         tracker.log_artifact(run_dir / "curves.png")
 
+    def write_in_epoch(figures: dict) -> None:
+        write_status(run_dir, state, recipe, "running", tracker.run_id, figures)
+
+    report = InEpochReport(tracker, write_in_epoch, recipe.train.epochs, setup.global_batch // setup.num_workers,
+                           setup.num_workers, logged_until=tracker.last_step("iter/loss") if state.run_id else None)
     if setup.is_logger:
         write_status(run_dir, state, recipe, "running", tracker.run_id)
     try:
-        outcome = fit(setup, state, tracker, stop, on_epoch_end)
+        outcome = fit(setup, state, tracker, stop, on_epoch_end, report)
     except NonFiniteLoss as err:
         kept = checkpoint.list_checkpoints(run_dir / "checkpoints")
         where = f"the last good checkpoint is {kept[-1]}" if kept else "no checkpoint had been written yet"

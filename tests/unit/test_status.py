@@ -110,3 +110,10 @@ def test_tmux_sessions_are_matched_to_their_run_dirs(tmp_path):
 def test_durations_read_naturally():
     assert [format_duration(s) for s in (5, 125, 3 * 3600 + 5 * 60, 2 * 86400 + 4 * 3600)] == [
         "5s", "2m", "3h05m", "2d04h"]
+
+
+def test_in_epoch_progress_shows_how_far_the_epoch_under_way_has_got(tmp_path):
+    write_status(tmp_path / "lenet", pid=os.getpid(), batch=43, batches=100, updated=time.time() - 125)
+    [run] = collect(tmp_path)
+    table = format_table([run])
+    assert "3/10 +43%" in table and "2m ago" in table
