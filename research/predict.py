@@ -80,6 +80,22 @@ def read_image(path: str | Path, channels: int) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def as_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """An HxW or HxWxC uint8 RGB image with the net's channel count, converted as read_image would."""
+    import cv2
+
+    image = np.asarray(image, dtype=np.uint8)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3):
+        raise UserError(f"an image array must be HxW, HxWx1 or HxWx3 uint8 RGB; got shape {image.shape}.")
+    if image.shape[2] == channels:
+        return image
+    if channels == 1:
+        return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[:, :, None]
+    return np.repeat(image, channels, axis=2)
+
+
 def preprocess(image: np.ndarray, recipe: Recipe) -> np.ndarray:
     """HxWxC uint8 -> float32 (1, C, H, W) as the recipe's validation data looks."""
     import cv2
@@ -149,9 +165,13 @@ class Predictor:
 
     def predict(self, images: list[str | Path], k: int = 5) -> list[list[tuple[str, float]]]:
         """For each image file, the top-k (class name, probability), most likely first."""
+        return self.predict_arrays([read_image(p, self.shape[0]) for p in images], k)
+
+    def predict_arrays(self, images: list[np.ndarray], k: int = 5) -> list[list[tuple[str, float]]]:
+        """`predict` for decoded images: HxWxC (or HxW) uint8 RGB, as read_image returns them."""
         import mxnet as mx
 
-        batch = np.concatenate([preprocess(read_image(p, self.shape[0]), self.recipe) for p in images])
+        batch = np.concatenate([preprocess(as_channels(image, self.shape[0]), self.recipe) for image in images])
         probs = mx.nd.softmax(self.net(mx.nd.array(batch))).asnumpy()
         k = min(k, probs.shape[1])
         tops = np.argsort(-probs, axis=1)[:, :k]

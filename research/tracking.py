@@ -7,6 +7,8 @@ or kills training: failures become warnings. The default store is sqlite inside 
 from __future__ import annotations
 
 import fcntl
+import getpass
+import json
 import logging
 import os
 import platform
@@ -25,6 +27,8 @@ log = logging.getLogger(__name__)
 
 # Off unless the user asked for it: this machine class has no internet, and telemetry is not ours to send.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# Logging the model copies its files through MLflow's artifact download, which draws a tqdm bar in train.log.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # MLflow's HTTP client retries 7 times with exponential backoff: over 4 minutes against a server
 # that is down. A run starts untracked after ~10 s instead; failed metric batches are retried later.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
@@ -97,8 +101,34 @@ def git_state() -> dict[str, str]:
 
 def environment_tags(contexts: list, argv: list[str]) -> dict[str, str]:
     import mxnet as mx
-    return {**git_state(), "host": platform.node(), "mxnet.version": mx.__version__,
-            "contexts": ",".join(str(c) for c in contexts), "command": " ".join(argv)}
+    git = git_state()
+    return {**git, "host": platform.node(), "mxnet.version": mx.__version__,
+            "contexts": ",".join(str(c) for c in contexts), "command": " ".join(argv),
+            **source_tags(argv[0] if argv else "", git["git.commit"])}
+
+
+def source_tags(script: str, commit: str) -> dict[str, str]:
+    """MLflow's own tags for the UI's Source and User columns (the fluent API sets them; the client does not)."""
+    tags = {"mlflow.source.type": "LOCAL", "mlflow.user": getpass.getuser()}
+    if script:              # tools/train.py: relative to the repo; an absolute path inside it becomes so
+        path = Path(script)
+        tags["mlflow.source.name"] = str(path.relative_to(REPO) if path.is_relative_to(REPO) else path)
+    if commit != "unknown":
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def model_requirements() -> list[str]:
+    """pip requirements of the logged model, pinned to this environment (listed: MLflow's inference
+    of them would load the model in a subprocess, seconds per run)."""
+    from importlib.metadata import PackageNotFoundError, version
+    pins = []
+    for package in ("mlflow", "mxnet", "numpy", "opencv-python-headless", "pyyaml", "pandas"):
+        try:
+            pins.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:       # a GPU build of mxnet is mxnet-cu112 and so on
+            pins.append(package)
+    return pins
 
 
 class Tracker:
@@ -113,6 +143,7 @@ class Tracker:
         self._failures = 0
         self._pending: list[Callable] = []     # failed metric batches, retried before the next call
         self._monitor = None                   # mlflow's SystemMetricsMonitor, started by start_system_metrics
+        self._datasets: list = []              # what log_datasets described, for log_model
         # One worker thread even when disabled: it also runs `run_later` work (plots) off the loop.
         self._worker = threading.Thread(target=self._drain, name="tracker", daemon=True)
         self._worker.start()
@@ -207,6 +238,58 @@ class Tracker:
                                                  resume_logging=resumed, tracking_uri=tracking_uri())
             self._monitor.start()
         self._submit(start)
+
+    def log_datasets(self, describe: Callable[[], list]) -> None:
+        """MLflow dataset inputs (the runs table's Dataset column) from `describe()`, a list of
+        research.data.describe.DatasetInfo, called on the tracker's thread (it reads the .idx files)."""
+        if self.enabled:
+            self._submit(self._log_datasets, describe)
+
+    def _log_datasets(self, describe: Callable[[], list]) -> None:
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        self._datasets = describe()
+        inputs = [DatasetInput(Dataset(d.name, d.digest, "local", json.dumps({"uri": d.source}),
+                                       profile=json.dumps({"num_images": d.images, "num_classes": d.classes,
+                                                           "files": d.files})),
+                               tags=[InputTag("mlflow.data.context", d.context)]) for d in self._datasets]
+        self.client.log_inputs(self.run_id, datasets=inputs)
+
+    def log_model(self, model_dir: str | Path, step: int,
+                  metric_keys: tuple[str, ...] = ("val/loss", "val/top1", "val/top5")) -> None:
+        """The exported model as the run's one MLflow LoggedModel (a pyfunc, research.logged_model), with
+        the run's params, and its `metric_keys` at `step` linked to it (on the validation dataset input).
+
+        A model this run logged before (a resumed or extended run) is deleted first.
+        """
+        if self.enabled:
+            self._submit(self._log_model, Path(model_dir), step, metric_keys)
+
+    def _log_model(self, model_dir: Path, step: int, metric_keys: tuple[str, ...]) -> None:
+        import mlflow
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
+
+        from . import logged_model
+        mlflow.set_tracking_uri(tracking_uri())        # pyfunc.log_model writes to the global store
+        for old in self.client.search_logged_models([self.experiment_id],
+                                                    filter_string=f"source_run_id = '{self.run_id}'"):
+            self.client.delete_logged_model(old.model_id)
+        run = self.client.get_run(self.run_id)
+        model = self.client.create_logged_model(self.experiment_id, name=logged_model.ARTIFACT,
+                                                source_run_id=self.run_id, params=run.data.params,
+                                                model_type="image-classifier")
+        try:
+            logged_model.log(model_dir, model.model_id, model_requirements(), REPO / "research")
+        except Exception:
+            self.client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+            raise
+        self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+        self.client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, step=step)])
+        # The same points as the run's (same timestamp: not a second point in its history), now the model's too.
+        dataset = next((d for d in self._datasets if d.context == "validation"), None)
+        linked = [Metric(m.key, m.value, m.timestamp, m.step, model_id=model.model_id, run_id=self.run_id,
+                         dataset_name=dataset and dataset.name, dataset_digest=dataset and dataset.digest)
+                  for key in metric_keys for m in self.client.get_metric_history(self.run_id, key) if m.step == step]
+        self.client.log_batch(self.run_id, metrics=linked)
 
     # -- synchronous ------------------------------------------------------------------------
     def last_step(self, key: str) -> int | None:

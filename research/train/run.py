@@ -18,6 +18,7 @@ from mxnet import gluon
 from .. import distributed
 from ..config import Recipe, RecipeError, TrainConfig, dump_recipe
 from ..data import get_iterators
+from ..data.describe import describe_datasets
 from ..nets import build_net
 from ..plots import plot_curves
 from ..tracking import REPO, Tracker, environment_tags, tracking_uri, ui_command
@@ -219,6 +220,7 @@ def train(recipe: Recipe, ctxs: list, run_dir: Path, resume: bool, fresh: bool, 
     (run_dir / "run.json").write_text(json.dumps({"run_id": tracker.run_id, "experiment_id": tracker.experiment_id,
                                                   "tracking_uri": tracking_uri()}, indent=1))
     tracker.log_artifact(run_dir / "recipe.yaml")
+    tracker.log_datasets(lambda: describe_datasets(recipe, setup.train_iter.num_samples, setup.val_iter.num_samples))
     log.info("run %s: %s on %s, global batch %d, lr %.4g, output %s", tracker.run_id or "(untracked)",
              recipe.name, ",".join(map(str, ctxs)), setup.global_batch, setup.base_lr, run_dir)
     return _run_loop(setup, state, tracker, argv)
@@ -294,6 +296,7 @@ def export_final(setup: Setup, tracker: Tracker) -> None:
     try:
         export_model(setup.net, model_dir, setup.recipe)
         tracker.log_artifacts(model_dir, "model")
+        tracker.log_model(model_dir, step=setup.recipe.train.epochs)     # the UI's "Logged models"
     except Exception as err:  # noqa: BLE001 - the checkpoint has the weights; export is a convenience
         log.error("model export failed (%s); the final checkpoint in %s holds the weights", err,
                   setup.run_dir / "checkpoints")

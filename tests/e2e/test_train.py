@@ -1,6 +1,11 @@
 """tools/train.py as a user runs it: learns, is tracked in MLflow, fails clearly on bad input."""
+import json
 from pathlib import Path
 
+import cv2
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
 import pytest
 from helpers import make_env, run_tool
 from mlflow.tracking import MlflowClient
@@ -14,7 +19,9 @@ def finished_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("train")
     store = tmp / "mlruns"
     env = make_env(store)
-    proc = run_tool("train.py", SMOKE, "--output", tmp / "run", env=env, check=True)
+    # System metrics every second, not every minute: the run is over in seconds.
+    proc = run_tool("train.py", SMOKE, "--output", tmp / "run", "--set", "tracking.system_metrics_every_s=1",
+                    env=env, check=True)
     return proc, tmp / "run", MlflowClient(f"sqlite:///{store / 'mlflow.db'}"), env
 
 
@@ -44,6 +51,51 @@ def test_mlflow_reads_the_run_back(finished_run):
         assert len(client.get_metric_history(run.info.run_id, key)) == 4, key
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"recipe.yaml", "train.log", "curves.png", "model"} <= artifacts
+
+
+def test_mlflow_ui_has_source_datasets_system_metrics_and_the_model(finished_run):
+    _, _, client, _ = finished_run
+    experiment = client.get_experiment_by_name("lenet_digits_tiny")
+    (run,) = client.search_runs([experiment.experiment_id])
+    tags = run.data.tags
+    assert tags["mlflow.source.name"] == "tools/train.py" and tags["mlflow.source.type"] == "LOCAL"
+    assert tags["mlflow.user"] and tags["mlflow.source.git.commit"] == tags["git.commit"]
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert inputs.keys() == {"training", "validation"}
+    assert inputs["validation"].name == "digits/val" and json.loads(inputs["validation"].profile)["num_images"] == 360
+    assert inputs["training"].digest != inputs["validation"].digest
+    assert any(key.startswith("system/cpu_utilization") for key in run.data.metrics)
+    assert any(key.startswith("system/system_memory_usage") for key in run.data.metrics)
+    (model,) = client.search_logged_models([experiment.experiment_id])
+    assert model.source_run_id == run.info.run_id and str(model.status) == "READY"
+    assert [o.model_id for o in run.outputs.model_outputs] == [model.model_id]
+    linked = {m.key: m for m in model.metrics}
+    assert linked["val/top1"].value == run.data.metrics["val/top1"] and linked["val/top1"].step == 4
+    assert linked["val/top1"].dataset_digest == inputs["validation"].digest
+    assert len(client.get_metric_history(run.info.run_id, "val/top1")) == 4      # linking added no point
+
+
+def test_logged_model_predicts_like_tools_predict(finished_run, tmp_path):
+    _, run_dir, client, env = finished_run
+    from research.data.digits import load_digits
+
+    _, _, x_val, y_val = load_digits()
+    images = [np.round(x_val[np.flatnonzero(y_val == digit)[0], 0] * 255).astype(np.uint8) for digit in (0, 3, 7)]
+    paths = [tmp_path / f"digit{i}.png" for i in range(len(images))]
+    for path, image in zip(paths, images):
+        cv2.imwrite(str(path), image)
+    lines = run_tool("predict.py", run_dir, *paths, env=env, check=True).stdout.splitlines()
+    expected = [[(line.split()[1], float(line.split()[2])) for line in lines[6 * i + 1:6 * i + 6]]
+                for i in range(len(paths))]
+
+    (model,) = client.search_logged_models([client.get_experiment_by_name("lenet_digits_tiny").experiment_id])
+    pyfunc = mlflow.pyfunc.load_model(model.artifact_location)
+    for model_input in ([str(p) for p in paths], pd.DataFrame({"path": [str(p) for p in paths]}), images):
+        out = pyfunc.predict(model_input)
+        got = [list(zip(names, probs)) for names, probs in zip(out["top_classes"], out["top_probabilities"])]
+        assert [[name for name, _ in top] for top in got] == [[name for name, _ in top] for top in expected]
+        np.testing.assert_allclose([[p for _, p in top] for top in got], [[p for _, p in top] for top in expected],
+                                   atol=1e-4)                              # tools/predict.py prints 4 decimals
 
 
 def test_finished_run_is_not_retrained(finished_run):
