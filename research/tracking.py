@@ -120,13 +120,14 @@ def source_tags(script: str, commit: str) -> dict[str, str]:
 
 def model_requirements() -> list[str]:
     """pip requirements of the logged model, pinned to this environment (listed: MLflow's inference
-    of them would load the model in a subprocess, seconds per run)."""
+    of them would load the model in a subprocess, seconds per run). It predicts on the CPU, so the
+    CPU build of mxnet serves it whichever build trained it."""
     from importlib.metadata import PackageNotFoundError, version
-    pins = []
-    for package in ("mlflow", "mxnet", "numpy", "opencv-python-headless", "pyyaml", "pandas"):
+    pins = ["mxnet==1.9.1"]
+    for package in ("mlflow", "numpy", "opencv-python-headless", "pyyaml", "pandas"):
         try:
             pins.append(f"{package}=={version(package)}")
-        except PackageNotFoundError:       # a GPU build of mxnet is mxnet-cu112 and so on
+        except PackageNotFoundError:
             pins.append(package)
     return pins
 
