@@ -1,6 +1,22 @@
-"""research: MXNet/Gluon image classification, tracked in MLflow."""
+"""research: MXNet/Gluon image classification, tracked in MLflow.
+
+The library API (docs/notebook.md), the same code paths as tools/*.py:
+    run = research.train("recipes/lenet_digits.yaml", overrides={"train.lr": 0.05})
+    run = research.load_run("runs/lenet_digits")    # .recipe .history .run_id .net .plot() .predict()
+    table = research.compare("lenet_digits")         # tools/compare.py's table as a DataFrame
+
+research.train and research.compare are also the modules of those names (made callable: see
+api.callable_module). Importing research is cheap (no mxnet, no mlflow): the tools set MXNet's
+threads after it.
+"""
 from importlib.util import find_spec
 
 if find_spec("mxnet") is None:          # `pip install -e .` without a build extra: say which one to add
     from .builds import missing_mxnet_message
     raise ImportError(missing_mxnet_message())
+
+from . import compare, train  # noqa: E402
+from .api import Run, load_run  # noqa: E402
+from .errors import UserError  # noqa: E402
+
+__all__ = ["Run", "UserError", "compare", "load_run", "train"]

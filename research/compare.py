@@ -160,14 +160,9 @@ def format_rows(rows: list[RunRow], fmt: str = "text") -> str:
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(CSV_COLUMNS + tuple(keys))
-        for row in rows:
-            writer.writerow([row.run_id, row.name, row.recipe, row.status, row.epochs_done,
-                             _or_blank(row.epochs_planned), _or_blank(row.best_top1), _or_blank(row.best_top5),
-                             _or_blank(row.best_epoch), _or_blank(row.final_top1), _or_blank(row.final_top5),
-                             _or_blank(row.wall_s and round(row.wall_s, 1)),
-                             _or_blank(row.img_per_s and round(row.img_per_s, 1)), row.devices]
-                            + [row.params.get(key, "") for key in keys])
+        header, values = summary_table(rows)
+        writer.writerow(header)
+        writer.writerows([_or_blank(value) for value in row] for row in values)
         return out.getvalue()
     table = _table if fmt == "text" else _markdown
     summary = table(COLUMNS, [_summary_cells(row) for row in rows])
@@ -180,6 +175,16 @@ def format_rows(rows: list[RunRow], fmt: str = "text") -> str:
                                                 for row in rows])
     heading = "Recipe values that differ:" if fmt == "text" else "**Recipe values that differ**"
     return f"{summary}\n\n{heading}\n{values}\n"
+
+
+def summary_table(rows: list[RunRow]) -> tuple[tuple[str, ...], list[list]]:
+    """The CSV's header and values (None where unknown): the summary, then the recipe values that differ."""
+    keys = differing_params(rows)
+    values = [[row.run_id, row.name, row.recipe, row.status, row.epochs_done, row.epochs_planned, row.best_top1,
+               row.best_top5, row.best_epoch, row.final_top1, row.final_top5, row.wall_s and round(row.wall_s, 1),
+               row.img_per_s and round(row.img_per_s, 1), row.devices] + [row.params.get(key) for key in keys]
+              for row in rows]
+    return CSV_COLUMNS + tuple(keys), values
 
 
 def _summary_cells(row: RunRow) -> list[str]:
@@ -270,3 +275,9 @@ def compare_url(run_ids: list[str], experiment_ids: list[str], port: int = 5000)
     runs = json.dumps(list(run_ids), separators=(",", ":"))
     experiments = json.dumps(sorted(set(experiment_ids)), separators=(",", ":"))
     return f"http://127.0.0.1:{port}/#/compare-runs?runs={runs}&experiments={experiments}"
+
+
+# research.compare(...) is the library API's compare (a DataFrame of the rows above); see research.api.
+from . import api  # noqa: E402
+
+api.callable_module(__name__, api.compare)

@@ -395,6 +395,17 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+def override_recipe(recipe: Recipe, overrides: list[str]) -> Recipe:
+    """A loaded recipe with `section.key=value` overrides applied, validated like `--set`."""
+    raw = recipe.to_dict()
+    origin = recipe.source or recipe.name
+    for assignment in overrides:
+        _apply_override(raw, assignment, origin)
+    overridden = _build_checked(raw, f"{origin} (with --set {' '.join(overrides)})")
+    overridden.source = recipe.source
+    return overridden
+
+
 def _build_checked(raw: dict, origin: str) -> Recipe:
     recipe = _build(Recipe, raw, (), origin)
     _validate_semantics(recipe, origin)

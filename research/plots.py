@@ -1,15 +1,33 @@
 """Training curves as PNG (matplotlib's object API: safe off the main thread)."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
+
+from matplotlib.figure import Figure
+
+
+class _InlineFigure(Figure):
+    """A Figure that Jupyter shows when a cell returns it, even before pyplot set up its inline backend."""
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png")
+        return buffer.getvalue()
 
 
 def plot_curves(history: list[dict[str, float]], path: str | Path, title: str = "") -> None:
     """Loss and top-1/top-5 against epoch, train and val, from the loop's per-epoch history."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    tmp = Path(path).with_suffix(".tmp.png")
+    curves_figure(history, title).savefig(tmp)
+    tmp.replace(path)
 
-    fig = Figure(figsize=(10, 4), dpi=100)
+
+def curves_figure(history: list[dict[str, float]], title: str = "") -> Figure:
+    """The figure plot_curves saves; a notebook shows it inline when a cell returns it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = _InlineFigure(figsize=(10, 4), dpi=100)
     FigureCanvasAgg(fig)
     loss_ax, acc_ax = fig.subplots(1, 2)
     epochs = [h["epoch"] for h in history]
@@ -25,9 +43,7 @@ def plot_curves(history: list[dict[str, float]], path: str | Path, title: str = 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    tmp.replace(path)
+    return fig
 
 
 def plot_probe_curves(records: list[dict], path: str | Path, title: str = "") -> None:

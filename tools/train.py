@@ -24,22 +24,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    from research.api import run_recipe
     from research.config import load_recipe
-    from research.devices import get_contexts
     from research.errors import UserError       # bad recipe, missing data, absent GPU: one line, exit 2
-    from research.preflight import check_recipe
 
     try:
         recipe = load_recipe(args.recipe, args.overrides)
-        ctxs = get_contexts(args.gpus)
-        check_recipe(recipe, ctxs)
-        from research.train.run import default_run_dir, train
-        run_dir = args.output or default_run_dir(recipe)
-        command = ["tools/train.py", *argv]
-        if recipe.task == "transfer":
-            from research.transfer.run import run_transfer_job
-            return run_transfer_job(recipe, ctxs, run_dir, command)
-        return train(recipe, ctxs, run_dir, args.resume, args.fresh, command)
+        _, code = run_recipe(recipe, args.gpus, args.output, args.resume, args.fresh, ["tools/train.py", *argv])
+        return code
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

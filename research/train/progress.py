@@ -1,5 +1,5 @@
-"""Progress inside an epoch: a tqdm bar on a terminal, plain log lines otherwise (tmux logs, nohup, CI);
-status.json and MLflow iter/ metrics every log_every batches."""
+"""Progress inside an epoch: a tqdm bar on a terminal or in Jupyter (tqdm.auto: a widget there), plain
+log lines otherwise (tmux logs, nohup, CI); status.json and MLflow iter/ metrics every log_every batches."""
 from __future__ import annotations
 
 import logging
@@ -9,6 +9,13 @@ from typing import Callable
 log = logging.getLogger("research.train")
 
 
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (the test tqdm.auto makes to choose its widget)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and "IPKernelApp" in shell.config
+
+
 class Progress:
     """`tick` after every batch (cheap), `update` at log intervals with freshly synced figures."""
 
@@ -16,8 +23,8 @@ class Progress:
         self.epoch, self.epochs, self.steps = epoch, epochs, steps
         self.enabled = enabled
         self.bar = None
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
+        if enabled and (sys.stderr.isatty() or in_notebook()):
+            from tqdm.auto import tqdm
             self.bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
                             dynamic_ncols=True, leave=False)
 
@@ -40,7 +47,6 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-
 
 
 class InEpochReport:

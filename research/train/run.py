@@ -7,6 +7,7 @@ import logging.handlers
 import os
 import platform
 import socket
+import sys
 import time
 import traceback
 from datetime import datetime
@@ -63,17 +64,31 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, fresh: bool) ->
     return content
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record comes: a notebook's current cell, pytest's capture."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging() -> None:
-    """Console logging now; records are also buffered until `add_file_log` knows the run dir."""
+    """Console logging now (once per process: a notebook cell run twice does not print lines twice);
+    records are also buffered until `add_file_log` knows the run dir."""
     root = logging.getLogger()
     root.setLevel(logging.INFO)
-    if not any(getattr(h, "_research", False) for h in root.handlers):
-        console = logging.StreamHandler()
+    if not any(getattr(h, "_research", None) == "console" for h in root.handlers):
+        console = _StderrHandler()
         console.setFormatter(LOG_FORMAT)
-        console._research = True
+        console._research = "console"
+        root.addHandler(console)
+    if not any(getattr(h, "_research", None) == "buffer" for h in root.handlers):
         buffer = logging.handlers.MemoryHandler(capacity=10000, flushLevel=logging.CRITICAL + 1)
         buffer._research = "buffer"
-        root.addHandler(console)
         root.addHandler(buffer)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -84,16 +99,25 @@ def add_file_log(run_dir: Path, is_logger: bool) -> None:
     root = logging.getLogger()
     buffers = [h for h in root.handlers if getattr(h, "_research", None) == "buffer"]
     target = None
+    remove_file_log()                       # a previous run in this process (a notebook) logged elsewhere
     if is_logger:
         target = logging.FileHandler(run_dir / "train.log")
         target.setFormatter(LOG_FORMAT)
-        target._research = True
+        target._research = "file"
         root.addHandler(target)
     for buffer in buffers:
         if target is not None:
             for record in buffer.buffer:
                 target.handle(record)
         root.removeHandler(buffer)
+
+
+def remove_file_log() -> None:
+    """Close the run's train.log handler: the run is over, later records belong elsewhere."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "_research", None) == "file"]:
+        root.removeHandler(handler)
+        handler.close()
 
 
 def global_batch_size(train: TrainConfig, devices: int) -> int:
@@ -193,8 +217,21 @@ def start_new_run(recipe: Recipe, ctxs: list, argv: list[str], tags: dict[str, s
     return tracker
 
 
-def train(recipe: Recipe, ctxs: list, run_dir: Path, resume: bool, fresh: bool, argv: list[str]) -> int:
-    """Run or resume `recipe`; returns the process exit code."""
+def train(recipe: Recipe, ctxs: list, run_dir: Path, resume: bool, fresh: bool, argv: list[str],
+          interactive: bool = False) -> int:
+    """Run or resume `recipe`; returns the process exit code.
+
+    `interactive` (research.train in a notebook): a second Ctrl-C raises KeyboardInterrupt instead
+    of exiting the process, and the resume hint names the Python call.
+    """
+    try:
+        return _train(recipe, ctxs, run_dir, resume, fresh, argv, interactive)
+    finally:
+        remove_file_log()
+
+
+def _train(recipe: Recipe, ctxs: list, run_dir: Path, resume: bool, fresh: bool, argv: list[str],
+           interactive: bool) -> int:
     setup_logging()
     kv = create_kvstore(recipe)
     is_logger = recipe.train.kvstore not in DIST or kv.rank == 0
@@ -209,11 +246,13 @@ def train(recipe: Recipe, ctxs: list, run_dir: Path, resume: bool, fresh: bool, 
     if recipe.train.kvstore in DIST:       # rank 0's weights and position on every worker, lr schedule on the servers
         distributed.prepare_workers(kv, setup, state)
     if state.epoch >= recipe.train.epochs:
+        again, extend = (("resume='fresh'", "overrides={'train.epochs': N}") if interactive
+                         else ("--fresh", "--set train.epochs=N"))
         print(f"{run_dir} already holds the finished run ({state.epoch} epochs). "
-              f"Use --fresh to train again, or --set train.epochs=N to extend it.")
+              f"Use {again} to train again, or {extend} to extend it.")
         return 0
     if not setup.is_logger:
-        return _run_loop(setup, state, Tracker.disabled(), argv)
+        return _run_loop(setup, state, Tracker.disabled(), argv, interactive)
     (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
     tracker = start_tracking(recipe, state, ctxs, argv)
     state.run_id = tracker.run_id or state.run_id     # a store that is down must not orphan the run id
@@ -223,13 +262,24 @@ def train(recipe: Recipe, ctxs: list, run_dir: Path, resume: bool, fresh: bool, 
     tracker.log_datasets(lambda: describe_datasets(recipe, setup.train_iter.num_samples, setup.val_iter.num_samples))
     log.info("run %s: %s on %s, global batch %d, lr %.4g, output %s", tracker.run_id or "(untracked)",
              recipe.name, ",".join(map(str, ctxs)), setup.global_batch, setup.base_lr, run_dir)
-    return _run_loop(setup, state, tracker, argv)
+    return _run_loop(setup, state, tracker, argv, interactive)
 
 
-def _run_loop(setup: Setup, state: checkpoint.TrainState, tracker: Tracker, argv: list[str]) -> int:
-    recipe, run_dir = setup.recipe, setup.run_dir
-    stop = StopRequest() if setup.is_logger else distributed.FollowerStop()   # rank 0 decides when a job stops
+def _run_loop(setup: Setup, state: checkpoint.TrainState, tracker: Tracker, argv: list[str],
+              interactive: bool) -> int:
+    # rank 0 decides when a job stops
+    stop = StopRequest(interactive) if setup.is_logger else distributed.FollowerStop()
     stop.install()
+    try:
+        return _fit_and_finish(setup, state, tracker, argv, stop)
+    finally:
+        if setup.is_logger:
+            stop.restore()
+
+
+def _fit_and_finish(setup: Setup, state: checkpoint.TrainState, tracker: Tracker, argv: list[str],
+                    stop: StopRequest) -> int:
+    recipe, run_dir = setup.recipe, setup.run_dir
 
     def on_epoch_end(state: checkpoint.TrainState) -> None:
         write_status(run_dir, state, recipe, "running", tracker.run_id)
@@ -321,6 +371,8 @@ def _last_good(run_dir: Path, state: checkpoint.TrainState) -> str:
 
 
 def _resume_command(argv: list[str]) -> str:
+    if not argv[0].endswith(".py"):                 # research.train(...) from Python
+        return f"{argv[0]} again (resume='auto' continues from the checkpoint)"
     args = [a for a in argv if a not in ("--fresh", "--resume")]
     return " ".join(["python"] + args + ["--resume"])
 

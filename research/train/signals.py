@@ -5,34 +5,53 @@ import logging
 import os
 import signal
 import sys
+import threading
 
 log = logging.getLogger(__name__)
 
 
 class StopRequest:
-    """Set by a signal; the loop checks it after every batch. A second SIGINT exits at once."""
+    """Set by a signal; the loop checks it after every batch. A second SIGINT exits at once, or
+    raises KeyboardInterrupt when `interactive` (a notebook kernel must survive it)."""
 
-    def __init__(self):
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self, interactive: bool = False):
         self.signal_name: str | None = None
+        self.interactive = interactive
+        self._previous: dict[int, object] = {}
 
     def __call__(self) -> bool:
         return self.signal_name is not None
 
     def install(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, self._handle)
+        """Take over the stop signals (main thread only: Python delivers signals there) until `restore`."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        """The handlers from before `install`: a notebook's next cell is interrupted as usual."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
 
     def _handle(self, signum: int, frame) -> None:
         name = signal.Signals(signum).name
         if signum == signal.SIGHUP:
             _detach_terminal()
         if self.signal_name is not None and signum == signal.SIGINT:
+            if self.interactive:
+                self.restore()
+                raise KeyboardInterrupt("second interrupt: stopped without a checkpoint")
             log.error("second SIGINT: exiting now without a checkpoint")
             os._exit(130)
         if self.signal_name is None:
             self.signal_name = name
-            log.warning("%s received: stopping after this batch and writing a checkpoint "
-                        "(press Ctrl-C again to exit at once)", name)
+            log.warning("%s received: stopping after this batch and writing a checkpoint (%s again to %s)", name,
+                        *(("interrupt", "stop at once, without it") if self.interactive
+                          else ("press Ctrl-C", "exit at once")))
 
     @property
     def exit_code(self) -> int:

@@ -128,3 +128,14 @@ def test_ui_links_open_the_training_views():
     assert experiment_url("3", 5001) == "http://127.0.0.1:5001/#/experiments/3/runs?workflowType=machine_learning"
     assert compare_url(["ab", "cd"], ["3", "3"]) == \
         'http://127.0.0.1:5000/#/compare-runs?runs=["ab","cd"]&experiments=["3"]'
+
+
+def test_library_compare_is_the_csv_table_as_a_dataframe(uri):
+    import research
+    table = research.compare("exp_a")
+    expected = list(csv.reader(io.StringIO(format_rows(collect("exp_a"), "csv"))))
+    assert list(table.columns) == expected[0] and "data.size" in table.columns     # the differing value
+    assert [[("" if v is None or v != v else str(v)) for v in row] for row in table.values.tolist()] == expected[1:]
+    assert list(research.compare([uri["b1"], uri["a1"][:8]])["run_id"]) == [uri["b1"], uri["a1"]]
+    with pytest.raises(UserError, match="no experiment 'nope'"):
+        research.compare("nope")

@@ -1,0 +1,281 @@
+"""The library API for notebooks and scripts: research.train, research.load_run, research.compare.
+
+The same code paths as tools/train.py, tools/predict.py and tools/compare.py; user errors raise
+UserError with the message the tools print. Cheap to import: mxnet and mlflow load on first use.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import signal
+import sys
+import types
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping, Sequence
+
+from .errors import UserError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from .config import Recipe
+    from .predict import Predictor
+
+Resume = Literal["auto", "require", "fresh"]
+RESUME_MODES = ("auto", "require", "fresh")
+
+
+class Run:
+    """A run directory read back: what the run trained, its per-epoch history and its model.
+
+    Attributes load on first use and are cached; `load_run` (or `train`) makes one.
+    """
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self._recipe: Recipe | None = None
+        self._checkpoint: dict | None = None
+        self._predictor: Predictor | None = None
+        self._net = None
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.run_dir)!r})"
+
+    @property
+    def recipe(self) -> Recipe:
+        """The recipe the run trained (its run_dir/recipe.yaml, overrides applied)."""
+        if self._recipe is None:
+            from .config import load_recipe
+            self._recipe = load_recipe(self.run_dir / "recipe.yaml")
+        return self._recipe
+
+    @property
+    def run_id(self) -> str | None:
+        """The MLflow run id (from run.json), None for a run trained without tracking."""
+        path = self.run_dir / "run.json"
+        return json.loads(path.read_text()).get("run_id") if path.is_file() else None
+
+    @property
+    def status(self) -> str | None:
+        """"running", "finished", "killed" or "failed", as tools/status.py reads it."""
+        path = self.run_dir / "status.json"
+        return json.loads(path.read_text()).get("status") if path.is_file() else None
+
+    @property
+    def history(self):
+        """One row per epoch (epoch, train/loss, val/top1, ...): a pandas DataFrame indexed by epoch,
+        or a list of dicts without pandas. Read from the newest checkpoint, so it is what a resume
+        continues from."""
+        rows = [dict(entry) for entry in self._latest()["state"].history] if self._latest() else []
+        try:
+            import pandas as pd
+        except ImportError:
+            return rows
+        return pd.DataFrame(rows, columns=None if rows else ["epoch"]).set_index("epoch")
+
+    @property
+    def net(self):
+        """The final weights, loaded on first use: the exported model (a SymbolBlock on the CPU, what
+        `predict` runs) for a finished run, else the recipe's net with the newest checkpoint's weights."""
+        if self._net is None:
+            if (self.run_dir / "model").is_dir():
+                self._net = self._predictor_or_load().net
+            else:
+                self._net = self._checkpoint_net()
+        return self._net
+
+    def plot(self, title: str | None = None) -> Figure:
+        """Loss and accuracy curves per epoch (the run's curves.png) as a matplotlib Figure."""
+        from .plots import curves_figure
+        history = [dict(entry) for entry in self._latest()["state"].history] if self._latest() else []
+        if not history:
+            raise UserError(f"{self.run_dir}: no epoch finished yet, so there are no curves to plot.")
+        return curves_figure(history, self.recipe.name if title is None else title)
+
+    def predict(self, images: Sequence[str | Path | np.ndarray], top: int = 5) -> list[list[tuple[str, float]]]:
+        """For each image (a file, or an HxW / HxWxC uint8 array) the top (class, probability) pairs,
+        most likely first; the exported model and preprocessing of tools/predict.py."""
+        from .predict import read_image
+        predictor = self._predictor_or_load()
+        channels = predictor.shape[0]
+        pixels = [read_image(image, channels) if isinstance(image, (str, Path)) else image for image in images]
+        return predictor.predict_arrays(pixels, k=top)
+
+    def _predictor_or_load(self) -> Predictor:
+        if self._predictor is None:
+            from .predict import Predictor
+            self._predictor = Predictor(self.run_dir)
+        return self._predictor
+
+    def _latest(self) -> dict | None:
+        if self._checkpoint is None:
+            from .train.checkpoint import find_latest
+            found = find_latest(self.run_dir / "checkpoints")
+            self._checkpoint = found[1] if found else {}
+        return self._checkpoint or None
+
+    def _checkpoint_net(self):
+        import mxnet as mx
+
+        from .nets import get_net
+        from .train.checkpoint import load_net_arrays
+        if not self._latest():
+            raise UserError(f"{self.run_dir}: no exported model and no checkpoint: the run has not trained "
+                            f"an epoch yet.")
+        net = get_net(self.recipe.net.name, classes=self.recipe.net.classes)
+        net.initialize(ctx=mx.cpu())
+        net(mx.nd.zeros((1, *_input_shape(self.recipe))))        # finishes deferred init
+        load_net_arrays(net, self._latest()["params"])
+        return net
+
+
+def _input_shape(recipe: Recipe) -> tuple[int, int, int]:
+    from .export import input_shape
+    return input_shape(recipe)
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """A finished or stopped run directory (runs/<recipe name>/ by default).
+
+    Raises:
+        UserError: the folder is not a run directory.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "recipe.yaml").is_file():
+        raise UserError(f"{run_dir}: not a run directory (no recipe.yaml). Runs are written to runs/<recipe "
+                        f"name>/ unless trained with output=... (tools/train.py --output).")
+    return Run(run_dir)
+
+
+def train(recipe: str | Path | Recipe, *, gpus: str | Sequence[int] | None = None,
+          overrides: Mapping[str, Any] | Iterable[str] | None = None, output: str | Path | None = None,
+          resume: Resume = "auto") -> Run:
+    """Train (or resume) a recipe as tools/train.py does, tracked in MLflow; returns the finished Run.
+
+    Args:
+        recipe: a recipe YAML file or a loaded Recipe.
+        gpus: GPU ids ("0,1" or [0, 1]); None trains on the CPU.
+        overrides: {"train.lr": 0.05} or ["train.lr=0.05"], validated like --set.
+        output: the run directory; default runs/<recipe name>/.
+        resume: "auto" continues a checkpoint of the same recipe in `output` when there is one,
+            "require" insists on one, "fresh" moves the old run directory aside first.
+
+    Raises:
+        UserError: a bad recipe, override, device or missing data (nothing was trained).
+        KeyboardInterrupt: the kernel was interrupted; a checkpoint was written first and the MLflow
+            run marked KILLED. Calling train again with the same arguments resumes into that run.
+        NonFiniteLoss: the loss became NaN or infinite; the last good checkpoint is kept.
+    """
+    if resume not in RESUME_MODES:
+        raise UserError(f"resume={resume!r}: expected one of {', '.join(RESUME_MODES)}.")
+    from .devices import set_cpu_threads
+    set_cpu_threads()                        # effective only if mxnet is not imported yet
+    loaded = _load(recipe, _assignments(overrides))
+    spec = gpus if isinstance(gpus, str) or gpus is None else ",".join(map(str, gpus))
+    call = f"research.train({str(recipe) if isinstance(recipe, (str, Path)) else loaded.name!r}, ...)"
+    run_dir, code = run_recipe(loaded, spec, output, resume == "require", resume == "fresh", [call],
+                               interactive=True)
+    if code == 3:
+        from .train.loop import NonFiniteLoss
+        raise NonFiniteLoss(f"the loss became NaN or infinite; see {run_dir / 'train.log'}. "
+                            f"Lower train.lr or check the data.")
+    if code > 128:
+        name = signal.Signals(code - 128).name
+        raise KeyboardInterrupt(f"{name}: stopped after a checkpoint in {run_dir}; call research.train again "
+                                f"with the same arguments to resume into the same MLflow run.")
+    return Run(run_dir)
+
+
+def run_recipe(recipe: Recipe, gpus: str | None, output: str | Path | None, resume: bool, fresh: bool,
+               argv: list[str], interactive: bool = False) -> tuple[Path, int]:
+    """Check the recipe against the devices, then train it (or run its transfer job) into `output`.
+
+    Returns the run directory and the exit code tools/train.py exits with. Raises UserError first,
+    before any folder is written, for what the user must fix.
+    """
+    from .devices import get_contexts
+    from .preflight import check_recipe
+
+    ctxs = get_contexts(gpus)
+    check_recipe(recipe, ctxs)
+    from .train.run import default_run_dir, train as train_run
+    run_dir = Path(output) if output else default_run_dir(recipe)
+    if recipe.task == "transfer":
+        from .transfer.run import run_transfer_job
+        return run_dir, run_transfer_job(recipe, ctxs, run_dir, argv)
+    return run_dir, train_run(recipe, ctxs, run_dir, resume, fresh, argv, interactive=interactive)
+
+
+def _load(recipe: str | Path | Recipe, overrides: list[str]) -> Recipe:
+    from .config import load_recipe, override_recipe
+    if isinstance(recipe, (str, Path)):
+        return load_recipe(recipe, overrides)
+    return override_recipe(recipe, overrides) if overrides else recipe
+
+
+def _assignments(overrides: Mapping[str, Any] | Iterable[str] | None) -> list[str]:
+    """{"train.lr": 0.05} -> ["train.lr=0.05"]: values as JSON, which YAML reads back unchanged."""
+    if overrides is None:
+        return []
+    if isinstance(overrides, Mapping):
+        return [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
+    if isinstance(overrides, str):
+        return [overrides]
+    return list(overrides)
+
+
+def compare(runs_or_experiment: str | Iterable[str | Path | Run] | None = None, *, last: int = 0):
+    """The table tools/compare.py prints, one row per run, as a pandas DataFrame.
+
+    Args:
+        runs_or_experiment: an experiment name (the recipe name by default); or runs, each a Run,
+            a run directory or an MLflow run id (prefix); None: the store's only experiment.
+        last: only the `last` most recent runs (0: all).
+
+    The columns are those of `tools/compare.py --format csv`: run_id, name, recipe, status, epochs,
+    best and final val top-1/top-5, wall time, img/s, devices, then the recipe values that differ.
+
+    Raises:
+        UserError: no such experiment or run, or no runs yet.
+    """
+    import pandas as pd
+
+    from .compare import collect, summary_table
+
+    experiment, refs = None, []
+    if isinstance(runs_or_experiment, str) and not Path(runs_or_experiment, "run.json").is_file():
+        experiment = runs_or_experiment
+    elif isinstance(runs_or_experiment, (str, Path, Run)):
+        refs = [_run_ref(runs_or_experiment)]
+    elif runs_or_experiment is not None:
+        refs = [_run_ref(item) for item in runs_or_experiment]
+    header, rows = summary_table(collect(experiment, refs, last))
+    return pd.DataFrame(rows, columns=header)
+
+
+def _run_ref(run: str | Path | Run) -> str:
+    """A run id or a run directory, as tools/compare.py --runs takes them."""
+    if isinstance(run, Run):
+        if run.run_id is None:
+            raise UserError(f"{run.run_dir}: this run was trained without tracking: MLflow has no record of it.")
+        return run.run_id
+    return str(run)
+
+
+def callable_module(module_name: str, function: Callable) -> None:
+    """Let the module `module_name` be called as `function` (same signature and docstring).
+
+    research.train and research.compare are modules (the training package, the comparison code)
+    and the API's functions: importing research.train.run sets the attribute research.train to
+    the package whatever research/__init__.py put there, so the module itself must be callable.
+    """
+    def __call__(self, *args, **kwargs):
+        return function(*args, **kwargs)
+
+    signature = inspect.signature(function)
+    self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)
+    __call__.__signature__ = signature.replace(parameters=[self_param, *signature.parameters.values()])
+    __call__.__doc__ = function.__doc__
+    module = sys.modules[module_name]
+    module.__class__ = type(f"CallableModule[{function.__name__}]", (types.ModuleType,), {"__call__": __call__})

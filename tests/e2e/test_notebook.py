@@ -1,0 +1,80 @@
+"""notebooks/lenet_digits.ipynb executed top to bottom in a real Jupyter kernel, as a user runs it.
+
+The kernel sees no user Jupyter or IPython configuration, a temporary MLflow store and temporary
+run directories; a cell injected after the notebook's `parameters` cell shortens the two runs.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import REPO, make_env
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+NOTEBOOK = REPO / "notebooks" / "lenet_digits.ipynb"
+EPOCHS = 6
+
+
+def isolated_kernel(tmp: Path, monkeypatch: pytest.MonkeyPatch, store: Path) -> str:
+    """A kernelspec for this interpreter in a private Jupyter path; the kernel's environment."""
+    spec_dir = tmp / "jupyter" / "kernels" / "research-test"
+    spec_dir.mkdir(parents=True)
+    (spec_dir / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "research test", "language": "python"}))
+    for name, value in {**make_env(store), "JUPYTER_PATH": str(tmp / "jupyter"),
+                        "JUPYTER_DATA_DIR": str(tmp / "jupyter"), "JUPYTER_CONFIG_DIR": str(tmp / "config"),
+                        "IPYTHONDIR": str(tmp / "ipython"), "PYTHONPATH": str(REPO),   # this checkout's research
+                        "MPLBACKEND": "module://matplotlib_inline.backend_inline"}.items():
+        monkeypatch.setenv(name, value)
+    return "research-test"
+
+
+def outputs(cell) -> tuple[str, set[str]]:
+    """A cell's printed text (stdout, stderr, text/plain results) and the MIME types it displayed."""
+    text, kinds = [], set()
+    for out in cell.get("outputs", []):
+        if out["output_type"] == "stream":
+            text.append(out["text"])
+        elif out["output_type"] in ("execute_result", "display_data"):
+            kinds.update(out["data"])
+            text.append(out["data"].get("text/plain", ""))
+    return "".join(text), kinds
+
+
+def test_committed_without_outputs():
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, cell.source[:60]
+
+
+@pytest.mark.slow
+def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch, store):
+    kernel = isolated_kernel(tmp_path, monkeypatch, store)
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    (index,) = [i for i, c in enumerate(notebook.cells) if "parameters" in c.metadata.get("tags", [])]
+    notebook.cells.insert(index + 1, nbformat.v4.new_code_cell(
+        f"RUNS = Path({str(tmp_path / 'runs')!r})\nOVERRIDES = {{'train.epochs': {EPOCHS}}}"))
+
+    nbclient.NotebookClient(notebook, timeout=600, kernel_name=kernel,
+                            resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+
+    nbformat.write(notebook, tmp_path / "executed.ipynb")     # to read when an assertion fails
+    cells = [outputs(cell) for cell in notebook.cells if cell.cell_type == "code"]
+    text = "\n".join(t for t, _ in cells)
+    top1 = [float(v) for v in re.findall(r"val top-1 (\d\.\d+) after 6 epochs", text)]
+    assert top1 and top1[0] > 0.9, text[-3000:]                    # chance is 0.1
+    figures = [kinds for _, kinds in cells if "image/png" in kinds]
+    assert len(figures) >= 2, "the curves and the predicted digits should show inline"
+    compared = cells[-1][0]
+    assert "train.lr" in compared and "0.05" in compared          # the table names what differs
+    for name in ("lenet_digits", "lenet_digits-lr0.05"):
+        assert (tmp_path / "runs" / name / "model").is_dir(), name
+    assert not (REPO / "notebooks" / "runs").exists()
