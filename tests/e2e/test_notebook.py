@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,43 @@ def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch, store):
     for name in ("lenet_digits", "lenet_digits-lr0.05"):
         assert (tmp_path / "runs" / name / "model").is_dir(), name
     assert not (REPO / "notebooks" / "runs").exists()
+
+
+@pytest.mark.slow
+def test_interrupting_the_kernel_checkpoints_and_the_cell_resumes(tmp_path, monkeypatch, store):
+    """Jupyter's interrupt button during research.train, then the same cell run again."""
+    from jupyter_client.manager import start_new_kernel
+
+    kernel = isolated_kernel(tmp_path, monkeypatch, store)
+    run_dir = tmp_path / "run"
+    cell = (f"import research\nrun = research.train({str(REPO / 'recipes/smoke/lenet_digits_tiny.yaml')!r}, "
+            f"output={str(run_dir)!r})")
+    manager, client = start_new_kernel(kernel_name=kernel, cwd=str(tmp_path))
+    try:
+        msg_id, deadline = client.execute(cell), time.monotonic() + 300
+        while not list((run_dir / "checkpoints").glob("step-*.ckpt")):   # an epoch is done and saved
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.05)
+        manager.interrupt_kernel()
+        reply = client.get_shell_msg(timeout=120)
+        while reply["parent_header"].get("msg_id") != msg_id:
+            reply = client.get_shell_msg(timeout=120)
+        assert reply["content"]["ename"] == "KeyboardInterrupt", reply["content"]
+        assert "call research.train again" in reply["content"]["evalue"]
+        assert json.loads((run_dir / "status.json").read_text())["status"] == "killed"
+
+        reply = client.execute_interactive(cell + "\nprint(run.status, run.run_id, len(run.history))",
+                                           timeout=300, output_hook=lambda msg: None)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        reply = client.execute_interactive("import signal; assert signal.getsignal(signal.SIGINT) is "
+                                           "signal.default_int_handler", timeout=60, output_hook=lambda msg: None)
+        assert reply["content"]["status"] == "ok", "the kernel's own interrupt handling is back"
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+
+    from mlflow.tracking import MlflowClient
+    mlflow = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    (only,) = mlflow.search_runs([mlflow.get_experiment_by_name("lenet_digits_tiny").experiment_id])
+    assert only.info.status == "FINISHED"
+    assert sorted(m.step for m in mlflow.get_metric_history(only.info.run_id, "val/top1")) == [1, 2, 3, 4]
