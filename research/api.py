@@ -165,7 +165,8 @@ def train(recipe: str | Path | Recipe, *, gpus: str | Sequence[int] | None = Non
         UserError: a bad recipe, override, device or missing data (nothing was trained).
         KeyboardInterrupt: the kernel was interrupted; a checkpoint was written first and the MLflow
             run marked KILLED. Calling train again with the same arguments resumes into that run.
-        NonFiniteLoss: the loss became NaN or infinite; the last good checkpoint is kept.
+        NonFiniteLoss, DeadHead: the loss became NaN, or the net's outputs stopped carrying
+            information (research.train.health); the run is marked FAILED, the last good checkpoint kept.
     """
     if resume not in RESUME_MODES:
         raise UserError(f"resume={resume!r}: expected one of {', '.join(RESUME_MODES)}.")
@@ -176,10 +177,6 @@ def train(recipe: str | Path | Recipe, *, gpus: str | Sequence[int] | None = Non
     call = f"research.train({str(recipe) if isinstance(recipe, (str, Path)) else loaded.name!r}, ...)"
     run_dir, code = run_recipe(loaded, spec, output, resume == "require", resume == "fresh", [call],
                                interactive=True)
-    if code == 3:
-        from .train.loop import NonFiniteLoss
-        raise NonFiniteLoss(f"the loss became NaN or infinite; see {run_dir / 'train.log'}. "
-                            f"Lower train.lr or check the data.")
     if code > 128:
         name = signal.Signals(code - 128).name
         raise KeyboardInterrupt(f"{name}: stopped after a checkpoint in {run_dir}; call research.train again "

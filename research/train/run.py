@@ -222,7 +222,8 @@ def train(recipe: Recipe, ctxs: list, run_dir: Path, resume: bool, fresh: bool, 
     """Run or resume `recipe`; returns the process exit code.
 
     `interactive` (research.train in a notebook): a second Ctrl-C raises KeyboardInterrupt instead
-    of exiting the process, and the resume hint names the Python call.
+    of exiting the process, the resume hint names the Python call, and a NaN loss or a dead head
+    raises NonFiniteLoss / DeadHead (after the run is marked FAILED) instead of returning 3.
     """
     try:
         return _train(recipe, ctxs, run_dir, resume, fresh, argv, interactive)
@@ -271,14 +272,14 @@ def _run_loop(setup: Setup, state: checkpoint.TrainState, tracker: Tracker, argv
     stop = StopRequest(interactive) if setup.is_logger else distributed.FollowerStop()
     stop.install()
     try:
-        return _fit_and_finish(setup, state, tracker, argv, stop)
+        return _fit_and_finish(setup, state, tracker, argv, stop, interactive)
     finally:
         if setup.is_logger:
             stop.restore()
 
 
 def _fit_and_finish(setup: Setup, state: checkpoint.TrainState, tracker: Tracker, argv: list[str],
-                    stop: StopRequest) -> int:
+                    stop: StopRequest, interactive: bool) -> int:
     recipe, run_dir = setup.recipe, setup.run_dir
 
     def on_epoch_end(state: checkpoint.TrainState) -> None:
@@ -301,6 +302,8 @@ def _fit_and_finish(setup: Setup, state: checkpoint.TrainState, tracker: Tracker
         where = f"the last good checkpoint is {kept[-1]}" if kept else "no checkpoint had been written yet"
         log.error("%s. Stopped; %s. Lower train.lr or check the data.", err, where)
         _finish(setup, state, tracker, "FAILED", "failed")
+        if interactive:                    # research.train raises what the tools report as exit status 3
+            raise
         return 3
     except DeadHead as err:
         log.error("%s. Stopped; %s. Lower train.lr, add a warm-up (train.warmup_epochs) or use net.activation: "
@@ -308,6 +311,8 @@ def _fit_and_finish(setup: Setup, state: checkpoint.TrainState, tracker: Tracker
                   err, _last_good(run_dir, state))
         tracker.set_tags({"failure": str(err)[:500]})
         _finish(setup, state, tracker, "FAILED", "failed")
+        if interactive:
+            raise
         return 3
     except BaseException:
         if setup.is_logger:

@@ -101,3 +101,11 @@ def test_interrupt_then_resume_gives_one_mlflow_run(tmp_path, monkeypatch, capsy
     handlers = [getattr(h, "_research", None) for h in logging.getLogger().handlers]
     assert handlers.count("console") == 1 and "file" not in handlers
     assert (run_dir / "train.log").read_text().count("resuming from") == log.count("resuming from") + 2
+
+
+def test_a_nan_loss_raises_after_marking_the_run_failed(tmp_path, monkeypatch):
+    from research.train.loop import NonFiniteLoss
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    with pytest.raises(NonFiniteLoss, match="train loss is nan"):
+        research.train(SMOKE, output=tmp_path / "run", overrides={"train.lr": 1e6})
+    assert research.load_run(tmp_path / "run").status == "failed"
