@@ -267,7 +267,7 @@ def _train(recipe: Recipe, ctxs: list, run_dir: Path, resume: bool, fresh: bool,
 
 
 def _run_loop(setup: Setup, state: checkpoint.TrainState, tracker: Tracker, argv: list[str],
-              interactive: bool) -> int:
+              interactive: bool = False) -> int:
     # rank 0 decides when a job stops
     stop = StopRequest(interactive) if setup.is_logger else distributed.FollowerStop()
     stop.install()
