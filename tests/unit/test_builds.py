@@ -84,3 +84,25 @@ def test_gpu_problem_is_none_when_driver_and_build_fit(monkeypatch):
     monkeypatch.setattr(builds, "driver_cuda_version", lambda: (11, 4))
     monkeypatch.setattr(builds, "installed_builds", lambda: [_by_extra("cu112")])
     assert gpu_problem("0") is None
+
+
+def test_gpus_on_a_cuda_build_whose_driver_is_too_old(monkeypatch):
+    """tools/train.py --gpus 0 with mxnet-cu112 on a CUDA 10.2 driver: MXNet counts 0 GPUs; the error says why."""
+    import mxnet as mx
+
+    from research.devices import DeviceError, get_contexts
+
+    class CudaFeatures:
+        def is_enabled(self, name):
+            return name == "CUDA"
+
+    monkeypatch.setattr(mx.runtime, "Features", CudaFeatures)
+    monkeypatch.setattr(mx.context, "num_gpus", lambda: 0)
+    monkeypatch.setattr(builds, "driver_cuda_version", lambda: (10, 2))
+    monkeypatch.setattr(builds, "installed_builds", lambda: [_by_extra("cu112")])
+    with pytest.raises(DeviceError, match=r"driver supports CUDA 10.2 but mxnet-cu112 needs CUDA 11.2.*\[cu102\]'"):
+        get_contexts("0")
+    monkeypatch.setattr(builds, "driver_cuda_version", lambda: (11, 4))      # driver fine, GPU hidden
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(DeviceError, match=r"no GPU is visible to MXNet. Check nvidia-smi and CUDA_VISIBLE_DEVICES=''"):
+        get_contexts("0")
