@@ -5,6 +5,7 @@ and turn the rate into epoch time, run time and cost.
 from __future__ import annotations
 
 import dataclasses
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -45,6 +46,7 @@ def plan(recipe: Recipe, ctxs: list[mx.Context], seconds: float = 60.0, price_pe
     images = epoch_images or num_samples
     result = {
         "recipe": recipe.name, "devices": ",".join(map(str, ctxs)), "cores": cpu_cores(),
+        "load_average": round(os.getloadavg()[0], 1),     # other jobs on the machine make every figure noisy
         "global_batch": setup.global_batch, "epoch_images": images, "epochs": recipe.train.epochs,
         "seconds_per_figure": round(share, 1),
         "data_img_per_s": round(data, 1), "model_img_per_s": round(model, 1), "together_img_per_s": round(together, 1),
@@ -105,6 +107,9 @@ def lift_hint(recipe: Recipe, ctxs: list[mx.Context], figures: dict) -> str:
     threads = data.preprocess_threads or cores
     if threads < cores:
         return f"decode on every core: data.preprocess_threads: 0 (now {threads} of {cores} cores)."
+    if figures["data_busy_cores"] < 0.5 * cores and figures["load_average"] > cores:
+        return (f"the decoders got only {figures['data_busy_cores']:.1f} of {cores} cores: other processes hold "
+                f"them (load average {figures['load_average']:.1f}); stop those, or plan again on an idle machine.")
     if figures["data_busy_cores"] < 0.5 * cores:
         return (f"the decoders kept only {figures['data_busy_cores']:.1f} of {cores} cores busy: they wait on "
                 f"reads, so a faster disk (local SSD, or the .rec copied to RAM / page cache).")
@@ -118,7 +123,8 @@ def format_plan(figures: dict) -> str:
     """The text `tools/benchmark.py plan` prints."""
     f = figures
     lines = [
-        f"plan for {f['recipe']} on {f['devices']} ({f['cores']} CPU cores), global batch {f['global_batch']}, "
+        f"plan for {f['recipe']} on {f['devices']} ({f['cores']} CPU cores, load average {f['load_average']:.1f}), "
+        f"global batch {f['global_batch']}, "
         f"{f['epochs']} epochs of {f['epoch_images']:,} images; {f['seconds_per_figure']:.0f} s per figure:",
         f"  data pipeline alone (decode + augment)  {f['data_img_per_s']:>9.1f} img/s",
         f"  model alone (synthetic input)           {f['model_img_per_s']:>9.1f} img/s",

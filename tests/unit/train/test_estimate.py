@@ -39,7 +39,7 @@ def test_format_duration():
 
 
 def test_the_text_prints_the_json_figures():
-    figures = {"recipe": "r", "devices": "gpu(0)", "cores": 8, "global_batch": 128, "epoch_images": 1_281_167,
+    figures = {"recipe": "r", "devices": "gpu(0)", "cores": 8, "load_average": 0.5, "global_batch": 128, "epoch_images": 1_281_167,
                "epochs": 80, "seconds_per_figure": 20.0, "data_img_per_s": 512.3, "model_img_per_s": 763.4,
                "together_img_per_s": 498.7, "data_busy_cores": 7.9, "bottleneck": "data", "margin": 1.49,
                "devices_idle": 0.347, "epoch_s": 2567.0, "run_s": 205360.0, "cost": 174.56,
@@ -49,3 +49,21 @@ def test_the_text_prints_the_json_figures():
                  "epoch 42m47s", "80 epochs 57h02m", "$174.56 at $3.06/h", "K80 140 min, V100 28 min",
                  "to lift it: more cores"):
         assert part in text, (part, text)
+
+
+@pytest.mark.parametrize("threads, busy, load, expected", [
+    (1, 0.9, 0.5, "data.preprocess_threads: 0 (now 1 of 2 cores)"),
+    (0, 0.3, 11.0, "other processes hold them (load average 11.0)"),
+    (0, 0.3, 0.5, "a faster disk"),
+    (0, 1.9, 0.5, "smaller images to decode (tools/build_rec.py --resize 63"),
+])
+def test_lift_hint_for_a_decode_bound_recipe(threads, busy, load, expected):
+    import mxnet as mx
+
+    from helpers import REPO
+    from research.config import load_recipe
+    from research.train.plan import lift_hint
+
+    recipe = load_recipe(REPO / "recipes/smoke/squeezenet_tiny.yaml", [f"data.preprocess_threads={threads}"])
+    figures = {"bottleneck": "data", "margin": 2.0, "cores": 2, "data_busy_cores": busy, "load_average": load}
+    assert expected in lift_hint(recipe, [mx.cpu()], figures)
