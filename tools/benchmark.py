@@ -120,6 +120,8 @@ def run_checkpoint(args: argparse.Namespace) -> int:
           f"training thread, {result['checkpoint_total_s'] * 1000:.1f} ms until on disk (background write)")
     print(f"MLflow: {result['tracking_loop_s'] * 1000:.2f} ms on the training thread per epoch's metrics, "
           f"{result['tracking_store_s'] * 1000:.1f} ms in the store (background)")
+    print(f"in-epoch report (status.json + MLflow iter/, queued): {result['report_loop_s'] * 1000:.2f} ms on the "
+          f"training thread every train.log_every batches")
     if args.epoch_seconds:
         share = (result["checkpoint_loop_s"] + result["tracking_loop_s"]) / args.epoch_seconds
         print(f"= {100 * share:.4f}% of a {args.epoch_seconds:.0f} s epoch")

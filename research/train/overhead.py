@@ -50,11 +50,11 @@ def benchmark_overhead(recipe: Recipe, repeats: int = 5, track: bool = True) -> 
         result = {"checkpoint_loop_s": statistics.median(loop_s), "checkpoint_total_s": statistics.median(total_s),
                   "checkpoint_sync_s": sync_s, "checkpoint_mb": size / 1e6}
         if track:
-            result.update(_tracking_cost(folder, repeats))
+            result.update(_tracking_cost(folder, repeats, recipe))
     return result
 
 
-def _tracking_cost(folder: Path, repeats: int) -> dict[str, float]:
+def _tracking_cost(folder: Path, repeats: int, recipe: Recipe) -> dict[str, float]:
     import os
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
@@ -69,13 +69,32 @@ def _tracking_cost(folder: Path, repeats: int) -> dict[str, float]:
             tracker.log_metrics(metrics, step=step)
         tracker.flush()
         store_s = (time.perf_counter() - tic) / repeats
+        report_s = _report_cost(tracker, folder, recipe, repeats)
         tracker.end()
     finally:
         if previous is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = previous
-    return {"tracking_loop_s": loop_s, "tracking_store_s": store_s}
+    return {"tracking_loop_s": loop_s, "tracking_store_s": store_s, "report_loop_s": report_s}
+
+
+def _report_cost(tracker: Tracker, folder: Path, recipe: Recipe, repeats: int) -> float:
+    """Seconds on the loop's thread for one in-epoch report (status.json rewritten, iter/ metrics queued),
+    the work added every train.log_every batches; median over at least 20, the store busy meanwhile."""
+    from .progress import InEpochReport
+    from .run import write_status
+
+    state = TrainState(epoch=0, step=0, recipe=recipe.to_dict())
+    report = InEpochReport(tracker, lambda figures: write_status(folder, state, recipe, "running", tracker.run_id,
+                                                                 figures), recipe.train.epochs, local_batch=32)
+
+    def one() -> None:
+        state.step = state.batch_in_epoch = state.step + 10
+        report(state, 10 ** 6, 32 * state.step, 0.01 * state.step, 0.5, 0.1)
+    seconds = _median_time(one, max(repeats, 20))
+    tracker.flush()
+    return seconds
 
 
 def _median_time(fn, repeats: int) -> float:

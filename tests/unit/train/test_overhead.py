@@ -13,3 +13,4 @@ def test_overhead_figures_for_lenet(tmp_path):
     assert 3.0 < result["checkpoint_mb"] < 4.0
     assert 0 < result["checkpoint_loop_s"] <= result["checkpoint_total_s"]
     assert result["tracking_store_s"] > 0 and result["tracking_loop_s"] >= 0
+    assert result["report_loop_s"] > 0                 # status.json written, iter/ metrics queued
