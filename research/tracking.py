@@ -275,9 +275,10 @@ class Tracker:
                                                     filter_string=f"source_run_id = '{self.run_id}'"):
             self.client.delete_logged_model(old.model_id)
         run = self.client.get_run(self.run_id)
+        source = {k: v for k, v in run.data.tags.items() if k.startswith("mlflow.source.") or k == "mlflow.user"}
         model = self.client.create_logged_model(self.experiment_id, name=logged_model.ARTIFACT,
                                                 source_run_id=self.run_id, params=run.data.params,
-                                                model_type="image-classifier")
+                                                tags=source, model_type="image-classifier")
         try:
             logged_model.log(model_dir, model.model_id, model_requirements(), REPO / "research")
         except Exception:
