@@ -144,6 +144,8 @@ class Tracker:
         self._failures = 0
         self._pending: list[Callable] = []     # failed metric batches, retried before the next call
         self._monitor = None                   # mlflow's SystemMetricsMonitor, started by start_system_metrics
+        self._monitor_every_s, self._monitor_checked = 60.0, 0.0
+        self.monitor_check_s = 600.0           # how often a stopped monitor is looked for
         self._datasets: list = []              # what log_datasets described, for log_model
         # One worker thread even when disabled: it also runs `run_later` work (plots) off the loop.
         self._worker = threading.Thread(target=self._drain, name="tracker", daemon=True)
@@ -227,18 +229,30 @@ class Tracker:
         Steps continue after the last logged one when `resumed`. Started from the tracker's thread:
         creating the monitor reads the run and probes for GPUs.
         """
-        if not self.enabled:
-            return
+        if self.enabled:
+            self._monitor_every_s = every_s
+            self._submit(self._start_monitor, resumed)
 
-        def start() -> None:
-            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-            logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)   # start/stop chatter
-            sampling = min(every_s, 15.0)
-            self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=sampling,
-                                                 samples_before_logging=max(1, round(every_s / sampling)),
-                                                 resume_logging=resumed, tracking_uri=tracking_uri())
-            self._monitor.start()
-        self._submit(start)
+    def _start_monitor(self, resumed: bool) -> None:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)   # start/stop chatter
+        sampling = min(self._monitor_every_s, 15.0)
+        self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=sampling,
+                                             samples_before_logging=max(1, round(self._monitor_every_s / sampling)),
+                                             resume_logging=resumed, tracking_uri=tracking_uri())
+        self._monitor.start()
+        self._monitor_checked = time.monotonic()
+
+    def _keep_monitor_alive(self) -> None:
+        """MLflow's monitor thread ends for good at the first failed read of the run (a store locked
+        or restarting for a while): on a multi-day run, start it again (checked every 10 minutes)."""
+        thread = getattr(self._monitor, "_process", None)      # the monitor's thread; None once finished
+        if thread is None or time.monotonic() - self._monitor_checked < self.monitor_check_s:
+            return
+        self._monitor_checked = time.monotonic()
+        if not thread.is_alive():
+            log.warning("MLflow system metrics had stopped (the store did not answer); starting them again")
+            self._start_monitor(resumed=True)
 
     def log_datasets(self, describe: Callable[[], list]) -> None:
         """MLflow dataset inputs (the runs table's Dataset column) from `describe()`, a list of
@@ -364,6 +378,7 @@ class Tracker:
             for pending in (self._pending.pop(0) for _ in range(len(self._pending))):
                 self._call(pending)          # the store may be back: older metrics first
             self._call(call)
+            self._call(self._keep_monitor_alive)
 
     def _call(self, call: Callable) -> None:
         try:

@@ -79,3 +79,7 @@ def test_progress_moves_inside_the_epoch_and_resume_logs_no_step_twice(tmp_path,
         assert len(after) == len(set(after)), (key, sorted(after))
         assert max(after) == 2 * BATCHES, key
     assert status(run_dir)["status"] == "finished"
+    run = client.get_run(run_id)
+    assert len(run.inputs.dataset_inputs) == 2                 # training and validation, not again on resume
+    (model,) = client.search_logged_models([run.info.experiment_id])
+    assert model.source_run_id == run_id

@@ -1,5 +1,6 @@
 """Tracker: runs land in the store; a failing store never raises into training."""
 import threading
+import time
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -83,3 +84,21 @@ def test_failures_warn_and_metrics_are_retried(caplog):
     tracker.end("FINISHED")
     assert sorted(client.logged) == [("val/top1", 1), ("val/top1", 2), ("val/top1", 3)]
     assert "database is locked" in caplog.text and "training goes on" in caplog.text
+
+
+def test_system_metrics_continue_after_mlflow_s_monitor_stopped(sqlite_store):
+    tracker = Tracker.start("exp", "name")
+    tracker.start_system_metrics(every_s=0.2, resumed=False)
+    tracker.flush()
+    first = tracker._monitor
+    first._shutdown_event.set()          # what its thread does after one failed read of the run
+    first._process.join(10)
+    tracker.monitor_check_s = 0.0
+    tracker.log_metrics({"train/loss": 1.0}, step=1)
+    tracker.flush()
+    assert tracker._monitor is not first and tracker._monitor._process.is_alive()
+    time.sleep(1.0)
+    tracker.end("FINISHED")
+    steps = [m.step for m in MlflowClient(sqlite_store).get_metric_history(tracker.run_id,
+                                                                         "system/cpu_utilization_percentage")]
+    assert len(steps) >= 2 and len(steps) == len(set(steps))     # the restarted monitor went on counting
