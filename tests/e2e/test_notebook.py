@@ -19,7 +19,7 @@ nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
 NOTEBOOK = REPO / "notebooks" / "lenet_digits.ipynb"
-EPOCHS = 6
+EPOCHS = 4
 
 
 def isolated_kernel(tmp: Path, monkeypatch: pytest.MonkeyPatch, store: Path) -> str:
@@ -70,7 +70,7 @@ def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch, store):
     nbformat.write(notebook, tmp_path / "executed.ipynb")     # to read when an assertion fails
     cells = [outputs(cell) for cell in notebook.cells if cell.cell_type == "code"]
     text = "\n".join(t for t, _ in cells)
-    top1 = [float(v) for v in re.findall(r"val top-1 (\d\.\d+) after 6 epochs", text)]
+    top1 = [float(v) for v in re.findall(rf"val top-1 (\d\.\d+) after {EPOCHS} epochs", text)]
     assert top1 and top1[0] > 0.9, text[-3000:]                    # chance is 0.1
     trained = next(kinds for out, kinds in cells if "val top-1" in out)
     assert "application/vnd.jupyter.widget-view+json" in trained, "tqdm.auto draws a widget per epoch"
@@ -91,7 +91,7 @@ def test_interrupting_the_kernel_checkpoints_and_the_cell_resumes(tmp_path, monk
     kernel = isolated_kernel(tmp_path, monkeypatch, store)
     run_dir = tmp_path / "run"
     cell = (f"import research\nrun = research.train({str(REPO / 'recipes/smoke/lenet_digits_tiny.yaml')!r}, "
-            f"output={str(run_dir)!r})")
+            f"output={str(run_dir)!r}, overrides={{'train.epochs': 2, 'train.lr_steps': []}})")
     manager, client = start_new_kernel(kernel_name=kernel, cwd=str(tmp_path))
     try:
         msg_id, deadline = client.execute(cell), time.monotonic() + 300
@@ -120,4 +120,4 @@ def test_interrupting_the_kernel_checkpoints_and_the_cell_resumes(tmp_path, monk
     mlflow = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
     (only,) = mlflow.search_runs([mlflow.get_experiment_by_name("lenet_digits_tiny").experiment_id])
     assert only.info.status == "FINISHED"
-    assert sorted(m.step for m in mlflow.get_metric_history(only.info.run_id, "val/top1")) == [1, 2, 3, 4]
+    assert sorted(m.step for m in mlflow.get_metric_history(only.info.run_id, "val/top1")) == [1, 2]
