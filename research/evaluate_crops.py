@@ -107,12 +107,15 @@ class Trained:
 
 
 def load_trained(source: str | Path, ctxs: list[mx.Context]) -> Trained:
-    """The net of a run directory (its newest valid checkpoint) or of one .ckpt file.
+    """The net of a run directory (its newest valid checkpoint), of one .ckpt file, or of a recipe
+    (.yaml) whose net.pretrained names the weights (e.g. GluonCV's model-zoo squeezenet1.0).
 
     Raises:
         UserError: no checkpoint there, or a file that is not one of this project's checkpoints.
     """
     source = Path(source)
+    if source.suffix in (".yaml", ".yml"):
+        return _pretrained_from_recipe(source, ctxs)
     if source.is_dir():
         latest = find_latest(source / "checkpoints")
         if latest is None:
@@ -145,6 +148,23 @@ def load_trained(source: str | Path, ctxs: list[mx.Context]) -> Trained:
     run_info = json.loads(run_json.read_text()) if run_json.is_file() else {}
     return Trained(net, recipe, path, state.epoch, state.batch_in_epoch > 0,
                    state.run_id or run_info.get("run_id"), run_info.get("tracking_uri"))
+
+
+def _pretrained_from_recipe(path: Path, ctxs: list[mx.Context]) -> Trained:
+    """The recipe's net with the weights of net.pretrained, head included (same classes)."""
+    from .config import load_recipe
+    from .nets.pretrained import load_pretrained
+
+    recipe = load_recipe(path)
+    if not recipe.net.pretrained:
+        raise UserError(f"{path}: net.pretrained is empty; a recipe given to evaluate names the weights "
+                        f"to evaluate there (a .params file or a gluoncv model-zoo name).")
+    net = build_net(recipe.net)
+    loaded = load_pretrained(net, recipe.net.pretrained, ctxs)
+    if not any(name.startswith("output.") for name in loaded):
+        raise UserError(f"{recipe.net.pretrained} has no head of {recipe.net.classes} classes: nothing to evaluate.")
+    net.hybridize(static_alloc=True, static_shape=True)
+    return Trained(net, recipe, Path(recipe.net.pretrained), 0, False, None, None)
 
 
 def record_batches(data: RecordData, rec: str | Path, batch_size: int, classes: int,

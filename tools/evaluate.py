@@ -21,7 +21,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     "at the checkpoint's epoch.",
         epilog="Exit status: 0 done, 2 a user error (no checkpoint, missing .rec, bad --gpus).")
     parser.add_argument("source", help="a run directory written by tools/train.py (its newest checkpoint "
-                                       "is used) or one checkpoint file (.../checkpoints/step-*.ckpt, best.ckpt)")
+                                       "is used), one checkpoint file (.../checkpoints/step-*.ckpt, best.ckpt), "
+                                       "or a recipe whose net.pretrained names the weights (e.g. "
+                                       "recipes/squeezenet1.0_gluoncv.yaml: GluonCV's ImageNet weights)")
     parser.add_argument("--rec", required=True,
                         help="labeled .rec (with its .idx) to evaluate on, e.g. data/imagenet/train_val.rec")
     parser.add_argument("--gpus", default=None, help="comma-separated GPU ids, e.g. 0,1; omit for the CPU")

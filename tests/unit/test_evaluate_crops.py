@@ -1,11 +1,14 @@
 """10-crop and centre-crop evaluation against a numpy reference on a generated lossless .rec."""
+from pathlib import Path
+
 import mxnet as mx
 import numpy as np
 import pytest
 from mxnet.gluon import nn
 
-from research.evaluate_crops import crop_offsets, evaluate_crops, predict_batches, topk_correct
+from research.evaluate_crops import crop_offsets, evaluate_crops, load_trained, predict_batches, topk_correct
 
+REPO = Path(__file__).resolve().parents[2]
 HEIGHT, WIDTH, CROP = 40, 48, (32, 36)
 CLASSES = 4
 COUNT = 50
@@ -108,3 +111,19 @@ def test_crops_larger_than_the_image_are_refused():
         crop_offsets(200, 256, 227, 227, 1)
     with pytest.raises(ValueError, match="1 or 10"):
         crop_offsets(256, 256, 227, 227, 5)
+
+
+def test_a_recipe_with_pretrained_weights_evaluates_those_weights(tmp_path):
+    """tools/evaluate.py recipes/squeezenet1.0_gluoncv.yaml: GluonCV's file (random weights here), head included."""
+    from gluoncv.model_zoo import get_model
+
+    theirs = get_model("squeezenet1.1", classes=1000)
+    theirs.initialize(mx.init.Xavier())
+    x = mx.nd.random.uniform(-2, 2, (2, 3, 224, 224))
+    expected = theirs(x).asnumpy()
+    theirs.save_parameters(str(tmp_path / "squeezenet1.1.params"))
+    recipe = (REPO / "recipes/squeezenet1.1_gluoncv.yaml").read_text()
+    (tmp_path / "eval.yaml").write_text(recipe.replace("pretrained: squeezenet1.1", f"pretrained: {tmp_path}/squeezenet1.1.params"))
+    trained = load_trained(tmp_path / "eval.yaml", [mx.cpu()])
+    np.testing.assert_allclose(trained.net(x).asnumpy(), expected, rtol=1e-5, atol=1e-5)
+    assert trained.recipe.data.data_shape == [3, 224, 224] and trained.run_id is None
