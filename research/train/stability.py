@@ -78,7 +78,7 @@ def probe(variant: Variant, seed: int, steps: int, size: int = 64, batch_size: i
     steps_per_epoch = len(x_train) // batch_size
     schedule = TrainConfig(epochs=1000, lr=lr, batch_size=batch_size, lr_schedule="constant",
                            warmup_epochs=variant.warmup_steps / steps_per_epoch)
-    losses, val_top1, outcome, at_step, order, tic = [], [], "", None, [], time.monotonic()
+    losses, val_top1, order, tic = [], [], [], time.monotonic()
     for step in range(steps):
         if not len(order):
             order = rng.permutation(len(x_train))[:steps_per_epoch * batch_size].reshape(steps_per_epoch, -1)
@@ -90,7 +90,6 @@ def probe(variant: Variant, seed: int, steps: int, size: int = 64, batch_size: i
         trainer.step(batch_size)
         losses.append(float(loss.mean().asscalar()))
         if not math.isfinite(losses[-1]):
-            outcome, at_step = "nan", step + 1
             break
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             top1, dead = _validate(net, x_val, y_val, batch_size)
@@ -99,14 +98,28 @@ def probe(variant: Variant, seed: int, steps: int, size: int = 64, batch_size: i
         start = _plateau_start(losses, classes)
         if (len(losses) - start >= DEAD_STEPS and start
                 and min(losses[:start]) < math.log(classes) - health.CLEARLY_BELOW):
-            outcome, at_step = "dies", start + 1  # no gradient reaches the net any more: it never comes back
-            break
-    if not outcome:
-        learned = [s for s, top1 in val_top1 if top1 > 2.0 / CLASSES_USED]
-        outcome, at_step = ("learns", learned[0]) if learned and val_top1[-1][1] > 2.0 / CLASSES_USED \
-            else ("stalls", None)
+            break                                 # no gradient reaches the net any more: it never comes back
+    outcome, at_step = classify(losses, val_top1, classes)
     return {"outcome": outcome, "step": at_step, "val_top1": val_top1[-1][1] if val_top1 else None,
             "losses": losses, "val": val_top1, "seconds": round(time.monotonic() - tic, 1)}
+
+
+def classify(losses: list[float], val_top1: list[tuple[int, float]], classes: int) -> tuple[str, int | None]:
+    """("nan" | "dies" | "learns" | "stalls", the step it happened at) from a probe's curves.
+
+    nan: the last loss is not finite. dies: the loss ended at ln(classes) (every output equal) after
+    having been clearly below it. learns: val top-1 above twice chance at the end (the step: when it
+    first got there). stalls: none of these, e.g. the loss at the label prior ln(10).
+    """
+    if not math.isfinite(losses[-1]):
+        return "nan", len(losses)
+    start = _plateau_start(losses, classes)
+    if start < len(losses) and start and min(losses[:start]) < math.log(classes) - health.CLEARLY_BELOW:
+        return "dies", start + 1
+    learned = [step for step, top1 in val_top1 if top1 > 2.0 / CLASSES_USED]
+    if learned and val_top1[-1][1] > 2.0 / CLASSES_USED:
+        return "learns", learned[0]
+    return "stalls", None
 
 
 def _validate(net: gluon.HybridBlock, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, float]:
@@ -142,11 +155,13 @@ def sweep(names: list[str], seeds: list[int], steps: int, size: int, out: Path) 
 
 
 def table(records: list[dict]) -> str:
-    """A markdown table: variant, seed, size, outcome, step, final val top-1, final train loss."""
-    lines = ["| config | seed | px | steps | outcome | at step | val top-1 | last loss |",
-             "|---|---|---|---|---|---|---|---|"]
+    """A markdown table: variant, seed, size, outcome and its step, last val top-1, highest and last train loss."""
+    lines = ["| config | seed | px | steps | outcome | at step | val top-1 | highest loss | last loss |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         top1 = f"{r['val_top1']:.0%}" if r["val_top1"] is not None else "-"
-        lines.append(f"| {r['variant']} | {r['seed']} | {r['size']} | {r['steps']} | {r['outcome']} | "
-                     f"{r['step'] or '-'} | {top1} | {r['losses'][-1]:.3f} |")
+        outcome, step = classify(r["losses"], r["val"], 1000)     # the rule of today, for older files too
+        lines.append(f"| {r['variant']} | {r['seed']} | {r['size']} | {r['steps']} | {outcome} | "
+                     f"{step or '-'} | {top1} | {max(v for v in r['losses'] if math.isfinite(v)):.4g} | "
+                     f"{r['losses'][-1]:.3f} |")
     return "\n".join(lines)
