@@ -3,7 +3,6 @@ then python tools/stability.py report runs/stability.jsonl --png docs/img/squeez
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -34,7 +33,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    from research.train.stability import VARIANTS, sweep, table
+    from research.train.stability import VARIANTS, read_records, sweep, table
 
     if args.command == "run":
         names = args.variants or list(VARIANTS)
@@ -45,7 +44,7 @@ def main(argv: list[str]) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         sweep(names, args.seeds, args.steps, args.size, args.out)
         return 0
-    records = [json.loads(line) for path in args.results for line in path.read_text().splitlines()]
+    records = read_records(args.results)
     print(table(records))
     if args.png:
         from research.plots import plot_probe_curves

@@ -154,14 +154,21 @@ def sweep(names: list[str], seeds: list[int], steps: int, size: int, out: Path) 
                   f"val top-1 {result['val_top1']}  ({result['seconds']} s)", flush=True)
 
 
+def read_records(paths: list[Path]) -> list[dict]:
+    """The probes of JSON lines files, outcome and step (re)derived by today's classify()."""
+    records = [json.loads(line) for path in paths for line in path.read_text().splitlines()]
+    for r in records:
+        r["outcome"], r["step"] = classify(r["losses"], r["val"], 1000)
+    return records
+
+
 def table(records: list[dict]) -> str:
     """A markdown table: variant, seed, size, outcome and its step, last val top-1, highest and last train loss."""
     lines = ["| config | seed | px | steps | outcome | at step | val top-1 | highest loss | last loss |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         top1 = f"{r['val_top1']:.0%}" if r["val_top1"] is not None else "-"
-        outcome, step = classify(r["losses"], r["val"], 1000)     # the rule of today, for older files too
-        lines.append(f"| {r['variant']} | {r['seed']} | {r['size']} | {r['steps']} | {outcome} | "
-                     f"{step or '-'} | {top1} | {max(v for v in r['losses'] if math.isfinite(v)):.4g} | "
+        lines.append(f"| {r['variant']} | {r['seed']} | {r['size']} | {r['steps']} | {r['outcome']} | "
+                     f"{r['step'] or '-'} | {top1} | {max(v for v in r['losses'] if math.isfinite(v)):.4g} | "
                      f"{r['losses'][-1]:.3f} |")
     return "\n".join(lines)
