@@ -18,6 +18,7 @@ from .config import Recipe, RecordData, recipe_from_dict
 from .data.recordio import (RecordEvalIter, check_data_shape, check_labels, cpu_cores, decode_thread_cap,
                             image_record_kwargs, open_record_files, plan_threads, rgb_mean, shortest_side)
 from .errors import UserError
+from .export import input_shape
 from .nets import build_net
 from .tracking import Tracker, get_client, tracking_uri
 from .train.checkpoint import CheckpointError, find_latest, load_checkpoint, load_net_arrays
@@ -134,7 +135,7 @@ def load_trained(source: str | Path, ctxs: list[mx.Context]) -> Trained:
     recipe = recipe_from_dict(state.recipe, origin=f"the recipe saved in {path}")
     net = build_net(recipe.net)
     net.initialize(ctx=ctxs)
-    shape = (1,) + tuple(getattr(recipe.data, "data_shape", ()))
+    shape = (1,) + input_shape(recipe)
     for ctx in ctxs:                             # deferred init: the shapes exist after one forward
         net(mx.nd.zeros(shape, ctx=ctx))
     try:

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 from .config import MnistData, RecordData, Recipe
+from .data.verify import require_intact
 from .errors import UserError
 from .nets import NETS
 
@@ -31,6 +32,7 @@ def check_recipe(recipe: Recipe, ctxs: list) -> None:
                 if not path.is_file():
                     raise UserError(f"{recipe.source}: data.{key}: {path} does not exist. Build it with "
                                     f"tools/build_rec.py, or point the recipe at it with --set data.{key}=PATH.")
+            require_intact(rec, f"{recipe.source}: data.{key}")
     if isinstance(data, MnistData) and not data.download:
         from .data.mnist import check_mnist
         check_mnist(data)

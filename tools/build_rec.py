@@ -17,9 +17,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     "OUT_PREFIX.mean.json (RGB mean/std of the images, for data.mean: rec) and "
                     "OUT_PREFIX.report.json (every converted or skipped file). Files keep a .partial "
                     "suffix until the build is complete.",
-        epilog="Exit status: 0 done (bad files are converted or skipped and reported), 2 a user error.")
-    parser.add_argument("src", type=Path, help="source folder of images")
-    parser.add_argument("out_prefix", type=Path, help="output prefix, e.g. data/imagenet/train")
+        epilog="Exit status: 0 done (bad files are converted or skipped and reported), 1 --verify found "
+               "damaged records, 2 a user error (also an unwritable output or a full disk: the file is named "
+               "and no .partial file is left).")
+    parser.add_argument("src", type=Path, nargs="?", help="source folder of images")
+    parser.add_argument("out_prefix", type=Path, nargs="?", help="output prefix, e.g. data/imagenet/train")
+    parser.add_argument("--verify", type=Path, metavar="REC",
+                        help="only check REC against its .idx (as training does before reading it) and list "
+                             "every damaged record by index and byte offset")
     parser.add_argument("--layout", default="folders",
                         choices=["folders", "imagenet-train", "imagenet-val", "dogs-vs-cats"],
                         help="folders: SRC/<class>/<image>, labels by sorted folder name (default); "
@@ -42,11 +47,38 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--synset-words", type=Path,
                         help="'n01440764 tench, Tinca tinca' lines (LOC_synset_mapping.txt): human class names")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.verify is None and args.out_prefix is None:
+        parser.error("SRC and OUT_PREFIX are required (or --verify REC)")
+    return args
+
+
+def verify(rec: Path) -> int:
+    from research.data.verify import find_damage, read_index, remember_good
+
+    idx = rec.with_suffix(".idx")
+    for path in (rec, idx):
+        if not path.is_file():
+            print(f"error: --verify: {path} not found", file=sys.stderr)
+            return 2
+    damage = find_damage(rec, idx)
+    for entry in damage[:SHOWN]:
+        print(f"  {entry}")
+    if len(damage) > SHOWN:
+        print(f"  ... {len(damage) - SHOWN} more")
+    if damage:
+        print(f"{rec}: {len(damage)} damaged record(s); copy it again or rebuild it with tools/build_rec.py")
+        return 1
+    remember_good(rec, idx)
+    print(f"{rec}: {len(read_index(idx))} records, none damaged (RecordIO keeps no checksum of the image bytes: "
+          f"this checks the record framing)")
+    return 0
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.verify is not None:
+        return verify(args.verify)
     from research.data.build import build_rec
     from research.data.layouts import LayoutError
 

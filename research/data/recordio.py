@@ -16,6 +16,7 @@ import mxnet as mx
 import numpy as np
 
 from ..config import RecipeError, RecordData
+from .verify import require_intact
 
 MAX_INSTANCES = 8        # ImageRecordIter instances per train iterator; bounds the batch count (see _batches_per_part)
 SAMPLE_IMAGES = 16       # images decoded to learn the image size when no .mean.json is there
@@ -73,6 +74,7 @@ def open_record_files(rec: str, key: str) -> RecordFiles:
     if max(offsets) >= rec_path.stat().st_size:
         raise RecipeError(f"{key}: {idx_path} points past the end of {rec_path} (a partial copy, or files from "
                           f"different builds); copy both again or rebuild ({build}).")
+    require_intact(rec_path, key)                 # before any MXNet reader: it aborts on a bad record
     return RecordFiles(rec_path, idx_path, len(offsets))
 
 

@@ -134,6 +134,14 @@ def test_key_written_twice_in_a_recipe_names_both_lines(tmp_path, env, repo):
     assert f"{recipe}: key 'train' is written twice, on lines 9 and 22; keep one." in proc.stderr
 
 
+def test_evaluate_on_a_run_not_trained_from_recordio_exits_2(finished_run, tmp_path):
+    _, run_dir, _, env = finished_run
+    (tmp_path / "val.rec").write_bytes(b"")
+    proc = run_tool("evaluate.py", run_dir, "--rec", tmp_path / "val.rec", env=env)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "was trained on data.kind digits; evaluating on a .rec needs a recipe with data.kind recordio" in proc.stderr
+
+
 def test_missing_recipe_file(env):
     proc = run_tool("train.py", "recipes/nope.yaml", env=env)
     assert proc.returncode == 2 and "recipe file not found" in proc.stderr

@@ -1,0 +1,78 @@
+"""Atomic file writes: every file a run leaves is written to a temporary name, fsynced and renamed,
+so a reader (or a resume after a full disk) never meets a truncated file under its real name.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder; the old file stays on failure."""
+    with writing(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    write_bytes(path, text.encode())
+
+
+@contextmanager
+def writing(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path` for a writer that wants a file name (savefig, net.export);
+    on success it is fsynced and renamed to `path`, on any error it is removed."""
+    path = Path(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (it survives a power cut, not only a crash)."""
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def is_disk_full(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno in DISK_FULL
+
+
+def explain(path: str | Path, err: OSError) -> str:
+    """'could not write PATH: No space left on device (12 KB free on /mnt); free space ...': one line."""
+    path = Path(path)
+    reason = err.strerror or str(err)
+    if is_disk_full(err):
+        where = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+        free = shutil.disk_usage(where).free
+        return (f"could not write {path}: {reason} ({_size(free)} free on the disk holding {where}); free space "
+                f"there (older runs, *.old-* folders, caches) or point --output at another disk")
+    if err.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+        return f"could not write {path}: {reason}; choose a writable place (--output) or fix the permissions"
+    return f"could not write {path}: {reason}"
+
+
+def _size(count: float) -> str:
+    for unit in ("bytes", "KB", "MB"):
+        if count < 1024:
+            return f"{count:.0f} {unit}"
+        count /= 1024
+    return f"{count:.1f} GB"
