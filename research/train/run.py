@@ -25,6 +25,7 @@ from ..plots import plot_curves
 from ..tracking import REPO, Tracker, environment_tags, tracking_uri, ui_command
 from . import checkpoint
 from .health import DeadHead
+from .lock import LOCK, lock_run_dir
 from .loop import NonFiniteLoss, Setup, fit
 from .progress import InEpochReport
 from .schedules import scaled_lr
@@ -45,9 +46,12 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, fresh: bool) ->
     Raises:
         RecipeError: --resume without a checkpoint, or a folder holding another recipe's run.
     """
-    if fresh and run_dir.exists() and any(run_dir.iterdir()):
+    kept = [p for p in run_dir.iterdir() if p.name != LOCK] if run_dir.is_dir() else []
+    if fresh and kept:
         aside = run_dir.with_name(f"{run_dir.name}.old-{datetime.now():%Y%m%d-%H%M%S}")
-        run_dir.rename(aside)
+        aside.mkdir()
+        for path in kept:                  # item by item: the lock file (and the lock) stay with the folder
+            path.rename(aside / path.name)
         print(f"--fresh: the previous contents of {run_dir} were moved to {aside}")
     latest = None if fresh else checkpoint.find_latest(run_dir / "checkpoints")
     if latest is None:
@@ -236,6 +240,7 @@ def _train(recipe: Recipe, ctxs: list, run_dir: Path, resume: bool, fresh: bool,
     setup_logging()
     kv = create_kvstore(recipe)
     is_logger = recipe.train.kvstore not in DIST or kv.rank == 0
+    lock = lock_run_dir(run_dir) if is_logger else None    # one trainer per folder; held until train() returns
     content = prepare_run_dir(run_dir, recipe, resume, fresh and is_logger)
     run_dir.mkdir(parents=True, exist_ok=True)
     add_file_log(run_dir, is_logger)
