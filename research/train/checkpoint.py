@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
-import os
 import pickle
 import re
 import struct
@@ -23,6 +22,8 @@ from typing import Any, Callable
 import mxnet as mx
 import numpy as np
 from mxnet import gluon
+
+from .. import atomic
 
 MAGIC = b"RSRCHCK1"
 NAME = re.compile(r"^step-(\d{10})\.ckpt$")
@@ -117,9 +118,9 @@ def write_checkpoint(folder: str | Path, step: int, content: dict[str, Any], kee
     path = folder / f"step-{step:010d}.ckpt"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, blob)
+        atomic.write_bytes(path, blob)
         if is_best:
-            _atomic_write(folder / BEST, blob)
+            atomic.write_bytes(folder / BEST, blob)
     except OSError as err:
         raise CheckpointError(f"could not write checkpoint {path}: {err.strerror or err}. "
                               f"Earlier checkpoints in {folder} are intact; free space or fix permissions.") from err
@@ -171,25 +172,6 @@ class CheckpointWriter:
             on_error(err)
             return
         then()
-
-
-def _atomic_write(path: Path, blob: bytes) -> None:
-    """temp file in the same folder, fsync, rename, fsync the folder: never a half file under `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(blob)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def list_checkpoints(folder: str | Path) -> list[Path]:

@@ -88,7 +88,7 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
     def no_space(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    monkeypatch.setattr(checkpoint.os, "fsync", no_space)
+    monkeypatch.setattr(os, "fsync", no_space)
     with pytest.raises(CheckpointError, match=r"No space left on device.*Earlier checkpoints .* are intact"):
         checkpoint.save_checkpoint(tmp_path, TrainState(step=2), net, trainer)
     monkeypatch.undo()
