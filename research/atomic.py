@@ -43,6 +43,31 @@ def writing(path: str | Path) -> Iterator[Path]:
     fsync_dir(path.parent)
 
 
+@contextmanager
+def writing_dir(folder: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `folder`; on success it replaces `folder` whole (the old
+    one is removed after the swap), on any error it is removed and `folder` is left as it was."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        for path in (p for p in tmp.iterdir() if p.is_file()):
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+        old = None
+        if folder.exists():
+            old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".old"))
+            os.replace(folder, old)        # a rename cannot replace a non-empty folder: move the old one aside
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    fsync_dir(folder.parent)
+
+
 def fsync_dir(folder: Path) -> None:
     """Make a rename in `folder` durable (it survives a power cut, not only a crash)."""
     dir_fd = os.open(folder, os.O_RDONLY)

@@ -13,6 +13,7 @@ from pathlib import Path
 import mxnet as mx
 from mxnet import gluon
 
+from . import atomic
 from .config import DigitsData, MnistData, RecordData, Recipe, SyntheticData, dump_recipe
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,12 @@ def export_model(net: gluon.HybridBlock, folder: str | Path, recipe: Recipe) -> 
     leaves the MXNet files in place. Returns the files written.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    with atomic.writing_dir(folder) as tmp:       # never a half-written model folder, even on a full disk
+        written = _write_model(net, tmp, recipe)
+    return [folder / path.name for path in written]
+
+
+def _write_model(net: gluon.HybridBlock, folder: Path, recipe: Recipe) -> list[Path]:
     prefix = folder / recipe.net.name
     net.export(str(prefix), epoch=0)
     written = [Path(f"{prefix}-symbol.json"), Path(f"{prefix}-0000.params")]

@@ -15,12 +15,13 @@ class _InlineFigure(Figure):
         self.savefig(buffer, format="png")
         return buffer.getvalue()
 
+from . import atomic
+
 
 def plot_curves(history: list[dict[str, float]], path: str | Path, title: str = "") -> None:
     """Loss and top-1/top-5 against epoch, train and val, from the loop's per-epoch history."""
-    tmp = Path(path).with_suffix(".tmp.png")
-    curves_figure(history, title).savefig(tmp)
-    tmp.replace(path)
+    with atomic.writing(path) as tmp:
+        curves_figure(history, title).savefig(tmp, format="png")
 
 
 def curves_figure(history: list[dict[str, float]], title: str = "") -> Figure:

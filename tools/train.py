@@ -17,7 +17,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="Train (or resume) the run a recipe describes, logged to MLflow. "
                     "A run whose output folder holds a checkpoint of the same recipe resumes automatically.",
         epilog="Exit status: 0 done, 2 a user error (bad recipe, missing data, bad --gpus), "
-               "3 the loss became NaN, 128+N stopped by signal N (a checkpoint was written).")
+               "3 the loss became NaN, 4 a checkpoint could not be written (disk full, no permission: "
+               "stopped at the last good checkpoint, which the message names; free space and rerun the same "
+               "command to resume), 128+N stopped by signal N (a checkpoint was written).")
     add_run_options(parser)
     return parser.parse_args(argv)
 

@@ -122,8 +122,8 @@ def write_checkpoint(folder: str | Path, step: int, content: dict[str, Any], kee
         if is_best:
             atomic.write_bytes(folder / BEST, blob)
     except OSError as err:
-        raise CheckpointError(f"could not write checkpoint {path}: {err.strerror or err}. "
-                              f"Earlier checkpoints in {folder} are intact; free space or fix permissions.") from err
+        raise CheckpointError(f"checkpoint not saved: {atomic.explain(path, err)}. "
+                              f"Earlier checkpoints in {folder} are intact.") from err
     for old in list_checkpoints(folder)[:-max(keep_last, 1)]:
         old.unlink(missing_ok=True)
     return path
@@ -146,6 +146,7 @@ class CheckpointWriter:
     def __init__(self, folder: str | Path, keep_last: int):
         self.folder, self.keep_last = Path(folder), keep_last
         self._thread: threading.Thread | None = None
+        self.failed: CheckpointError | None = None     # the first write that failed: the loop stops on it
 
     def save(self, state: TrainState, net: gluon.Block, trainer: gluon.Trainer, is_best: bool = False,
              then: Callable[[], None] = lambda: None, on_error: Callable[[CheckpointError], None] = None,
@@ -167,6 +168,7 @@ class CheckpointWriter:
         try:
             write_checkpoint(self.folder, step, content, self.keep_last, is_best)
         except CheckpointError as err:
+            self.failed = self.failed or err
             if on_error is None:
                 raise
             on_error(err)

@@ -56,16 +56,21 @@ def fit(setup: Setup, state: TrainState, tracker: Tracker, should_stop: Callable
         NonFiniteLoss: the loss became NaN/inf; the last good checkpoint is kept.
         health.DeadHead: the net's outputs stopped carrying information (research/train/health.py);
             the epoch that showed it is not checkpointed.
+        CheckpointError: a checkpoint could not be written (full disk, permissions): training stops at
+            the next batch rather than going on with nothing saved; the earlier checkpoints are kept.
     """
     recipe = setup.recipe
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     steps_per_epoch = setup.train_iter.num_samples // _local_batch(setup)
     writer = CheckpointWriter(setup.run_dir / "checkpoints", recipe.checkpoint.keep_last)
     try:
-        return _epochs(setup, state, tracker, should_stop, on_epoch_end, on_progress, loss_fn, steps_per_epoch,
-                       writer)
+        outcome = _epochs(setup, state, tracker, should_stop, on_epoch_end, on_progress, loss_fn, steps_per_epoch,
+                          writer)
     finally:
         writer.wait()                             # a checkpoint being written is finished, even on error
+    if writer.failed:                             # the last one, or the one a stop asked for
+        raise writer.failed
+    return outcome
 
 
 def _epochs(setup: Setup, state: TrainState, tracker: Tracker, should_stop: Callable[[], bool],
@@ -121,6 +126,9 @@ def _epochs(setup: Setup, state: TrainState, tracker: Tracker, should_stop: Call
                     on_progress(state, steps_per_epoch, seen, time.monotonic() - tic, train_loss, lr)
             else:
                 progress.tick(state.batch_in_epoch)
+            if writer.failed:                      # written in the background: seen after the next batch
+                progress.close()
+                raise writer.failed
             if should_stop():
                 progress.close()
                 _save(writer, setup, state, tracker, is_best=False, wait=True)
@@ -176,8 +184,7 @@ def _save(writer: CheckpointWriter, setup: Setup, state: TrainState, tracker: Tr
     if not setup.is_logger:
         return
 
-    def on_error(err: CheckpointError) -> None:
-        log.error("%s Training goes on; the next checkpoint is tried at the next epoch end.", err)
+    def on_error(err: CheckpointError) -> None:     # the loop stops on writer.failed
         tracker.set_tags({"checkpoint.error": str(err)[:500]})
 
     writer.save(state, setup.net, setup.trainer, is_best, then=then, on_error=on_error, wait=wait)

@@ -16,7 +16,7 @@ from pathlib import Path
 import mxnet as mx
 from mxnet import gluon
 
-from .. import distributed
+from .. import atomic, distributed
 from ..config import Recipe, RecipeError, TrainConfig, dump_recipe
 from ..data import get_iterators
 from ..data.describe import describe_datasets
@@ -34,6 +34,7 @@ from .signals import StopRequest
 log = logging.getLogger("research.train")
 LOG_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
 DIST = ("dist_sync", "dist_device_sync", "dist_async")
+SAVE_FAILED = 4        # exit status: a checkpoint could not be written (full disk); tools/train.py --help says so
 
 
 def default_run_dir(recipe: Recipe) -> Path:
@@ -105,7 +106,7 @@ def add_file_log(run_dir: Path, is_logger: bool) -> None:
     target = None
     remove_file_log()                       # a previous run in this process (a notebook) logged elsewhere
     if is_logger:
-        target = logging.FileHandler(run_dir / "train.log")
+        target = _RunLog(run_dir / "train.log")
         target.setFormatter(LOG_FORMAT)
         target._research = "file"
         root.addHandler(target)
@@ -122,6 +123,19 @@ def remove_file_log() -> None:
     for handler in [h for h in root.handlers if getattr(h, "_research", None) == "file"]:
         root.removeHandler(handler)
         handler.close()
+
+
+class _RunLog(logging.FileHandler):
+    """train.log that, on a full disk, says so once on the console instead of a traceback per record."""
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        err = sys.exc_info()[1]
+        if not self.failed and isinstance(err, OSError):
+            self.failed = True
+            sys.stderr.write(f"train.log not written: {atomic.explain(self.baseFilename, err)}\n")
+        elif not isinstance(err, OSError):
+            super().handleError(record)
 
 
 def global_batch_size(train: TrainConfig, devices: int) -> int:
@@ -188,9 +202,15 @@ def write_status(run_dir: Path, state: checkpoint.TrainState, recipe: Recipe, st
             "eta_s": (recipe.train.epochs - state.epoch) * state.elapsed_s / done if done else None,
             "run_id": run_id, "pid": os.getpid(), "host": socket.gethostname(), "updated": time.time(),
             **(in_epoch or {})}
-    tmp = run_dir / ".status.json.tmp"
-    tmp.write_text(json.dumps(info, indent=1))
-    tmp.replace(run_dir / "status.json")
+    try:
+        atomic.write_text(run_dir / "status.json", json.dumps(info, indent=1))
+    except OSError as err:          # a full disk: the run stops on its checkpoint, not on the status file
+        if not write_status.failed:
+            log.error("status not updated: %s", atomic.explain(run_dir / "status.json", err))
+        write_status.failed = True
+
+
+write_status.failed = False        # said once: it is retried every log_every batches
 
 
 def start_tracking(recipe: Recipe, state: checkpoint.TrainState, ctxs: list, argv: list[str]) -> Tracker:
@@ -259,11 +279,11 @@ def _train(recipe: Recipe, ctxs: list, run_dir: Path, resume: bool, fresh: bool,
         return 0
     if not setup.is_logger:
         return _run_loop(setup, state, Tracker.disabled(), argv, interactive)
-    (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
+    atomic.write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
     tracker = start_tracking(recipe, state, ctxs, argv)
     state.run_id = tracker.run_id or state.run_id     # a store that is down must not orphan the run id
-    (run_dir / "run.json").write_text(json.dumps({"run_id": tracker.run_id, "experiment_id": tracker.experiment_id,
-                                                  "tracking_uri": tracking_uri()}, indent=1))
+    atomic.write_text(run_dir / "run.json", json.dumps({"run_id": tracker.run_id, "experiment_id": tracker.experiment_id,
+                                                        "tracking_uri": tracking_uri()}, indent=1))
     tracker.log_artifact(run_dir / "recipe.yaml")
     tracker.log_datasets(lambda: describe_datasets(recipe, setup.train_iter.num_samples, setup.val_iter.num_samples))
     log.info("run %s: %s on %s, global batch %d, lr %.4g, output %s", tracker.run_id or "(untracked)",
@@ -303,9 +323,7 @@ def _fit_and_finish(setup: Setup, state: checkpoint.TrainState, tracker: Tracker
     try:
         outcome = fit(setup, state, tracker, stop, on_epoch_end, report)
     except NonFiniteLoss as err:
-        kept = checkpoint.list_checkpoints(run_dir / "checkpoints")
-        where = f"the last good checkpoint is {kept[-1]}" if kept else "no checkpoint had been written yet"
-        log.error("%s. Stopped; %s. Lower train.lr or check the data.", err, where)
+        log.error("%s. Stopped; %s. Lower train.lr or check the data.", err, _newest_saved(run_dir))
         _finish(setup, state, tracker, "FAILED", "failed")
         if interactive:                    # research.train raises what the tools report as exit status 3
             raise
@@ -319,10 +337,18 @@ def _fit_and_finish(setup: Setup, state: checkpoint.TrainState, tracker: Tracker
         if interactive:
             raise
         return 3
+    except checkpoint.CheckpointError as err:      # full disk or no permission: stop now, nothing unsaved claimed
+        log.error("%s Stopped at step %d; %s. Once there is space, this resumes into the same MLflow run:\n  %s",
+                  err, state.step, _newest_saved(run_dir), _resume_command(argv))
+        _finish(setup, state, tracker, "FAILED", "failed")
+        return SAVE_FAILED
     except BaseException:
         if setup.is_logger:
-            (run_dir / "traceback.txt").write_text(traceback.format_exc())
-            tracker.log_artifact(run_dir / "traceback.txt")
+            try:
+                atomic.write_text(run_dir / "traceback.txt", traceback.format_exc())
+                tracker.log_artifact(run_dir / "traceback.txt")
+            except OSError:
+                pass                   # the traceback still reaches the console
         _finish(setup, state, tracker, "FAILED", "failed")
         raise
     if setup.num_workers > 1:              # equal on every worker when the kvstore kept them in sync
@@ -358,8 +384,9 @@ def export_final(setup: Setup, tracker: Tracker) -> None:
         tracker.log_artifacts(model_dir, "model")
         tracker.log_model(model_dir, step=setup.recipe.train.epochs)     # the UI's "Logged models"
     except Exception as err:  # noqa: BLE001 - the checkpoint has the weights; export is a convenience
-        log.error("model export failed (%s); the final checkpoint in %s holds the weights", err,
-                  setup.run_dir / "checkpoints")
+        reason = atomic.explain(err.filename or model_dir, err) if isinstance(err, OSError) else str(err)
+        log.error("model export failed (%s); %s", reason,
+                  _newest_saved(setup.run_dir).replace("last good", "final"))
 
 
 def _finish(setup: Setup, state: checkpoint.TrainState, tracker: Tracker, status: str, word: str) -> None:
@@ -378,6 +405,14 @@ def _last_good(run_dir: Path, state: checkpoint.TrainState) -> str:
     if not best.exists():
         return "no checkpoint had been written yet"
     return f"the last good checkpoint is {best} (best val top-1 {state.best_top1:.4f})"
+
+
+def _newest_saved(run_dir: Path) -> str:
+    latest = checkpoint.find_latest(run_dir / "checkpoints")
+    if latest is None:
+        return "no checkpoint had been written yet"
+    path, content = latest
+    return f"the last good checkpoint is {path} (epoch {content['state'].epoch}, step {content['state'].step})"
 
 
 def _resume_command(argv: list[str]) -> str:

@@ -108,4 +108,4 @@ def test_background_writer_reports_errors_and_runs_then_after_writing(tmp_path):
     writer = checkpoint.CheckpointWriter(tmp_path / "blocked", keep_last=3)
     writer.save(TrainState(step=8), net, trainer, then=lambda: done.append("never"), on_error=errors.append)
     writer.wait()
-    assert len(errors) == 1 and "could not write checkpoint" in str(errors[0]) and done[-1] != "never"
+    assert len(errors) == 1 and "checkpoint not saved: could not write" in str(errors[0]) and done[-1] != "never"
