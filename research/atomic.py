@@ -89,9 +89,9 @@ def explain(path: str | Path, err: OSError) -> str:
         where = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
         free = shutil.disk_usage(where).free
         return (f"could not write {path}: {reason} ({_size(free)} free on the disk holding {where}); free space "
-                f"there (older runs, *.old-* folders, caches) or point --output at another disk")
+                f"there (older runs, *.old-* folders, caches) or write to another disk")
     if err.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-        return f"could not write {path}: {reason}; choose a writable place (--output) or fix the permissions"
+        return f"could not write {path}: {reason}; choose a writable place or fix the permissions"
     return f"could not write {path}: {reason}"
 
 

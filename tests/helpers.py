@@ -5,6 +5,7 @@ Importable from any test module as `import helpers` (setup.cfg puts tests/ on th
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,3 +48,11 @@ def run_tool(tool: str, *args, env: dict[str, str], timeout: float = 600,
     if check and proc.returncode != 0:
         raise AssertionError(f"{tool} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """Take all the space of `disk` but `leave` bytes, as another process would; delete the file to free it."""
+    ballast = disk / "ballast"
+    with open(ballast, "wb") as f:
+        f.write(b"\0" * max(shutil.disk_usage(disk).free - leave, 0))
+    return ballast

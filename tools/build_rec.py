@@ -81,6 +81,7 @@ def main(argv: list[str]) -> int:
         return verify(args.verify)
     from research.data.build import build_rec
     from research.data.layouts import LayoutError
+    from research.errors import UserError
 
     for option in ("ground_truth", "synset_order", "classes", "synset_words"):
         path = getattr(args, option)
@@ -91,7 +92,7 @@ def main(argv: list[str]) -> int:
         result = build_rec(args.src, args.out_prefix, args.layout, args.resize, args.quality, args.holdout,
                            args.seed, args.workers, args.ground_truth, args.synset_order, args.classes,
                            args.synset_words, progress=not args.quiet)
-    except (LayoutError, OSError) as err:       # OSError: unwritable output, full disk
+    except (LayoutError, UserError) as err:     # UserError: unwritable output, full disk (partials removed)
         print(f"error: {err}", file=sys.stderr)
         return 2
     for prefix, count in result.sets.items():

@@ -3,11 +3,13 @@ mean and a report of every bad file. Outputs keep `.partial` names until the who
 """
 from __future__ import annotations
 
+import errno
 import io
 import json
 import multiprocessing
 import os
 import random
+import shutil
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -16,6 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .. import atomic
+from ..errors import UserError
 from . import layouts
 from .layouts import Item, LayoutError
 
@@ -111,8 +115,8 @@ class RecordSet:
         self.sums = np.zeros(6)
         self.pixels = 0
         self.sides: list[int] = [1 << 30, 0]       # min, max shorter side
+        self._lst = open(self.partial(".lst"), "w")   # first: an unwritable place raises OSError naming it
         self._writer = mx.recordio.MXIndexedRecordIO(self.partial(".idx"), self.partial(".rec"), "w")
-        self._lst = open(self.partial(".lst"), "w")
 
     def partial(self, suffix: str) -> str:
         return f"{self.prefix}{suffix}{PARTIAL}"
@@ -142,7 +146,13 @@ class RecordSet:
         return {"mean": [round(v, 3) for v in mean], "std": [round(v, 3) for v in std], "images": self.count,
                 "min_side": self.sides[0] if self.count else 0, "max_side": self.sides[1]}
 
-    def remove_partials(self) -> None:
+    def discard(self) -> None:
+        """Close without raising (a full disk fails the last flush too) and remove every .partial file."""
+        for stream in (self._writer, self._lst):
+            try:
+                stream.close()
+            except Exception:  # noqa: BLE001 - the files are deleted next
+                pass
         for suffix in SUFFIXES:
             Path(self.partial(suffix)).unlink(missing_ok=True)
 
@@ -223,12 +233,13 @@ def build_rec(src: str | Path, out_prefix: str | Path, layout: str = "folders", 
     if holdout:
         kept, held = layouts.holdout_split(items, holdout, seed)
         parts = [(out_prefix, kept), (Path(f"{out_prefix}_val"), held)]
-    out_prefix.parent.mkdir(parents=True, exist_ok=True)
     words = layouts.read_synset_words(Path(synset_words)) if synset_words else {}
     class_map = {str(i): {"name": name, **({"words": words[name]} if name in words else {})}
                  for i, name in enumerate(classes)}
-    sets = [RecordSet(prefix) for prefix, _ in parts]
+    sets: list[RecordSet] = []
     try:
+        out_prefix.parent.mkdir(parents=True, exist_ok=True)
+        sets.extend(RecordSet(prefix) for prefix, _ in parts)
         _write_sets(sets, parts, resize, quality, workers or len(os.sched_getaffinity(0)), progress, result)
         for record_set in sets:
             record_set.write_json(".classes.json", class_map)
@@ -237,12 +248,25 @@ def build_rec(src: str | Path, out_prefix: str | Path, layout: str = "folders", 
         sets[0].write_json(".report.json", {"source": str(src), "layout": layout, "written": result.sets,
                                             "converted": result.converted, "skipped": result.skipped})
         _publish(sets)
-    except BaseException:
+    except BaseException as err:
         for record_set in sets:
-            record_set.close()
-            record_set.remove_partials()
+            record_set.discard()
+        problem = _write_failure(err, Path(f"{out_prefix}.rec"))
+        if problem:
+            raise UserError(f"{problem}; the build's .partial files were removed.") from None
         raise
     return result
+
+
+def _write_failure(err: BaseException, rec: Path) -> str | None:
+    """One line for a failed write (full disk, read-only place), None for any other error."""
+    if isinstance(err, OSError):
+        return atomic.explain(err.filename or rec, err)
+    if "Write incomplete" in str(err):      # MXNet's RecordIO writer (dmlc FileStream) raises MXNetError instead
+        folder = next(p for p in rec.parents if p.exists())
+        code = errno.ENOSPC if shutil.disk_usage(folder).free < (1 << 20) else errno.EIO
+        return atomic.explain(rec, OSError(code, os.strerror(code)))
+    return None
 
 
 def _write_sets(sets: list[RecordSet], parts: list, resize: int, quality: int, workers: int,

@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers import fill
 
 
 def colour_folders(root: Path, per_class: int, size=(36, 44), seed: int = 0) -> Path:
@@ -81,6 +82,24 @@ def test_user_errors_print_one_line_and_exit_2(tmp_path, run_tool, env):
     colour_folders(tmp_path / "src", per_class=1)
     no_truth = run_tool("build_rec.py", tmp_path / "src", tmp_path / "out", "--layout", "imagenet-val", env=env)
     assert no_truth.returncode == 2 and "--ground-truth" in no_truth.stderr
+
+
+def test_full_disk_names_the_file_and_leaves_no_partial_files(tmp_path, run_tool, env, small_disk):
+    src = colour_folders(tmp_path / "src", per_class=100, size=(64, 64))       # about 1.6 MB of JPEGs
+    fill(small_disk, leave=300 * 1024)
+    proc = run_tool("build_rec.py", src, small_disk / "out", "--quiet", env=env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f"could not write {small_disk}/out." in proc.stderr and "No space left on device" in proc.stderr
+    assert "partial files were removed" in proc.stderr
+    assert sorted(p.name for p in small_disk.iterdir()) == ["ballast"]
+
+
+def test_read_only_output_is_one_line(tmp_path, run_tool, env):
+    src = colour_folders(tmp_path / "src", per_class=1)
+    proc = run_tool("build_rec.py", src, "/proc/out", "--quiet", env=env)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "could not write /proc/out.lst.partial" in proc.stderr
 
 
 def test_benchmark_data_reports_both_pipelines(tmp_path, run_tool, env, repo):

@@ -9,42 +9,19 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import mxnet as mx
 import pytest
-from helpers import PYTHON, REPO, make_env, run_tool
+from helpers import PYTHON, REPO, fill, make_env, run_tool
 from mlflow.tracking import MlflowClient
 
 from research.train.checkpoint import list_checkpoints, load_checkpoint
 
 SMOKE = "recipes/smoke/lenet_digits_tiny.yaml"
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def small_disk(tmp_path) -> Path:
-    """A 24 MB tmpfs (a LeNet checkpoint is 3.4 MB); skipped where this process may not mount."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(disk)], capture_output=True,
-                             text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}): "
-                    f"tests/unit/train/test_save_failure.py covers a full disk with a fake")
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], check=True)
-
-
-def fill(disk: Path, leave: int) -> Path:
-    """Another process takes all the space but `leave` bytes."""
-    ballast = disk / "ballast"
-    with open(ballast, "wb") as f:
-        f.write(b"\0" * max(shutil.disk_usage(disk).free - leave, 0))
-    return ballast
 
 
 def no_half_files(run_dir: Path) -> None:
