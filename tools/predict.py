@@ -19,7 +19,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--recipe", default=None,
                         help="recipe YAML giving the preprocessing, when none lies beside the model")
     parser.add_argument("--top", type=int, default=5, help="classes to print per image (default 5)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.top < 1:
+        parser.error(f"--top {args.top}: print at least 1 class per image")
+    return args
 
 
 def main(argv: list[str]) -> int:

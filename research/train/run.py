@@ -188,6 +188,29 @@ def build_setup(recipe: Recipe, ctxs: list, run_dir: Path, kv) -> Setup:
                  num_workers=num_workers, is_logger=rank == 0)
 
 
+def _restore(content: dict, setup: Setup, run_dir: Path) -> checkpoint.TrainState:
+    """checkpoint.restore, with a recipe change that altered a shape (data.size, net.classes...) told as such."""
+    try:
+        return checkpoint.restore(content, setup.net, setup.trainer)
+    except checkpoint.CheckpointError as err:
+        changed = ", ".join(_changes(content["state"].recipe, setup.recipe.to_dict())) or "none"
+        raise RecipeError(f"{run_dir} holds a checkpoint this recipe cannot resume: {err}. Keys changed since: "
+                          f"{changed}. Undo the change, or start over with --fresh (the old run is set aside) "
+                          f"or --output for another folder.") from None
+
+
+def _changes(saved: dict, now: dict, prefix: str = "") -> list[str]:
+    """'data.size 28 -> 32' for every key whose value differs between two recipe dicts."""
+    out = []
+    for key in sorted(set(saved) | set(now)):
+        old, new = saved.get(key), now.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            out += _changes(old, new, f"{prefix}{key}.")
+        elif old != new:
+            out.append(f"{prefix}{key} {old!r} -> {new!r}")
+    return out
+
+
 def write_status(run_dir: Path, state: checkpoint.TrainState, recipe: Recipe, status: str,
                  run_id: str | None, in_epoch: dict | None = None) -> None:
     """run_dir/status.json for tools/status.py: written atomically, read without locks.
@@ -267,7 +290,7 @@ def _train(recipe: Recipe, ctxs: list, run_dir: Path, resume: bool, fresh: bool,
     setup = build_setup(recipe, ctxs, run_dir, kv)
     state = checkpoint.TrainState(recipe=recipe.to_dict())
     if content is not None:
-        state = checkpoint.restore(content, setup.net, setup.trainer)
+        state = _restore(content, setup, run_dir)
         state.recipe = recipe.to_dict()
     if recipe.train.kvstore in DIST:       # rank 0's weights and position on every worker, lr schedule on the servers
         distributed.prepare_workers(kv, setup, state)

@@ -130,3 +130,12 @@ def test_fresh_sets_the_old_run_aside(tmp_path, env):
              "--set", "train.lr_steps=[]", env=env, check=True)
     aside = list(tmp_path.glob("run.old-*"))
     assert len(aside) == 1 and (aside[0] / "train.log").read_text() == "old"
+
+
+def test_resume_with_a_recipe_change_that_alters_a_shape_names_the_key(tmp_path, env):
+    one_epoch = ["--set", "train.epochs=1", "--set", "train.lr_steps=[]"]
+    run_tool("train.py", SMOKE, "--output", tmp_path / "run", *one_epoch, env=env, check=True)
+    proc = run_tool("train.py", SMOKE, "--output", tmp_path / "run", *one_epoch, "--set", "data.size=32", env=env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    error = proc.stderr.strip().splitlines()[-1]          # after the log's "resuming from" line
+    assert error.startswith("error: ") and "Keys changed since: data.size 28 -> 32" in error and "--fresh" in error
