@@ -29,7 +29,7 @@ from .lock import LOCK, lock_run_dir
 from .loop import NonFiniteLoss, Setup, fit
 from .progress import InEpochReport
 from .schedules import scaled_lr
-from .signals import StopRequest
+from .signals import StopRequest, on_stop_signal_even_if_blocked
 
 log = logging.getLogger("research.train")
 LOG_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
@@ -319,6 +319,8 @@ def _run_loop(setup: Setup, state: checkpoint.TrainState, tracker: Tracker, argv
     # rank 0 decides when a job stops
     stop = StopRequest(interactive) if setup.is_logger else distributed.FollowerStop()
     stop.install()
+    if setup.is_logger and setup.num_workers > 1:   # the launcher SIGKILLs a rank 0 stuck on a dead worker
+        on_stop_signal_even_if_blocked(lambda name: _mark_killed(setup, state, tracker, name))
     try:
         return _fit_and_finish(setup, state, tracker, argv, stop, interactive)
     finally:
@@ -410,6 +412,19 @@ def export_final(setup: Setup, tracker: Tracker) -> None:
         reason = atomic.explain(err.filename or model_dir, err) if isinstance(err, OSError) else str(err)
         log.error("model export failed (%s); %s", reason,
                   _newest_saved(setup.run_dir).replace("last good", "final"))
+
+
+def _mark_killed(setup: Setup, state: checkpoint.TrainState, tracker: Tracker, signal_name: str) -> None:
+    """From the signal thread, at once: KILLED in MLflow and status.json, in case rank 0 never gets to
+    _finish. If it does (it was not blocked), it ends the run the usual way, KILLED again."""
+    log.warning("%s: MLflow run marked KILLED now, in case a peer is dead and this process never gets back "
+                "to Python before the launcher ends it", signal_name)
+    if tracker.enabled:
+        try:
+            tracker.client.set_terminated(tracker.run_id, "KILLED")
+        except Exception as err:  # noqa: BLE001 - best effort, on a side thread
+            log.warning("could not mark the MLflow run KILLED: %s", err)
+    write_status(setup.run_dir, state, setup.recipe, "killed", tracker.run_id)
 
 
 def _finish(setup: Setup, state: checkpoint.TrainState, tracker: Tracker, status: str, word: str) -> None:

@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import threading
+from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -68,3 +69,25 @@ def _detach_terminal() -> None:
         except (OSError, ValueError):
             pass
     os.close(devnull)
+
+
+def on_stop_signal_even_if_blocked(callback: Callable[[str], None]) -> None:
+    """Call `callback(signal name)` from a thread on the first stop signal, even while the main thread is
+    stuck in C++ (a dist kvstore waiting for a dead peer never returns to Python, so the Python handler,
+    and with it the checkpoint and the MLflow status, would never run before the launcher's SIGKILL).
+
+    Needs the handlers of StopRequest.install: CPython writes each handled signal to the wakeup fd at once.
+    """
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    stops = {signal.SIGINT.value, signal.SIGTERM.value, signal.SIGHUP.value}
+
+    def watch() -> None:
+        while True:
+            received = os.read(read_fd, 16)
+            name = next((signal.Signals(n).name for n in received if n in stops), None)
+            if name is not None:
+                callback(name)
+                return
+    threading.Thread(target=watch, name="stop-signal", daemon=True).start()

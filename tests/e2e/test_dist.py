@@ -5,6 +5,7 @@ context i sees worker i's shard, batch by batch: the same samples per step, the 
 """
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import signal
@@ -251,7 +252,8 @@ def test_a_killed_worker_ends_the_job_with_an_error(job_factory, store, request)
     assert "(rank 1) on localhost was killed by SIGKILL" in job.output
     assert not job.left_running()
     _, run = only_run(store, request.node.name)
-    assert run.info.status != "FINISHED"
+    assert run.info.status in ("FAILED", "KILLED")                   # never left RUNNING
+    assert json.loads((job.run_dir / "status.json").read_text())["status"] in ("failed", "killed")
 
 
 def test_a_recipe_without_a_dist_kvstore_is_refused(job_factory):
