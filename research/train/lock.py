@@ -22,17 +22,24 @@ class RunDirBusy(UserError):
 
 
 class RunDirLock:
-    """Held while the object lives (the file stays open); `release` or process death frees it."""
+    """Held from `acquire` until `release` (or process death: the OS drops an flock with its descriptor)."""
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / LOCK
         self._file = None
 
     def acquire(self) -> "RunDirLock":
-        """Raises:
+        """Take the lock, creating the folder. Raises:
             RunDirBusy: naming the holder's pid, host and start time.
+            UserError: the folder cannot be made or written (a file, read-only, no permission).
         """
-        handle = open(self.path, "a+")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(self.path, "a+")
+        except FileExistsError:
+            raise UserError(f"{self.path.parent} is a file, not a folder: pass --output a folder for the run.") from None
+        except OSError as err:
+            raise UserError(explain(self.path.parent, err)) from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -53,20 +60,6 @@ class RunDirLock:
         if self._file is not None:
             self._file.close()          # closing the descriptor drops the flock
             self._file = None
-
-
-def lock_run_dir(run_dir: Path) -> RunDirLock:
-    """Take the run directory's lock (creating the folder); keep the returned object as long as you write."""
-    run_dir = Path(run_dir)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        return RunDirLock(run_dir).acquire()
-    except FileExistsError:
-        raise UserError(f"{run_dir} is a file, not a folder: pass --output a folder for the run.") from None
-    except RunDirBusy:
-        raise
-    except OSError as err:
-        raise UserError(explain(run_dir, err)) from None
 
 
 def _describe(text: str) -> str:

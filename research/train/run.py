@@ -25,7 +25,7 @@ from ..plots import plot_curves
 from ..tracking import REPO, Tracker, environment_tags, tracking_uri, ui_command
 from . import checkpoint
 from .health import DeadHead
-from .lock import LOCK, lock_run_dir
+from .lock import LOCK, RunDirLock
 from .loop import NonFiniteLoss, Setup, fit
 from .progress import InEpochReport
 from .schedules import scaled_lr
@@ -272,18 +272,21 @@ def train(recipe: Recipe, ctxs: list, run_dir: Path, resume: bool, fresh: bool, 
     of exiting the process, the resume hint names the Python call, and a NaN loss or a dead head
     raises NonFiniteLoss / DeadHead (after the run is marked FAILED) instead of returning 3.
     """
+    lock = RunDirLock(run_dir)         # taken by rank 0 in _train; released here however it ends (a notebook goes on)
     try:
-        return _train(recipe, ctxs, run_dir, resume, fresh, argv, interactive)
+        return _train(recipe, ctxs, run_dir, resume, fresh, argv, interactive, lock)
     finally:
+        lock.release()
         remove_file_log()
 
 
 def _train(recipe: Recipe, ctxs: list, run_dir: Path, resume: bool, fresh: bool, argv: list[str],
-           interactive: bool) -> int:
+           interactive: bool, lock: RunDirLock) -> int:
     setup_logging()
     kv = create_kvstore(recipe)
     is_logger = recipe.train.kvstore not in DIST or kv.rank == 0
-    lock = lock_run_dir(run_dir) if is_logger else None    # one trainer per folder; held until train() returns
+    if is_logger:
+        lock.acquire()                     # one trainer per run directory
     content = prepare_run_dir(run_dir, recipe, resume, fresh and is_logger)
     run_dir.mkdir(parents=True, exist_ok=True)
     add_file_log(run_dir, is_logger)
