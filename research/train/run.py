@@ -322,11 +322,13 @@ def _run_loop(setup: Setup, state: checkpoint.TrainState, tracker: Tracker, argv
     # rank 0 decides when a job stops
     stop = StopRequest(interactive) if setup.is_logger else distributed.FollowerStop()
     stop.install()
+    end_watch = lambda: None  # noqa: E731
     if setup.is_logger and setup.num_workers > 1:   # the launcher SIGKILLs a rank 0 stuck on a dead worker
-        on_stop_signal_even_if_blocked(lambda name: _mark_killed(setup, state, tracker, name))
+        end_watch = on_stop_signal_even_if_blocked(lambda name: _mark_killed(setup, state, tracker, name))
     try:
         return _fit_and_finish(setup, state, tracker, argv, stop, interactive)
     finally:
+        end_watch()
         if setup.is_logger:
             stop.restore()
 

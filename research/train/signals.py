@@ -71,23 +71,39 @@ def _detach_terminal() -> None:
     os.close(devnull)
 
 
-def on_stop_signal_even_if_blocked(callback: Callable[[str], None]) -> None:
+def on_stop_signal_even_if_blocked(callback: Callable[[str], None]) -> Callable[[], None]:
     """Call `callback(signal name)` from a thread on the first stop signal, even while the main thread is
     stuck in C++ (a dist kvstore waiting for a dead peer never returns to Python, so the Python handler,
     and with it the checkpoint and the MLflow status, would never run before the launcher's SIGKILL).
 
     Needs the handlers of StopRequest.install: CPython writes each handled signal to the wakeup fd at once.
+    Returns the function that ends the watch; call it before the process exits (a thread still blocked
+    then made MXNet's dist kvstore abort at exit: "terminate called without an active exception").
     """
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
-    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
     stops = {signal.SIGINT.value, signal.SIGTERM.value, signal.SIGHUP.value}
 
     def watch() -> None:
         while True:
             received = os.read(read_fd, 16)
+            if 0 in received:                  # end() below
+                return
             name = next((signal.Signals(n).name for n in received if n in stops), None)
             if name is not None:
                 callback(name)
                 return
-    threading.Thread(target=watch, name="stop-signal", daemon=True).start()
+    thread = threading.Thread(target=watch, name="stop-signal", daemon=True)
+    thread.start()
+
+    def end() -> None:
+        signal.set_wakeup_fd(previous)
+        try:
+            os.write(write_fd, b"\0")
+        except OSError:
+            pass
+        thread.join(timeout=10)
+        os.close(read_fd)
+        os.close(write_fd)
+    return end
