@@ -6,6 +6,7 @@ import pytest
 from mxnet.gluon import HybridBlock, nn
 
 from research.config import RecordData
+from research.errors import UserError
 from research.nets import get_net
 from research.transfer.features import (TransferError, extract_features, feature_block, load_backbone,
                                         weights_id)
@@ -91,3 +92,13 @@ def test_weights_id_follows_the_file_content(tmp_path):
     assert weights_id("resnet50_v1") == "zoo resnet50_v1-cc729d95.params"
     with pytest.raises(TransferError, match="net.pretrained: file not found"):
         weights_id(str(tmp_path / "absent.params"))
+
+
+def test_damaged_test_rec_is_refused_before_mxnet_reads_it(tmp_path, write_rec, grey):
+    rec = write_rec(tmp_path / "test", [(i, -1, grey(100)) for i in range(6)])
+    with open(rec, "r+b") as f:                  # the 4th record's header zeroed, as a bad copy leaves it
+        f.seek(int((tmp_path / "test.idx").read_text().splitlines()[3].split()[1]))
+        f.write(b"\0" * 8)
+    block = feature_block(MeanColour(), "features", PLAIN.data_shape, mx.cpu())
+    with pytest.raises(UserError, match=r"transfer.test_rec: .*test.rec is damaged, record 3 \(id 3\) at byte \d+"):
+        extract_features(block, str(rec), "transfer.test_rec", [mx.cpu()], PLAIN, batch_size=4, labeled=False)
