@@ -16,7 +16,7 @@ import mxnet as mx
 import numpy as np
 
 from ..config import RecipeError, RecordData
-from .verify import require_intact
+from .verify import read_index, require_intact
 
 MAX_INSTANCES = 8        # ImageRecordIter instances per train iterator; bounds the batch count (see _batches_per_part)
 SAMPLE_IMAGES = 16       # images decoded to learn the image size when no .mean.json is there
@@ -68,7 +68,7 @@ def open_record_files(rec: str, key: str) -> RecordFiles:
     if not idx_path.is_file():
         raise RecipeError(f"{key}: {idx_path} not found (the index beside {rec_path.name}, needed to shuffle "
                           f"and shard); {build}, or re-run im2rec, which writes both.")
-    offsets = [int(line.split()[1]) for line in idx_path.read_text().splitlines() if line.strip()]
+    offsets = [offset for _, offset in read_index(idx_path)]
     if not offsets:
         raise RecipeError(f"{key}: {idx_path} lists no records; rebuild the set ({build}).")
     if max(offsets) >= rec_path.stat().st_size:
@@ -86,7 +86,7 @@ def read_labels(files: RecordFiles) -> np.ndarray:
         rows = [line.split("\t") for line in lst.read_text().splitlines() if line.strip()]
         if len(rows) == files.num_records and all(len(row) >= 3 for row in rows):
             return np.array([float(row[1]) for row in rows])
-    offsets = [int(line.split()[1]) for line in files.idx.read_text().splitlines() if line.strip()]
+    offsets = [offset for _, offset in read_index(files.idx)]
     labels = []
     with open(files.rec, "rb") as f:
         for offset in offsets:

@@ -23,6 +23,7 @@ from mxnet.gluon import HybridBlock
 from ..config import RecordData
 from ..data.recordio import (RecordEvalIter, RecordFiles, check_data_shape, cpu_cores, image_record_kwargs,
                              open_record_files)
+from ..data.verify import read_index
 from ..errors import UserError
 from ..nets import NETS, get_net
 from ..nets.pretrained import is_weights_file, load_pretrained, zoo_weights_file
@@ -119,7 +120,7 @@ class _Pooled(HybridBlock):
 
 def read_record_headers(files: RecordFiles) -> tuple[np.ndarray, np.ndarray]:
     """(ids, labels) of every record in file order, read through the .idx without the image bytes."""
-    offsets = [int(line.split()[1]) for line in files.idx.read_text().splitlines() if line.strip()]
+    offsets = [offset for _, offset in read_index(files.idx)]
     ids, labels = [], []
     with open(files.rec, "rb") as handle:
         for offset in offsets:
