@@ -19,14 +19,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--recipe", default=None,
                         help="recipe YAML giving the preprocessing, when none lies beside the model")
     parser.add_argument("--top", type=int, default=5, help="classes to print per image (default 5)")
-    args = parser.parse_args(argv)
-    if args.top < 1:
-        parser.error(f"--top {args.top}: print at least 1 class per image")
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.top < 1:
+        print(f"error: --top {args.top}: print at least 1 class per image, e.g. --top 5", file=sys.stderr)
+        return 2
     from research.errors import UserError
     from research.predict import Predictor
 

@@ -142,6 +142,12 @@ def test_evaluate_on_a_run_not_trained_from_recordio_exits_2(finished_run, tmp_p
     assert "was trained on data.kind digits; evaluating on a .rec needs a recipe with data.kind recordio" in proc.stderr
 
 
+def test_predict_top_0_is_a_user_error(finished_run):
+    _, run_dir, _, env = finished_run
+    proc = run_tool("predict.py", run_dir, run_dir / "curves.png", "--top", "0", env=env)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: --top 0: print at least 1 class per image, e.g. --top 5"
+
+
 def test_missing_recipe_file(env):
     proc = run_tool("train.py", "recipes/nope.yaml", env=env)
     assert proc.returncode == 2 and "recipe file not found" in proc.stderr
