@@ -222,9 +222,13 @@ def test_remote_nodes_run_over_ssh_in_this_directory_with_the_environment(tmp_pa
     show = ("import os, sys; print(os.getcwd(), os.environ['DMLC_ROLE'], os.environ['MLFLOW_TRACKING_URI'], "
             "sys.executable, flush=True)")
     nodes = [Node("scheduler", 0, "alice@10.0.0.5", "10.0.0.5"), remote]
+    printed = tmp_path / "scheduler-printed"      # the worker ends the job: not before the scheduler's line is out
     argvs = [node_argv(remote, {"DMLC_ROLE": "scheduler"},
-                       [PY, "-c", f"{show}; print('{distributed.CONNECTED_LINE}'); import time; time.sleep(60)"]),
-             node_argv(remote, {"DMLC_ROLE": "worker"}, ["python", "-c", show])]
+                       [PY, "-c", f"{show}; print('{distributed.CONNECTED_LINE}', flush=True); "
+                                  f"open('{printed}', 'w').close(); import time; time.sleep(60)"]),
+             node_argv(remote, {"DMLC_ROLE": "worker"},
+                       ["python", "-c", f"import os, time\nwhile not os.path.exists('{printed}'): time.sleep(0.05)\n"
+                                        f"{show}"])]
     assert Job(nodes, argvs, timeout=30, grace=2.0).run() == 0
     out = capsys.readouterr()
     assert f"[worker0] {os.getcwd()} worker sqlite:///x.db {PY}" in out.out     # `python`: the launcher's
