@@ -118,12 +118,12 @@ class Run:
     def _checkpoint_net(self):
         import mxnet as mx
 
-        from .nets import get_net
+        from .nets import build_net
         from .train.checkpoint import load_net_arrays
         if not self._latest():
             raise UserError(f"{self.run_dir}: no exported model and no checkpoint: the run has not trained "
                             f"an epoch yet.")
-        net = get_net(self.recipe.net.name, classes=self.recipe.net.classes)
+        net = build_net(self.recipe.net)                          # the recipe's net options, as the trainer builds it
         net.initialize(ctx=mx.cpu())
         net(mx.nd.zeros((1, *_input_shape(self.recipe))))        # finishes deferred init
         load_net_arrays(net, self._latest()["params"])

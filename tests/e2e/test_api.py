@@ -83,6 +83,9 @@ def test_interrupt_then_resume_gives_one_mlflow_run(tmp_path, monkeypatch, capsy
     assert signal.getsignal(signal.SIGINT) is before               # the next cell is interrupted as usual
     stopped = research.load_run(run_dir)
     assert stopped.status == "killed" and 1 <= len(stopped.history) < 4
+    import mxnet as mx
+    x = mx.nd.zeros((1, 1, 28, 28))
+    assert stopped.net(x).shape == (1, 10)                         # no export yet: the checkpoint's weights
 
     run = research.train(SMOKE, output=run_dir)                    # the same call again resumes
 
