@@ -370,7 +370,10 @@ def _fit_and_finish(setup: Setup, state: checkpoint.TrainState, tracker: Tracker
     except checkpoint.CheckpointError as err:      # full disk or no permission: stop now, nothing unsaved claimed
         log.error("%s Stopped at step %d; %s. Once there is space, this resumes into the same MLflow run:\n  %s",
                   err, state.step, _newest_saved(run_dir), _resume_command(argv))
-        _finish(setup, state, tracker, "FAILED", "failed")
+        saved = checkpoint.find_latest(run_dir / "checkpoints")   # status.json claims no epoch that was not saved
+        _finish(setup, saved[1]["state"] if saved else state, tracker, "FAILED", "failed")
+        if interactive:
+            raise
         return SAVE_FAILED
     except BaseException:
         if setup.is_logger:

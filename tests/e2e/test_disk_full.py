@@ -38,7 +38,8 @@ def test_disk_full_mid_run_stops_cleanly_then_the_same_command_finishes_one_run(
     command = [PYTHON, "tools/train.py", SMOKE, "--output", str(run_dir), "--set", "train.epochs=4"]
     proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while not list_checkpoints(run_dir / "checkpoints"):          # epoch 1 is saved: now the disk fills up
+    # epoch 1 is saved (its step file, then best.ckpt: the first epoch is the best so far): now the disk fills up
+    while not (list_checkpoints(run_dir / "checkpoints") and (run_dir / "checkpoints" / "best.ckpt").is_file()):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.05)
     ballast = fill(small_disk, leave=64 * 1024)
@@ -52,7 +53,8 @@ def test_disk_full_mid_run_stops_cleanly_then_the_same_command_finishes_one_run(
     assert good, err
     assert f"python tools/train.py {SMOKE} --output {run_dir} --set train.epochs=4 --resume" in err
     no_half_files(run_dir)
-    assert json.loads((run_dir / "status.json").read_text())["status"] == "failed"
+    status = json.loads((run_dir / "status.json").read_text())
+    assert (status["status"], status["epoch"]) == ("failed", int(good.group(1)))      # the epoch saved, no more
     client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("lenet_digits_tiny").experiment_id])
     assert run.info.status == "FAILED"
