@@ -23,11 +23,14 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
     Output: one row per image with `class`, `probability` and the top `top` (param, default 5)
     `top_classes` / `top_probabilities`, most likely first."""
 
+    # No type-hint schema: the input takes several forms. (Else MLflow warns at every definition and load.)
+    _skip_type_hint_validation = True
+
     def load_context(self, context) -> None:
         from research.predict import Predictor
         self.predictor = Predictor(context.artifacts[ARTIFACT])
 
-    def predict(self, context, model_input, params=None):     # no type hints: MLflow would read them as a schema
+    def predict(self, context, model_input, params=None):
         import pandas as pd
 
         top = int((params or {}).get("top", 5))
