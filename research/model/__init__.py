@@ -1,0 +1,1 @@
+"""The exported model: export writes it (symbol, params, recipe, ONNX), predict loads it and classifies images."""
