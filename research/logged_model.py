@@ -27,7 +27,7 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context) -> None:
-        from research.predict import Predictor
+        from research.model.predict import Predictor
         self.predictor = Predictor(context.artifacts[ARTIFACT])
 
     def predict(self, context, model_input, params=None):

@@ -18,8 +18,12 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from .config import Recipe
 
 REPO = Path(__file__).resolve().parent.parent
 STORE_DIR = REPO / "mlruns"
@@ -389,6 +393,28 @@ class Tracker:
                 self._pending.append(call)
             if self._failures <= 5 or self._failures % 100 == 0:
                 log.warning("tracking call failed (%d so far), training goes on: %s", self._failures, err)
+
+
+def start_run(recipe: Recipe, contexts: list, argv: list[str], tags: dict[str, str] | None = None) -> Tracker:
+    """A new run named "<recipe> <date> <4 hex>" in the recipe's experiment, tagged and described by its
+    command, the recipe's values logged as params."""
+    name = f"{recipe.name} {datetime.now():%Y-%m-%d %H:%M} {os.urandom(2).hex()}"
+    tracker = Tracker.start(recipe.tracking.experiment or recipe.name, name,
+                            tags={**environment_tags(contexts, argv), "recipe": recipe.name, **(tags or {})},
+                            description=f"`{' '.join(argv)}` on {platform.node()}")
+    tracker.log_params(recipe.flat())
+    return tracker
+
+
+def resume_run(run_id: str, history: list[dict[str, float]], argv: list[str]) -> Tracker:
+    """Continue run `run_id`, re-logging the epochs of `history` it lacks (killed between checkpoint and log)."""
+    tracker = Tracker.resume(run_id)
+    logged = tracker.logged_steps("val/top1")
+    for entry in history:
+        if entry["epoch"] not in logged:
+            tracker.log_metrics({k: v for k, v in entry.items() if k != "epoch"}, step=entry["epoch"])
+    tracker.set_tags({f"resumed.{int(time.time())}": " ".join(argv)})
+    return tracker
 
 
 def ui_command(port: int = 5000) -> str:

@@ -33,7 +33,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    from research.compare import collect, compare_url, format_rows, plot_runs
+    from research.runs.compare import collect, compare_url, format_rows, plot_runs
     from research.errors import UserError
 
     try:

@@ -29,7 +29,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     from research.errors import UserError
-    from research.launch import SOCKET_ENV, launch
+    from research.runs.launch import SOCKET_ENV, launch
 
     try:
         started = launch(args.recipe, args.overrides, gpus=args.gpus, name=args.name, output=args.output,

@@ -28,7 +28,7 @@ def main(argv: list[str]) -> int:
         print(f"error: --top {args.top}: print at least 1 class per image, e.g. --top 5", file=sys.stderr)
         return 2
     from research.errors import UserError
-    from research.predict import Predictor
+    from research.model.predict import Predictor
 
     try:
         predictor = Predictor(args.model, args.recipe)

@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
     records = read_records(args.results)
     print(table(records))
     if args.png:
-        from research.plots import plot_probe_curves
+        from research.train.plots import plot_probe_curves
         plot_probe_curves(records, args.png)
     return 0
 

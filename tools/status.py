@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    from research.status import DEFAULT_ROOT
+    from research.runs.status import DEFAULT_ROOT
     parser = argparse.ArgumentParser(
         description="Show every run under the output root: state, epochs done of N (+ how far the epoch under way "
                     "has got), last val top-1, images/s, ETA, age of the last status update (a running trainer "
@@ -30,8 +30,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    from research.launch import SOCKET_ENV, sessions_by_run_dir
-    from research.status import as_json, collect, format_table
+    from research.runs.launch import SOCKET_ENV, sessions_by_run_dir
+    from research.runs.status import as_json, collect, format_table
 
     if not args.root.is_dir():
         print(f"error: no output root at {args.root}: start a run with tools/launch.py RECIPE, "

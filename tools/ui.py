@@ -25,7 +25,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    from research.compare import experiment_url, open_client
+    from research.runs.compare import experiment_url, open_client
     from research.errors import UserError
     from research.tracking import tracking_uri, ui_command
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import mxnet as mx
 from mxnet import gluon
 
-from . import atomic
-from .config import DigitsData, MnistData, RecordData, Recipe, SyntheticData, dump_recipe
+from .. import atomic
+from ..config import DigitsData, MnistData, RecordData, Recipe, SyntheticData, dump_recipe
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import DigitsData, MnistData, Recipe, RecipeError, RecordData, SyntheticData, load_recipe
-from .errors import UserError
+from ..config import DigitsData, MnistData, Recipe, RecipeError, RecordData, SyntheticData, load_recipe
+from ..errors import UserError
 from .export import deployable_recipe, input_shape
 
 
@@ -19,7 +19,7 @@ class ModelFiles:
     symbol: Path
     params: Path
     recipe: Path | None          # recipe.yaml beside the model or in the run directory above it
-    classes: Path | None         # classes.json written by research.export
+    classes: Path | None         # classes.json written by research.model.export
 
 
 def find_model(path: str | Path) -> ModelFiles:

@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
-from .tracking import get_client, tracking_uri
+from ..errors import UserError
+from ..tracking import get_client, tracking_uri
 
 CURVE_KEYS = ("val/top1", "val/top5", "train/loss", "speed/img_per_s")
 

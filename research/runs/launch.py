@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 from .status import DEFAULT_ROOT, SessionInfo, classify, format_duration, read_status
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SOCKET_ENV = "RESEARCH_TMUX_SOCKET"
 RUN_DIR_OPTION = "@research_run_dir"       # a tmux user option: which run a session trains
 # The tmux server may be older than this shell and hold another environment: pass these on.
@@ -68,7 +68,7 @@ def list_sessions(socket: str | None = None) -> list[Session]:
 
 
 def sessions_by_run_dir(socket: str | None = None) -> dict[Path, SessionInfo]:
-    """Run directory -> the session that tools/launch.py started for it, for research.status.collect."""
+    """Run directory -> the session that tools/launch.py started for it, for research.runs.status.collect."""
     return {s.run_dir: SessionInfo(s.name, s.alive, s.created) for s in list_sessions(socket) if s.run_dir}
 
 
@@ -157,8 +157,8 @@ def launch(recipe_path: str, overrides: list[str] = (), gpus: str | None = None,
     Raises:
         UserError: with a message naming the problem and the fix.
     """
-    from .config import load_recipe
-    from .devices import parse_gpus
+    from ..config import load_recipe
+    from ..devices import parse_gpus
 
     require_tmux()
     recipe = load_recipe(recipe_path, list(overrides))
@@ -169,7 +169,7 @@ def launch(recipe_path: str, overrides: list[str] = (), gpus: str | None = None,
         attach = shlex.join(tmux("attach", "-t", name, socket=socket))
         raise UserError(f"a tmux session named '{name}' is already running: attach with `{attach}`, "
                         f"or pass --name for another session.")
-    from .train.run import default_run_dir, prepare_run_dir   # imports mxnet: after the cheap checks
+    from ..train.run_dir import default_run_dir, prepare_run_dir   # imports mxnet: after the cheap checks
     run_dir = Path(output).resolve() if output else default_run_dir(recipe)
     check_run_dir_free(run_dir)
     prepare_run_dir(run_dir, recipe, resume, fresh)

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import psutil
 
-DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "runs"
+DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "runs"
 SKIP_DIRS = {"checkpoints", "model", "__pycache__"}     # a run's own subfolders hold no runs
 CLOCK_SLACK_S = 2.0          # psutil's create_time is derived from the boot time in whole seconds
 STALE_AFTER_S = 6 * 3600     # no update for this long from another host, epoch length unknown
@@ -114,7 +114,7 @@ def collect(root: Path, sessions: dict[Path, SessionInfo] | None = None,
 
     Args:
         root: output root, e.g. runs/.
-        sessions: run directory -> its tmux session, as research.launch.sessions_by_run_dir
+        sessions: run directory -> its tmux session, as research.runs.launch.sessions_by_run_dir
             returns. A live session newer than the run's status.json (the relaunched trainer
             has not reported yet) shows as "starting"; one whose run never wrote status.json
             shows as "starting", or "exited" once its command ended.

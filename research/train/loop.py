@@ -42,6 +42,7 @@ class Setup:
     run_dir: Path
     num_workers: int = 1       # distributed kvstore workers (machines), each with len(ctxs) devices
     is_logger: bool = True     # rank 0 only: tracks, checkpoints and prints
+    lr_on_servers: bool = False   # dist kvstore: the servers' optimizer follows lr_at (set by kvstore.prepare_workers)
 
 
 def fit(setup: Setup, state: TrainState, tracker: Tracker, should_stop: Callable[[], bool],
@@ -101,7 +102,7 @@ def _epochs(setup: Setup, state: TrainState, tracker: Tracker, should_stop: Call
                 state.batch_in_epoch += 1
                 continue
             lr = lr_at(state.step / steps_per_epoch, setup.base_lr, train)
-            if trainer.optimizer.lr_scheduler is None:   # dist kvstore: the servers follow lr_at themselves
+            if not setup.lr_on_servers:
                 trainer.set_learning_rate(lr)
             xs = gluon.utils.split_and_load(batch.data[0], ctxs, even_split=False)
             ys = gluon.utils.split_and_load(batch.label[0], ctxs, even_split=False)

@@ -10,7 +10,7 @@ import mxnet as mx
 from mxnet import autograd, gluon
 
 from ..config import Recipe
-from ..export import input_shape
+from ..model.export import input_shape
 from ..nets import build_net
 from ..tracking import Tracker
 from .checkpoint import CheckpointWriter, TrainState, save_checkpoint

@@ -1,141 +1,32 @@
-"""One training run end to end: run directory, resume, net, trainer, tracking, signals, export."""
+"""One training run: build it (data, net, trainer, kvstore), resume it, run the loop, export the model."""
 from __future__ import annotations
 
-import json
 import logging
-import logging.handlers
-import os
-import platform
-import socket
-import sys
-import time
 import traceback
-from datetime import datetime
 from pathlib import Path
 
 import mxnet as mx
 from mxnet import gluon
 
-from .. import atomic, distributed
+from .. import atomic
 from ..config import Recipe, RecipeError, TrainConfig, dump_recipe
 from ..data import get_iterators
 from ..data.describe import describe_datasets
 from ..nets import build_net
-from ..plots import plot_curves
-from ..tracking import REPO, Tracker, environment_tags, tracking_uri, ui_command
-from . import checkpoint
+from ..tracking import Tracker, resume_run, run_url, start_run, ui_command
+from . import checkpoint, kvstore
 from .health import DeadHead
-from .lock import LOCK, RunDirLock
+from .lock import RunDirLock
+from .logs import add_file_log, flush_logs, remove_file_log, setup_logging
 from .loop import NonFiniteLoss, Setup, fit
+from .plots import plot_curves
 from .progress import InEpochReport
+from .run_dir import prepare_run_dir, write_run_json, write_status
 from .schedules import scaled_lr
-from .signals import StopRequest, on_stop_signal_even_if_blocked
+from .signals import FollowerStop, StopRequest, on_stop_signal_even_if_blocked
 
 log = logging.getLogger("research.train")
-LOG_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
-DIST = ("dist_sync", "dist_device_sync", "dist_async")
 SAVE_FAILED = 4        # exit status: a checkpoint could not be written (full disk); tools/train.py --help says so
-
-
-def default_run_dir(recipe: Recipe) -> Path:
-    return REPO / "runs" / recipe.name
-
-
-def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, fresh: bool) -> dict | None:
-    """Decide between a new run and a resumed one; return the checkpoint to resume or None.
-
-    Raises:
-        RecipeError: --resume without a checkpoint, or a folder holding another recipe's run.
-    """
-    kept = [p for p in run_dir.iterdir() if p.name != LOCK] if run_dir.is_dir() else []
-    if fresh and kept:
-        aside = run_dir.with_name(f"{run_dir.name}.old-{datetime.now():%Y%m%d-%H%M%S}")
-        aside.mkdir()
-        for path in kept:                  # item by item: the lock file (and the lock) stay with the folder
-            path.rename(aside / path.name)
-        print(f"--fresh: the previous contents of {run_dir} were moved to {aside}")
-    latest = None if fresh else checkpoint.find_latest(run_dir / "checkpoints")
-    if latest is None:
-        if resume:
-            raise RecipeError(f"--resume: no valid checkpoint in {run_dir / 'checkpoints'}. "
-                              f"Drop --resume to start a new run.")
-        return None
-    path, content = latest
-    saved = content["state"].recipe
-    if saved.get("name") != recipe.name or saved.get("net") != recipe.to_dict()["net"]:
-        raise RecipeError(f"{run_dir} holds a run of recipe '{saved.get('name')}' (net {saved.get('net')}). "
-                          f"Use --output for another folder, or --fresh to set the old run aside.")
-    log.info("resuming from %s (epoch %d, step %d)", path, content["state"].epoch, content["state"].step)
-    return content
-
-
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever sys.stderr is when a record comes: a notebook's current cell, pytest's capture."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:
-        pass
-
-
-def setup_logging() -> None:
-    """Console logging now (once per process: a notebook cell run twice does not print lines twice);
-    records are also buffered until `add_file_log` knows the run dir."""
-    root = logging.getLogger()
-    root.setLevel(logging.INFO)
-    if not any(getattr(h, "_research", None) == "console" for h in root.handlers):
-        console = _StderrHandler()
-        console.setFormatter(LOG_FORMAT)
-        console._research = "console"
-        root.addHandler(console)
-    if not any(getattr(h, "_research", None) == "buffer" for h in root.handlers):
-        buffer = logging.handlers.MemoryHandler(capacity=10000, flushLevel=logging.CRITICAL + 1)
-        buffer._research = "buffer"
-        root.addHandler(buffer)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-
-
-def add_file_log(run_dir: Path, is_logger: bool) -> None:
-    """Append to run_dir/train.log (rank 0 only), starting with what was logged before."""
-    root = logging.getLogger()
-    buffers = [h for h in root.handlers if getattr(h, "_research", None) == "buffer"]
-    target = None
-    remove_file_log()                       # a previous run in this process (a notebook) logged elsewhere
-    if is_logger:
-        target = _RunLog(run_dir / "train.log")
-        target.setFormatter(LOG_FORMAT)
-        target._research = "file"
-        root.addHandler(target)
-    for buffer in buffers:
-        if target is not None:
-            for record in buffer.buffer:
-                target.handle(record)
-        root.removeHandler(buffer)
-
-
-def remove_file_log() -> None:
-    """Close the run's train.log handler: the run is over, later records belong elsewhere."""
-    root = logging.getLogger()
-    for handler in [h for h in root.handlers if getattr(h, "_research", None) == "file"]:
-        root.removeHandler(handler)
-        handler.close()
-
-
-class _RunLog(logging.FileHandler):
-    """train.log that, on a full disk, says so once on the console instead of a traceback per record."""
-    failed = False
-
-    def handleError(self, record: logging.LogRecord) -> None:
-        err = sys.exc_info()[1]
-        if not self.failed and isinstance(err, OSError):
-            self.failed = True
-            sys.stderr.write(f"train.log not written: {atomic.explain(self.baseFilename, err)}\n")
-        elif not isinstance(err, OSError):
-            super().handleError(record)
 
 
 def global_batch_size(train: TrainConfig, devices: int) -> int:
@@ -143,15 +34,10 @@ def global_batch_size(train: TrainConfig, devices: int) -> int:
     return train.batch_size * devices if train.batch_per == "device" else train.batch_size
 
 
-def create_kvstore(recipe: Recipe):
-    """A kvstore object for distributed training (it tells rank and worker count), else its name."""
-    return distributed.create_kvstore(recipe.train.kvstore)
-
-
 def build_setup(recipe: Recipe, ctxs: list, run_dir: Path, kv) -> Setup:
     """Data, net (initialised on every context, hybridized) and trainer with its kvstore."""
     train = recipe.train
-    num_workers, rank = (kv.num_workers, kv.rank) if train.kvstore in DIST else (1, 0)
+    num_workers, rank = (kv.num_workers, kv.rank) if kvstore.is_distributed(train.kvstore) else (1, 0)
     devices = len(ctxs) * num_workers
     global_batch = global_batch_size(train, devices)
     if global_batch % devices:
@@ -211,59 +97,6 @@ def _changes(saved: dict, now: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def write_status(run_dir: Path, state: checkpoint.TrainState, recipe: Recipe, status: str,
-                 run_id: str | None, in_epoch: dict | None = None) -> None:
-    """run_dir/status.json for tools/status.py: written atomically, read without locks.
-
-    `in_epoch` (batch, batches, step, train_loss, img_per_s, eta_epoch_s, eta_s) comes every
-    train.log_every batches from InEpochReport; without it the figures are the last epoch's.
-    """
-    last = state.history[-1] if state.history else {}
-    done = len(state.history)
-    info = {"status": status, "epoch": state.epoch, "epochs": recipe.train.epochs,
-            "val_top1": last.get("val/top1"), "img_per_s": last.get("speed/img_per_s"),
-            "eta_s": (recipe.train.epochs - state.epoch) * state.elapsed_s / done if done else None,
-            "run_id": run_id, "pid": os.getpid(), "host": socket.gethostname(), "updated": time.time(),
-            **(in_epoch or {})}
-    try:
-        atomic.write_text(run_dir / "status.json", json.dumps(info, indent=1))
-    except OSError as err:          # a full disk: the run stops on its checkpoint, not on the status file
-        if not write_status.failed:
-            log.error("status not updated: %s", atomic.explain(run_dir / "status.json", err))
-        write_status.failed = True
-
-
-write_status.failed = False        # said once: it is retried every log_every batches
-
-
-def start_tracking(recipe: Recipe, state: checkpoint.TrainState, ctxs: list, argv: list[str]) -> Tracker:
-    """A new MLflow run, or the checkpoint's run continued with any missing epochs re-logged."""
-    if not recipe.tracking.enabled:
-        return Tracker.disabled()
-    if state.run_id:
-        tracker = Tracker.resume(state.run_id)
-        logged = tracker.logged_steps("val/top1")
-        for entry in state.history:           # epochs checkpointed but not yet in MLflow (killed in between)
-            if entry["epoch"] not in logged:
-                tracker.log_metrics({k: v for k, v in entry.items() if k != "epoch"}, step=entry["epoch"])
-        tracker.set_tags({f"resumed.{int(time.time())}": " ".join(argv)})
-    else:
-        tracker = start_new_run(recipe, ctxs, argv)
-    if recipe.tracking.system_metrics:
-        tracker.start_system_metrics(recipe.tracking.system_metrics_every_s, resumed=bool(state.run_id))
-    return tracker
-
-
-def start_new_run(recipe: Recipe, ctxs: list, argv: list[str], tags: dict[str, str] | None = None) -> Tracker:
-    """A new MLflow run named "<recipe> <date> <4 hex>", tagged and described by its command, params logged."""
-    name = f"{recipe.name} {datetime.now():%Y-%m-%d %H:%M} {os.urandom(2).hex()}"
-    tracker = Tracker.start(recipe.tracking.experiment or recipe.name, name,
-                            tags={**environment_tags(ctxs, argv), "recipe": recipe.name, **(tags or {})},
-                            description=f"`{' '.join(argv)}` on {platform.node()}")
-    tracker.log_params(recipe.flat())
-    return tracker
-
-
 def train(recipe: Recipe, ctxs: list, run_dir: Path, resume: bool, fresh: bool, argv: list[str],
           interactive: bool = False) -> int:
     """Run or resume `recipe`; returns the process exit code.
@@ -283,8 +116,9 @@ def train(recipe: Recipe, ctxs: list, run_dir: Path, resume: bool, fresh: bool, 
 def _train(recipe: Recipe, ctxs: list, run_dir: Path, resume: bool, fresh: bool, argv: list[str],
            interactive: bool, lock: RunDirLock) -> int:
     setup_logging()
-    kv = create_kvstore(recipe)
-    is_logger = recipe.train.kvstore not in DIST or kv.rank == 0
+    kv = kvstore.create_kvstore(recipe.train.kvstore)
+    distributed = kvstore.is_distributed(recipe.train.kvstore)
+    is_logger = not distributed or kv.rank == 0
     if is_logger:
         lock.acquire()                     # one trainer per run directory
     content = prepare_run_dir(run_dir, recipe, resume, fresh and is_logger)
@@ -295,8 +129,8 @@ def _train(recipe: Recipe, ctxs: list, run_dir: Path, resume: bool, fresh: bool,
     if content is not None:
         state = _restore(content, setup, run_dir)
         state.recipe = recipe.to_dict()
-    if recipe.train.kvstore in DIST:       # rank 0's weights and position on every worker, lr schedule on the servers
-        distributed.prepare_workers(kv, setup, state)
+    if distributed:       # rank 0's weights and position on every worker, lr schedule on the servers
+        kvstore.prepare_workers(kv, setup, state)
     if state.epoch >= recipe.train.epochs:
         again, extend = (("resume='fresh'", "overrides={'train.epochs': N}") if interactive
                          else ("--fresh", "--set train.epochs=N"))
@@ -306,10 +140,16 @@ def _train(recipe: Recipe, ctxs: list, run_dir: Path, resume: bool, fresh: bool,
     if not setup.is_logger:
         return _run_loop(setup, state, Tracker.disabled(), argv, interactive)
     atomic.write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
-    tracker = start_tracking(recipe, state, ctxs, argv)
+    if not recipe.tracking.enabled:
+        tracker = Tracker.disabled()
+    elif state.run_id:
+        tracker = resume_run(state.run_id, state.history, argv)
+    else:
+        tracker = start_run(recipe, ctxs, argv)
+    if recipe.tracking.system_metrics:
+        tracker.start_system_metrics(recipe.tracking.system_metrics_every_s, resumed=bool(state.run_id))
     state.run_id = tracker.run_id or state.run_id     # a store that is down must not orphan the run id
-    atomic.write_text(run_dir / "run.json", json.dumps({"run_id": tracker.run_id, "experiment_id": tracker.experiment_id,
-                                                        "tracking_uri": tracking_uri()}, indent=1))
+    write_run_json(run_dir, tracker.run_id, tracker.experiment_id)
     tracker.log_artifact(run_dir / "recipe.yaml")
     tracker.log_datasets(lambda: describe_datasets(recipe, setup.train_iter.num_samples, setup.val_iter.num_samples))
     log.info("run %s: %s on %s, global batch %d, lr %.4g, output %s", tracker.run_id or "(untracked)",
@@ -320,7 +160,7 @@ def _train(recipe: Recipe, ctxs: list, run_dir: Path, resume: bool, fresh: bool,
 def _run_loop(setup: Setup, state: checkpoint.TrainState, tracker: Tracker, argv: list[str],
               interactive: bool = False) -> int:
     # rank 0 decides when a job stops
-    stop = StopRequest(interactive) if setup.is_logger else distributed.FollowerStop()
+    stop = StopRequest(interactive) if setup.is_logger else FollowerStop()
     stop.install()
     end_watch = lambda: None  # noqa: E731
     if setup.is_logger and setup.num_workers > 1:   # the launcher SIGKILLs a rank 0 stuck on a dead worker
@@ -385,7 +225,7 @@ def _fit_and_finish(setup: Setup, state: checkpoint.TrainState, tracker: Tracker
         _finish(setup, state, tracker, "FAILED", "failed")
         raise
     if setup.num_workers > 1:              # equal on every worker when the kvstore kept them in sync
-        log.info("final weights sha256 %s", distributed.weights_digest(setup.net))
+        log.info("final weights sha256 %s", kvstore.weights_digest(setup.net))
     if outcome == "stopped":
         if setup.is_logger:
             how = ("rerun the same tools/launch_dist.py command" if setup.num_workers > 1
@@ -403,14 +243,13 @@ def _fit_and_finish(setup: Setup, state: checkpoint.TrainState, tracker: Tracker
               f"({_minutes(state.elapsed_s)}). Run directory: {run_dir}")
         if tracker.enabled:
             print(f"MLflow run {tracker.run_id} in experiment '{recipe.tracking.experiment or recipe.name}'. "
-                  f"Open the UI with:\n  {ui_command()}\nthen browse http://127.0.0.1:5000/#/experiments/"
-                  f"{tracker.experiment_id}/runs/{tracker.run_id}")
+                  f"Open the UI with:\n  {ui_command()}\nthen browse {run_url(tracker.run_id, tracker.experiment_id)}")
     return 0
 
 
 def export_final(setup: Setup, tracker: Tracker) -> None:
     """Final weights as symbol + params (and ONNX where supported), logged as artifacts."""
-    from ..export import export_model
+    from ..model.export import export_model
     model_dir = setup.run_dir / "model"
     try:
         export_model(setup.net, model_dir, setup.recipe)
@@ -438,8 +277,7 @@ def _mark_killed(setup: Setup, state: checkpoint.TrainState, tracker: Tracker, s
 def _finish(setup: Setup, state: checkpoint.TrainState, tracker: Tracker, status: str, word: str) -> None:
     if not setup.is_logger:
         return
-    for handler in logging.getLogger().handlers:
-        handler.flush()
+    flush_logs()
     tracker.log_artifact(setup.run_dir / "train.log")
     tracker.end(status)
     write_status(setup.run_dir, state, setup.recipe, word, tracker.run_id)   # last: the run is settled

@@ -1,4 +1,7 @@
-"""Graceful stops: SIGINT, SIGTERM, SIGHUP finish the batch, checkpoint, mark the run KILLED."""
+"""Graceful stops: SIGINT, SIGTERM, SIGHUP finish the batch, checkpoint, mark the run KILLED.
+
+On several machines rank 0 alone decides when the job stops; the other workers use FollowerStop.
+"""
 from __future__ import annotations
 
 import logging
@@ -9,13 +12,14 @@ import threading
 from typing import Callable
 
 log = logging.getLogger(__name__)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class StopRequest:
     """Set by a signal; the loop checks it after every batch. A second SIGINT exits at once, or
     raises KeyboardInterrupt when `interactive` (a notebook kernel must survive it)."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    SIGNALS = STOP_SIGNALS
 
     def __init__(self, interactive: bool = False):
         self.signal_name: str | None = None
@@ -57,6 +61,31 @@ class StopRequest:
     @property
     def exit_code(self) -> int:
         return 128 + signal.Signals[self.signal_name].value if self.signal_name else 0
+
+
+class FollowerStop:
+    """Signal handling for workers other than rank 0: rank 0 alone decides when the job stops.
+
+    Workers that each stopped on their own could stop at different steps, and one that pushes a step
+    the others never push waits forever (rank 0's checkpoint with it). So a follower notes the first
+    signal and trains on; rank 0 checkpoints and exits, then the launcher ends the followers. After the
+    first signal the default handling is back, so the launcher's SIGTERM ends this process at once.
+    """
+    signal_name = None
+    exit_code = 0
+
+    def __call__(self) -> bool:
+        return False
+
+    def install(self) -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame) -> None:
+        log.warning("%s received: rank 0 decides when the job stops (it writes the checkpoint, then the "
+                    "launcher ends this worker)", signal.Signals(signum).name)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
 
 
 def _detach_terminal() -> None:

@@ -14,8 +14,8 @@ import numpy as np
 from ..config import Recipe, RecordData, dump_recipe
 from ..data.recordio import check_labels, open_record_files
 from ..nets.pretrained import PretrainedError
-from ..tracking import Tracker, ui_command
-from ..train.run import add_file_log, setup_logging, start_new_run
+from ..tracking import Tracker, start_run, ui_command
+from ..train.logs import add_file_log, setup_logging
 from . import classifier
 from .cache import cache_key, cache_path, load_features, save_features
 from .features import (Features, TransferError, check_test_ids, extract_features, feature_block, load_backbone,
@@ -164,7 +164,7 @@ def run_transfer_job(recipe: Recipe, ctxs: list, run_dir: Path, argv: list[str])
     (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
     tracker = Tracker.disabled()
     if recipe.tracking.enabled:
-        tracker = start_new_run(recipe, ctxs, argv, tags={"task": "transfer"})
+        tracker = start_run(recipe, ctxs, argv, tags={"task": "transfer"})
         tracker.log_artifact(run_dir / "recipe.yaml")
     try:
         results = run_transfer(recipe, ctxs, run_dir, tracker)

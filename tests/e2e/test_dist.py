@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from research.config import load_recipe
 from research.data import get_iterators
-from research.distributed import digest_arrays
+from research.train.kvstore import digest_arrays
 from research.train import checkpoint
 from research.train.loop import fit
 from research.train.run import build_setup

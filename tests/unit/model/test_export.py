@@ -14,11 +14,11 @@ from mxnet import gluon
 
 from research.config import load_recipe, recipe_from_dict
 from research.errors import UserError
-from research.export import class_names, deployable_recipe, export_model
+from research.model.export import class_names, deployable_recipe, export_model
 from research.nets import get_net
-from research.predict import Predictor, find_model, preprocess, read_image
+from research.model.predict import Predictor, find_model, preprocess, read_image
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def ready_net(name: str, classes: int, shape: tuple[int, ...]) -> gluon.HybridBlock:

@@ -1,4 +1,4 @@
-"""research.compare against a real temporary MLflow store filled through research.tracking."""
+"""research.runs.compare against a real temporary MLflow store filled through research.tracking."""
 from __future__ import annotations
 
 import csv
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from research.compare import (collect, compare_url, differing_params, experiment_url, format_rows,
+from research.runs.compare import (collect, compare_url, differing_params, experiment_url, format_rows,
                               plot_runs)
 from research.errors import UserError
 from research.tracking import Tracker

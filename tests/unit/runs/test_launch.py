@@ -1,4 +1,4 @@
-"""research.launch without tmux: session names, and the pane script's log, exit status and signals."""
+"""research.runs.launch without tmux: session names, and the pane script's log, exit status and signals."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from research.launch import Launch, pane_script, passed_env, session_name
+from research.runs.launch import Launch, pane_script, passed_env, session_name
 
 
 def test_session_names_are_tmux_safe():

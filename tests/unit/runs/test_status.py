@@ -1,4 +1,4 @@
-"""research.status on status.json files written here: live, killed -9, rebooted, other-host and odd runs."""
+"""research.runs.status on status.json files written here: live, killed -9, rebooted, other-host and odd runs."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 
-from research.status import SessionInfo, classify, collect, format_duration, format_table
+from research.runs.status import SessionInfo, classify, collect, format_duration, format_table
 
 HOST = socket.gethostname()
 

@@ -8,7 +8,8 @@ import pytest
 from research.config import load_recipe
 from research.train.checkpoint import TrainState, net_arrays
 from research.train.loop import fit
-from research.train.run import build_setup, create_kvstore
+from research.train.kvstore import create_kvstore
+from research.train.run import build_setup
 from research.tracking import Tracker
 
 REPO = Path(__file__).resolve().parents[3]
@@ -17,7 +18,7 @@ REPO = Path(__file__).resolve().parents[3]
 def train_once(ctxs, tmp_path, overrides=()):
     recipe = load_recipe(REPO / "recipes/smoke/lenet_digits_tiny.yaml",
                          ["train.epochs=2", "train.lr_steps=[1]", *overrides])
-    setup = build_setup(recipe, ctxs, tmp_path, create_kvstore(recipe))
+    setup = build_setup(recipe, ctxs, tmp_path, create_kvstore(recipe.train.kvstore))
     state = TrainState(recipe=recipe.to_dict())
     assert fit(setup, state, Tracker.disabled(), lambda: False) == "finished"
     return setup, state
@@ -42,7 +43,7 @@ def test_two_contexts_match_one(tmp_path, kvstore):
 def test_batch_per_device_scales_global_batch_and_lr(tmp_path):
     recipe = load_recipe(REPO / "recipes/smoke/lenet_digits_tiny.yaml",
                          ["train.batch_per=device", "train.batch_size=32", "train.base_batch_size=32"])
-    setup = build_setup(recipe, [mx.cpu(0), mx.cpu(1)], tmp_path, create_kvstore(recipe))
+    setup = build_setup(recipe, [mx.cpu(0), mx.cpu(1)], tmp_path, create_kvstore(recipe.train.kvstore))
     assert setup.global_batch == 64
     assert setup.base_lr == pytest.approx(2 * recipe.train.lr)
 

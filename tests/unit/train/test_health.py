@@ -9,7 +9,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from research.config import recipe_from_dict
+from research.tracking import start_run
 from research.train import health, run
+from research.train.kvstore import create_kvstore
 from research.train.checkpoint import TrainState
 
 HEALTHY = {"train/loss": 1.0, "val/top1": 0.6, "health/dead_fraction": 0.0}
@@ -73,11 +75,11 @@ def test_a_dead_head_stops_the_run_with_exit_3_a_failed_mlflow_run_and_the_good_
         "data": {"kind": "digits", "size": 32},
         "train": {"epochs": 4, "lr": 3e-4, "optimizer": "adam", "batch_size": 64, "log_every": 5},
     })
-    setup = run.build_setup(recipe, [mx.cpu()], tmp_path / "run", run.create_kvstore(recipe))
+    setup = run.build_setup(recipe, [mx.cpu()], tmp_path / "run", create_kvstore(recipe.train.kvstore))
     steps_per_epoch = setup.train_iter.num_samples // setup.global_batch
     setup.train_iter = KillHeadAfter(setup.train_iter, setup.net, steps_per_epoch)    # healthy for epoch 1
     state = TrainState(recipe=recipe.to_dict())
-    tracker = run.start_tracking(recipe, state, [mx.cpu()], ["tools/train.py", "x"])
+    tracker = start_run(recipe, [mx.cpu()], ["tools/train.py", "x"])
     (tmp_path / "run").mkdir(exist_ok=True)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:

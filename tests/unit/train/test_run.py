@@ -7,7 +7,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from research.config import load_recipe
+from research.tracking import start_run
 from research.train import run
+from research.train.kvstore import create_kvstore
 from research.train.checkpoint import TrainState
 
 REPO = Path(__file__).resolve().parents[3]
@@ -33,10 +35,10 @@ class BrokenAfter:
 def test_exception_marks_run_failed_with_traceback(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     recipe = load_recipe(REPO / "recipes/smoke/lenet_digits_tiny.yaml")
-    setup = run.build_setup(recipe, [mx.cpu()], tmp_path / "run", run.create_kvstore(recipe))
+    setup = run.build_setup(recipe, [mx.cpu()], tmp_path / "run", create_kvstore(recipe.train.kvstore))
     setup.train_iter = BrokenAfter(setup.train_iter, 3)
     state = TrainState(recipe=recipe.to_dict())
-    tracker = run.start_tracking(recipe, state, [mx.cpu()], ["tools/train.py", "x"])
+    tracker = start_run(recipe, [mx.cpu()], ["tools/train.py", "x"])
     (tmp_path / "run").mkdir(exist_ok=True)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
