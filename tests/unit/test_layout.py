@@ -1,0 +1,71 @@
+"""The layout shows the architecture: the parts of research/ import each other in one direction only."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+RESEARCH = Path(__file__).resolve().parents[2] / "research"
+
+
+def part_of(module: str) -> str:
+    """research.train.loop -> train, research.config -> config: a subpackage or a top-level module."""
+    return module.split(".")[1]
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every research.* module `path` imports, also inside functions and TYPE_CHECKING blocks."""
+    package = ".".join(path.relative_to(RESEARCH.parent).with_suffix("").parts[:-1])
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            module = ".".join(filter(None, [base, node.module]))
+            found |= {module} if node.module else {f"{module}.{alias.name}" for alias in node.names}
+    return {module for module in found if module.startswith("research.")}
+
+
+def part_graph() -> dict[str, dict[str, list[str]]]:
+    """part -> {imported part: [the importing files]}."""
+    graph: dict[str, dict[str, list[str]]] = {}
+    for path in sorted(RESEARCH.rglob("*.py")):
+        importer = part_of(".".join(path.relative_to(RESEARCH.parent).with_suffix("").parts)) \
+            if path.parent != RESEARCH or path.stem != "__init__" else "__init__"
+        for module in imported_modules(path):
+            if part_of(module) != importer:
+                graph.setdefault(importer, {}).setdefault(part_of(module), []).append(
+                    str(path.relative_to(RESEARCH.parent)))
+    return graph
+
+
+def find_cycle(graph: dict[str, dict[str, list[str]]]) -> list[str] | None:
+    state: dict[str, str] = {}
+
+    def visit(node: str, trail: list[str]) -> list[str] | None:
+        state[node] = "open"
+        for nxt in graph.get(node, {}):
+            if state.get(nxt) == "open":
+                return trail[trail.index(nxt):] + [node, nxt] if nxt in trail else [node, nxt]
+            if nxt not in state and (cycle := visit(nxt, trail + [node])):
+                return cycle
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node, [])):
+            return cycle
+    return None
+
+
+def test_no_part_of_research_imports_a_part_that_imports_it():
+    graph = part_graph()
+    assert "train" in graph and "runs" in graph        # the scan found the packages
+    cycle = find_cycle(graph)
+    assert cycle is None, "research/ parts import each other in a circle: " + " -> ".join(
+        f"{a} ({', '.join(sorted(set(graph[a][b])))})" for a, b in zip(cycle, cycle[1:])) + f" -> {cycle[-1]}"
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b": ["x"]}, "b": {"c": ["y"]}, "c": {"a": ["z"]}}) is not None
+    assert find_cycle({"a": {"b": ["x"]}, "b": {"c": ["y"]}}) is None
