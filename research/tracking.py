@@ -275,7 +275,7 @@ class Tracker:
 
     def log_model(self, model_dir: str | Path, step: int,
                   metric_keys: tuple[str, ...] = ("val/loss", "val/top1", "val/top5")) -> None:
-        """The exported model as the run's one MLflow LoggedModel (a pyfunc, research.logged_model), with
+        """The exported model as the run's one MLflow LoggedModel (a pyfunc, research.model.logged_model), with
         the run's params, and its `metric_keys` at `step` linked to it (on the validation dataset input).
 
         A model this run logged before (a resumed or extended run) is deleted first.
@@ -287,7 +287,7 @@ class Tracker:
         import mlflow
         from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
 
-        from . import logged_model
+        from .model import logged_model
         mlflow.set_tracking_uri(tracking_uri())        # pyfunc.log_model writes to the global store
         for old in self.client.search_logged_models([self.experiment_id],
                                                     filter_string=f"source_run_id = '{self.run_id}'"):

@@ -12,7 +12,7 @@ import mxnet as mx
 from mxnet import autograd, gluon
 
 from ..config import Recipe
-from ..evaluate import evaluate
+from .evaluate import evaluate
 from ..tracking import Tracker
 from . import health
 from .checkpoint import CheckpointError, CheckpointWriter, TrainState

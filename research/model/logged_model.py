@@ -1,9 +1,9 @@
 """The final model as an MLflow pyfunc: `predict` takes image files or decoded images and answers
 like tools/predict.py (the recipe's validation preprocessing, then the exported net).
 
-Its own module beside research/tracking.py, the only other one that imports mlflow: a logged model
-names its class by this import path, and loading it (`mlflow.pyfunc.load_model`, `mlflow models
-serve`) imports this module and research.predict, never the trainer. Keep the class here.
+With research/tracking.py, the only module that imports mlflow: a logged model names its class by
+this import path, and loading it (`mlflow.pyfunc.load_model`, `mlflow models serve`) imports this
+module and research.model.predict, never the trainer. Keep the class in research/model/.
 """
 from __future__ import annotations
 

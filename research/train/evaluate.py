@@ -5,7 +5,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import gluon
 
-from .train.health import dead_fraction
+from .health import dead_fraction
 
 
 def evaluate(net: gluon.Block, val_iter: mx.io.DataIter, ctxs: list[mx.Context],
