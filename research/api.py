@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from .config import Recipe
-    from .predict import Predictor
+    from .model.predict import Predictor
 
 Resume = Literal["auto", "require", "fresh"]
 RESUME_MODES = ("auto", "require", "fresh")
@@ -87,7 +87,7 @@ class Run:
 
     def plot(self, title: str | None = None) -> Figure:
         """Loss and accuracy curves per epoch (the run's curves.png) as a matplotlib Figure."""
-        from .plots import curves_figure
+        from .train.plots import curves_figure
         history = [dict(entry) for entry in self._latest()["state"].history] if self._latest() else []
         if not history:
             raise UserError(f"{self.run_dir}: no epoch finished yet, so there are no curves to plot.")
@@ -96,7 +96,7 @@ class Run:
     def predict(self, images: Sequence[str | Path | np.ndarray], top: int = 5) -> list[list[tuple[str, float]]]:
         """For each image (a file, or an HxW / HxWxC uint8 array) the top (class, probability) pairs,
         most likely first; the exported model and preprocessing of tools/predict.py."""
-        from .predict import read_image
+        from .model.predict import read_image
         predictor = self._predictor_or_load()
         channels = predictor.shape[0]
         pixels = [read_image(image, channels) if isinstance(image, (str, Path)) else image for image in images]
@@ -104,7 +104,7 @@ class Run:
 
     def _predictor_or_load(self) -> Predictor:
         if self._predictor is None:
-            from .predict import Predictor
+            from .model.predict import Predictor
             self._predictor = Predictor(self.run_dir)
         return self._predictor
 
@@ -131,7 +131,7 @@ class Run:
 
 
 def _input_shape(recipe: Recipe) -> tuple[int, int, int]:
-    from .export import input_shape
+    from .model.export import input_shape
     return input_shape(recipe)
 
 
@@ -196,7 +196,8 @@ def run_recipe(recipe: Recipe, gpus: str | None, output: str | Path | None, resu
 
     ctxs = get_contexts(gpus)
     check_recipe(recipe, ctxs)
-    from .train.run import default_run_dir, train as train_run
+    from .train.run import train as train_run
+    from .train.run_dir import default_run_dir
     run_dir = Path(output) if output else default_run_dir(recipe)
     if recipe.task == "transfer":
         from .transfer.run import run_transfer_job
@@ -238,7 +239,7 @@ def compare(runs_or_experiment: str | Iterable[str | Path | Run] | None = None, 
     """
     import pandas as pd
 
-    from .compare import collect, summary_table
+    from .runs.compare import collect, summary_table
 
     experiment, refs = None, []
     if isinstance(runs_or_experiment, str) and not Path(runs_or_experiment, "run.json").is_file():
@@ -263,9 +264,10 @@ def _run_ref(run: str | Path | Run) -> str:
 def callable_module(module_name: str, function: Callable) -> None:
     """Let the module `module_name` be called as `function` (same signature and docstring).
 
-    research.train and research.compare are modules (the training package, the comparison code)
-    and the API's functions: importing research.train.run sets the attribute research.train to
-    the package whatever research/__init__.py put there, so the module itself must be callable.
+    research.train is a module (the training package) and the API's function: importing
+    research.train.run sets the attribute research.train to the package whatever
+    research/__init__.py put there, so the module itself must be callable (research/__init__.py
+    makes it so: Python imports it before any research.train module).
     """
     def __call__(self, *args, **kwargs):
         return function(*args, **kwargs)

@@ -275,9 +275,3 @@ def compare_url(run_ids: list[str], experiment_ids: list[str], port: int = 5000)
     runs = json.dumps(list(run_ids), separators=(",", ":"))
     experiments = json.dumps(sorted(set(experiment_ids)), separators=(",", ":"))
     return f"http://127.0.0.1:{port}/#/compare-runs?runs={runs}&experiments={experiments}"
-
-
-# research.compare(...) is the library API's compare (a DataFrame of the rows above); see research.api.
-from . import api  # noqa: E402
-
-api.callable_module(__name__, api.compare)

@@ -24,12 +24,12 @@ def test_import_loads_neither_mxnet_nor_mlflow():
 
 
 def test_train_and_compare_stay_callable_after_their_modules_are_imported():
-    import research.compare
+    import research.runs.compare
     import research.train.run  # noqa: F401  (sets the attribute research.train to the package)
     assert callable(research.train) and callable(research.compare)
     assert list(inspect.signature(research.train).parameters) == ["recipe", "gpus", "overrides", "output", "resume"]
     assert "UserError" in research.train.__call__.__doc__
-    assert research.compare.collect is not None                     # still the module as well
+    assert research.train.checkpoint is not None                    # still the package as well
 
 
 def test_overrides_as_a_dict_or_assignments():
