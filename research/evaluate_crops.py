@@ -18,7 +18,7 @@ from .config import Recipe, RecordData, recipe_from_dict
 from .data.recordio import (RecordEvalIter, check_data_shape, check_labels, cpu_cores, decode_thread_cap,
                             image_record_kwargs, open_record_files, plan_threads, rgb_mean, shortest_side)
 from .errors import UserError
-from .export import input_shape
+from .model.export import input_shape
 from .nets import build_net
 from .tracking import Tracker, get_client, tracking_uri
 from .train.checkpoint import CheckpointError, find_latest, load_checkpoint, load_net_arrays

@@ -15,7 +15,7 @@ class _InlineFigure(Figure):
         self.savefig(buffer, format="png")
         return buffer.getvalue()
 
-from . import atomic
+from .. import atomic
 
 
 def plot_curves(history: list[dict[str, float]], path: str | Path, title: str = "") -> None:
