@@ -10,7 +10,8 @@ from research.config import load_recipe
 from research.train import checkpoint
 from research.train.checkpoint import CheckpointError, TrainState
 from research.train.loop import fit
-from research.train.run import build_setup, create_kvstore
+from research.train.kvstore import create_kvstore
+from research.train.run import build_setup
 from research.tracking import Tracker
 
 REPO = Path(__file__).resolve().parents[3]
@@ -19,7 +20,7 @@ STEPS_PER_EPOCH = 1437 // 64
 
 def test_full_disk_stops_training_at_the_next_batch(tmp_path, monkeypatch):
     recipe = load_recipe(REPO / "recipes/smoke/lenet_digits_tiny.yaml", ["train.epochs=4", "train.lr_steps=[3]"])
-    setup = build_setup(recipe, [mx.cpu()], tmp_path, create_kvstore(recipe))
+    setup = build_setup(recipe, [mx.cpu()], tmp_path, create_kvstore(recipe.train.kvstore))
     state = TrainState(recipe=recipe.to_dict())
     real_fsync, calls = os.fsync, []
 
