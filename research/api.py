@@ -167,6 +167,7 @@ def train(recipe: str | Path | Recipe, *, gpus: str | Sequence[int] | None = Non
             run marked KILLED. Calling train again with the same arguments resumes into that run.
         NonFiniteLoss, DeadHead: the loss became NaN, or the net's outputs stopped carrying
             information (research.train.health); the run is marked FAILED, the last good checkpoint kept.
+        CheckpointError: a checkpoint could not be written (a full disk); the same call resumes later.
     """
     if resume not in RESUME_MODES:
         raise UserError(f"resume={resume!r}: expected one of {', '.join(RESUME_MODES)}.")
