@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -29,8 +29,8 @@ class NetConfig:
     name: str                 # a key of research.nets.NETS
     classes: int
     pretrained: str = ""      # "" none; a gluoncv model-zoo name or a .params file: weights to start from
-    activation: str = "relu"  # SqueezeNet: relu | elu after every convolution, conv10 included
-    init: str = "caffe"       # SqueezeNet: caffe (the release's fillers) | xavier (mx.init.Xavier() defaults)
+    activation: Literal["relu", "elu"] = "relu"      # SqueezeNet: after every convolution, conv10 included
+    init: Literal["caffe", "xavier"] = "caffe"       # SqueezeNet: the release's fillers, or mx.init.Xavier() defaults
 
 
 @dataclass
@@ -99,20 +99,20 @@ class TrainConfig:
     epochs: int
     lr: float
     batch_size: int
-    batch_per: str = "global"        # "global": batch_size is split over devices; "device": per device
+    batch_per: Literal["global", "device"] = "global"   # global: batch_size is split over devices; device: per device
     base_batch_size: int = 0         # batch the lr was tuned for; lr scales linearly from it (0: batch_size)
-    optimizer: str = "sgd"           # sgd | nag | adam
+    optimizer: Literal["sgd", "nag", "adam"] = "sgd"
     momentum: float = 0.9
     wd: float = 1e-4
     clip_gradient: float = 0.0       # clip each gradient element to +-this (after rescaling); 0: off
-    lr_schedule: str = "step"        # step | cosine | poly | constant
+    lr_schedule: Literal["step", "cosine", "poly", "constant"] = "step"
     lr_steps: list[int] = field(default_factory=list)   # epochs at which lr *= lr_factor
     lr_factor: float = 0.1
     lr_power: float = 2.0            # poly schedule exponent
     warmup_epochs: float = 0.0       # linear warmup from 0 over this many epochs
     frozen_epochs: int = 0           # train only net.output for this many epochs (fine-tuning)
-    kvstore: str = "device"          # local | device | dist_sync | dist_device_sync | dist_async
-    dtype: str = "float32"           # float32 | float16 (GPU only; multi-precision master weights)
+    kvstore: Literal["local", "device", "nccl", "dist_sync", "dist_device_sync", "dist_async"] = "device"
+    dtype: Literal["float32", "float16"] = "float32"    # float16: GPU only; multi-precision master weights
     hybridize: bool = True
     log_every: int = 50              # batches between progress reports: log line, status.json, MLflow iter/ (each a device sync)
     chance_epochs: int = 0           # stop if val top-1 is still at chance (<= 2/classes) after this many; 0: off
@@ -160,7 +160,7 @@ class Recipe:
     net: NetConfig
     train: TrainConfig
     data: Any                        # one of DATA_KINDS, chosen by data.kind
-    task: str = "classify"           # classify | transfer
+    task: Literal["classify", "transfer"] = "classify"
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     transfer: TransferConfig | None = None
@@ -176,23 +176,6 @@ class Recipe:
     def flat(self) -> dict[str, Any]:
         """`section.key` -> value, the form MLflow params take."""
         return dict(_flatten(self.to_dict()))
-
-
-TASKS = ("classify", "transfer")
-KVSTORES = ("local", "device", "nccl", "dist_sync", "dist_device_sync", "dist_async")
-OPTIMIZERS = ("sgd", "nag", "adam")
-SCHEDULES = ("step", "cosine", "poly", "constant")
-CHOICES = {
-    ("task",): TASKS,
-    ("net", "activation"): ("relu", "elu"),
-    ("net", "init"): ("caffe", "xavier"),
-    ("train", "kvstore"): KVSTORES,
-    ("train", "optimizer"): OPTIMIZERS,
-    ("train", "lr_schedule"): SCHEDULES,
-    ("train", "batch_per"): ("global", "device"),
-    ("train", "dtype"): ("float32", "float16"),
-    ("data", "kind"): tuple(DATA_KINDS),
-}
 
 
 def _flatten(tree: dict, prefix: str = ""):
@@ -220,6 +203,12 @@ FLOAT_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 def _check_value(value: Any, tp: Any, where: str) -> Any:
     """Return value converted to tp (int -> float only), or raise naming the expected type."""
     origin = typing.get_origin(tp)
+    if origin is Literal:             # a recipe choice: the field's annotation lists the valid values
+        options = typing.get_args(tp)
+        if isinstance(value, str) and value in options:
+            return value
+        hint = _closest(str(value), list(options)).replace("Valid keys", "Valid values")
+        raise RecipeError(f"{where} = {value!r} is not one of {', '.join(options)}.{hint}")
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(tp):
             try:
@@ -276,10 +265,6 @@ def _build(cls: type, raw: Any, path: tuple[str, ...], origin: str) -> Any:
             values[name] = None
         else:
             values[name] = _check_value(value, tp, f"{origin}: {dotted}")
-        if key_path in CHOICES and values[name] not in CHOICES[key_path]:
-            options = CHOICES[key_path]
-            hint = _closest(str(values[name]), list(options)).replace("Valid keys", "Valid values")
-            raise RecipeError(f"{origin}: {dotted} = {values[name]!r} is not one of {', '.join(options)}.{hint}")
     return cls(**values)
 
 

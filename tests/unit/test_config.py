@@ -71,6 +71,22 @@ def test_choices_suggest_the_closest_value(recipe_file):
         load_recipe(recipe_file, ["data.kind=recordo"])
 
 
+def test_every_choice_is_read_from_its_field(recipe_file):
+    """The valid values a message lists are the ones declared on the field (typing.Literal)."""
+    import typing
+    from research.config import NetConfig, Recipe, TrainConfig
+    checked = []
+    for cls, section in ((TrainConfig, "train"), (NetConfig, "net"), (Recipe, "")):
+        for name, tp in typing.get_type_hints(cls).items():
+            if typing.get_origin(tp) is typing.Literal:
+                key = f"{section}.{name}" if section else name
+                with pytest.raises(RecipeError, match=rf"{key} = 'bogus' is not one of "
+                                                      rf"{', '.join(typing.get_args(tp))}\."):
+                    load_recipe(recipe_file, [f"{key}=bogus"])
+                checked.append(key)
+    assert {"task", "net.activation", "train.kvstore", "train.optimizer", "train.dtype"} <= set(checked)
+
+
 def test_data_kind_selects_the_schema(recipe_file):
     with pytest.raises(RecipeError, match=r"unknown key 'data.size'"):
         load_recipe(recipe_file, ["data.size=32", "data.kind=mnist"])
