@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -20,7 +19,7 @@ from .data.recordio import (RecordEvalIter, check_data_shape, check_labels, cpu_
 from .errors import UserError
 from .model.export import input_shape
 from .nets import build_net
-from .tracking import Tracker, get_client, tracking_uri
+from .tracking import Tracker, tracking_uri
 from .train.checkpoint import CheckpointError, find_latest, load_checkpoint, load_net_arrays
 
 
@@ -227,18 +226,13 @@ def log_to_run(trained: Trained, metrics: dict[str, float], rec: str | Path) -> 
     if not trained.run_id:
         print(f"not logged to MLflow: {trained.checkpoint} names no MLflow run (tracking was off)")
         return None
-    if trained.tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI"):
-        os.environ["MLFLOW_TRACKING_URI"] = trained.tracking_uri    # the store the run was written to
-    try:
-        client = get_client()
-        client.get_run(trained.run_id)
-    except Exception as err:  # noqa: BLE001 - the figures are printed either way
-        print(f"not logged to MLflow: run {trained.run_id} not found at {tracking_uri()} ({err})")
+    uri = tracking_uri(trained.tracking_uri)      # the store the run was written to, unless MLFLOW_TRACKING_URI
+    tracker = Tracker.attach(trained.run_id, uri)  # not resume: that marks the run RUNNING
+    if not tracker.enabled:
+        print(f"not logged to MLflow: run {trained.run_id} not found at {uri}")
         return None
-    # not Tracker.resume: that marks the run RUNNING, and it may still be training or long finished
-    tracker = Tracker(client, trained.run_id)
     tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith("val/")}, step=trained.epoch)
     tracker.set_tags({"evaluate.rec": str(Path(rec).resolve()), "evaluate.checkpoint": str(trained.checkpoint)})
     if not tracker.flush():
-        print(f"MLflow at {tracking_uri()} did not answer in time; the figures may be missing from the run")
+        print(f"MLflow at {uri} did not answer in time; the figures may be missing from the run")
     return trained.run_id

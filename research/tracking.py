@@ -40,9 +40,10 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 
-def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI if set, else sqlite:///<repo>/mlruns/mlflow.db (absolute)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{STORE_DIR / 'mlflow.db'}"
+def tracking_uri(fallback: str | None = None) -> str:
+    """MLFLOW_TRACKING_URI if set, else `fallback` (e.g. the store a run recorded in its run.json), else
+    sqlite:///<repo>/mlruns/mlflow.db (absolute)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or fallback or f"sqlite:///{STORE_DIR / 'mlflow.db'}"
 
 
 def _local_dir(uri: str) -> Path | None:
@@ -68,11 +69,11 @@ def _store_lock(uri: str):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def get_client():
-    """An MlflowClient on tracking_uri(), the store created if needed (under the lock)."""
+def get_client(uri: str | None = None):
+    """An MlflowClient on `uri` (default tracking_uri()), the store created if needed (under the lock)."""
     from mlflow.tracking import MlflowClient
 
-    uri = tracking_uri()
+    uri = uri or tracking_uri()
     with _store_lock(uri):
         client = MlflowClient(tracking_uri=uri)
         client.search_experiments(max_results=1)     # creates the sqlite schema on first use
@@ -178,6 +179,18 @@ class Tracker:
         except Exception as err:  # noqa: BLE001 - tracking must never stop a run
             log.warning("MLflow tracking is off for this run: could not create a run at %s (%s)",
                         tracking_uri(), err)
+            return cls.disabled()
+
+    @classmethod
+    def attach(cls, run_id: str, uri: str | None = None) -> "Tracker":
+        """Log to an existing run and leave its status alone (it may still be training, or long
+        finished); on any store failure warn and return a disabled tracker."""
+        try:
+            client = get_client(uri)
+            run = client.get_run(run_id)
+            return cls(client, run_id, run.info.experiment_id)
+        except Exception as err:  # noqa: BLE001
+            log.warning("MLflow: could not open run %s at %s (%s)", run_id, uri or tracking_uri(), err)
             return cls.disabled()
 
     @classmethod
@@ -334,14 +347,6 @@ class Tracker:
         except Exception as err:  # noqa: BLE001
             log.warning("MLflow: could not read the history of %s (%s)", key, err)
             return set()
-
-    def params(self) -> dict[str, str]:
-        if not self.enabled:
-            return {}
-        try:
-            return dict(self.client.get_run(self.run_id).data.params)
-        except Exception:  # noqa: BLE001
-            return {}
 
     def run_later(self, fn: Callable[[], Any]) -> None:
         """Run `fn` on the tracker's thread, after what is queued (for plots and other slow side work)."""

@@ -17,16 +17,9 @@ from ..errors import UserError
 from ..preflight import check_recipe
 from ..tracking import Tracker
 from .checkpoint import TrainState
+from ..model.export import input_shape
 from .loop import Setup, fit
 from .run import build_setup, global_batch_size
-
-
-def input_shape(recipe: Recipe) -> list[int]:
-    shape = getattr(recipe.data, "data_shape", None)
-    if shape is None:
-        raise UserError(f"{recipe.source or recipe.name}: data.kind {recipe.data.kind} has no data_shape; "
-                        f"the benchmark needs a recipe with data.kind recordio or synthetic.")
-    return list(shape)
 
 
 def benchmark_train(recipe: Recipe, ctx_lists: list[list[mx.Context]], steps: int, warmup: int,
@@ -40,7 +33,7 @@ def benchmark_train(recipe: Recipe, ctx_lists: list[list[mx.Context]], steps: in
     if warmup < 1 or windows < 1 or steps < windows:
         raise UserError(f"benchmark: warmup ({warmup}) and windows ({windows}) must be >= 1 and "
                         f"steps ({steps}) at least one per window")
-    synthetic = SyntheticData(data_shape=input_shape(recipe))
+    synthetic = SyntheticData(data_shape=list(input_shape(recipe)))
     for ctxs in ctx_lists:          # the recipe's checks (float16 on a CPU...), not its data files
         check_recipe(dataclasses.replace(recipe, data=synthetic), ctxs)
     return [measure(recipe, ctxs, steps, warmup, windows) for ctxs in ctx_lists]
@@ -127,7 +120,7 @@ def measure(recipe: Recipe, ctxs: list[mx.Context], steps: int, warmup: int, win
     compute, which, if anything, counts the trainer's extra Python work in full.
     """
     batch = global_batch_size(recipe.train, len(ctxs))
-    synthetic = SyntheticData(data_shape=input_shape(recipe), num_train=batch, num_val=batch)
+    synthetic = SyntheticData(data_shape=list(input_shape(recipe)), num_train=batch, num_val=batch)
     recipe = dataclasses.replace(recipe, data=synthetic, train=dataclasses.replace(recipe.train, epochs=1))
     per_window = steps // windows
     with tempfile.TemporaryDirectory(prefix="benchmark-") as run_dir:

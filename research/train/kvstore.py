@@ -97,7 +97,7 @@ def prepare_workers(kv, setup: Setup, state: TrainState) -> None:
                     " Unless that is --fresh, rank 0's machine lacks this run's newest checkpoint: stop the job and "
                     "put the run directory on a shared filesystem (docs/distributed.md)" if step < state.step else "")
         state.epoch, state.batch_in_epoch, state.step = epoch, batch, step
-    local_batch = setup.global_batch // setup.num_workers
+    local_batch = setup.local_batch
     updates_per_step = setup.num_workers if "async" in kv.type else 1
     optimizer = trainer.optimizer
     optimizer.lr_scheduler = ScheduleLR(setup.base_lr, train, setup.train_iter.num_samples // local_batch,

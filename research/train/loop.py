@@ -44,6 +44,11 @@ class Setup:
     is_logger: bool = True     # rank 0 only: tracks, checkpoints and prints
     lr_on_servers: bool = False   # dist kvstore: the servers' optimizer follows lr_at (set by kvstore.prepare_workers)
 
+    @property
+    def local_batch(self) -> int:
+        """Images per update on this worker (over its devices)."""
+        return self.global_batch // self.num_workers
+
 
 def fit(setup: Setup, state: TrainState, tracker: Tracker, should_stop: Callable[[], bool],
         on_epoch_end: Callable[[TrainState], None] = lambda state: None,
@@ -62,7 +67,7 @@ def fit(setup: Setup, state: TrainState, tracker: Tracker, should_stop: Callable
     """
     recipe = setup.recipe
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-    steps_per_epoch = setup.train_iter.num_samples // _local_batch(setup)
+    steps_per_epoch = setup.train_iter.num_samples // setup.local_batch
     writer = CheckpointWriter(setup.run_dir / "checkpoints", recipe.checkpoint.keep_last)
     try:
         outcome = _epochs(setup, state, tracker, should_stop, on_epoch_end, on_progress, loss_fn, steps_per_epoch,
@@ -197,10 +202,6 @@ def _set_frozen(net: gluon.Block, frozen: bool) -> None:
     for name, param in net.collect_params().items():
         if name not in head:
             param.lr_mult = 0.0 if frozen else 1.0
-
-
-def _local_batch(setup: Setup) -> int:
-    return setup.global_batch // setup.num_workers
 
 
 def _total(sums: list[list[mx.nd.NDArray]], index: int) -> float:

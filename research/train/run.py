@@ -186,7 +186,7 @@ def _fit_and_finish(setup: Setup, state: checkpoint.TrainState, tracker: Tracker
     def write_in_epoch(figures: dict) -> None:
         write_status(run_dir, state, recipe, "running", tracker.run_id, figures)
 
-    report = InEpochReport(tracker, write_in_epoch, recipe.train.epochs, setup.global_batch // setup.num_workers,
+    report = InEpochReport(tracker, write_in_epoch, recipe.train.epochs, setup.local_batch,
                            setup.num_workers, logged_until=tracker.last_step("iter/loss") if state.run_id else None)
     if setup.is_logger:
         write_status(run_dir, state, recipe, "running", tracker.run_id)
