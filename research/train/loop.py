@@ -18,7 +18,9 @@ from . import health
 from .checkpoint import CheckpointError, CheckpointWriter, TrainState
 from .estimate import format_duration
 from .pace import Pace
+from .plots import plot_curves
 from .progress import Progress
+from .run_dir import write_status
 from .schedules import lr_at
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,6 @@ class Setup:
 
 
 def fit(setup: Setup, state: TrainState, tracker: Tracker, should_stop: Callable[[], bool],
-        on_epoch_end: Callable[[TrainState], None] = lambda state: None,
         on_progress: Callable[..., None] = lambda state, *figures: None) -> str:
     """Train from `state` to the recipe's last epoch. Returns "finished" or "stopped".
 
@@ -70,8 +71,7 @@ def fit(setup: Setup, state: TrainState, tracker: Tracker, should_stop: Callable
     steps_per_epoch = setup.train_iter.num_samples // setup.local_batch
     writer = CheckpointWriter(setup.run_dir / "checkpoints", recipe.checkpoint.keep_last)
     try:
-        outcome = _epochs(setup, state, tracker, should_stop, on_epoch_end, on_progress, loss_fn, steps_per_epoch,
-                          writer)
+        outcome = _epochs(setup, state, tracker, should_stop, on_progress, loss_fn, steps_per_epoch, writer)
     finally:
         writer.wait()                             # a checkpoint being written is finished, even on error
     if writer.failed:                             # the last one, or the one a stop asked for
@@ -80,7 +80,7 @@ def fit(setup: Setup, state: TrainState, tracker: Tracker, should_stop: Callable
 
 
 def _epochs(setup: Setup, state: TrainState, tracker: Tracker, should_stop: Callable[[], bool],
-            on_epoch_end: Callable[[TrainState], None], on_progress: Callable[..., None], loss_fn: gluon.loss.Loss,
+            on_progress: Callable[..., None], loss_fn: gluon.loss.Loss,
             steps_per_epoch: int, writer: CheckpointWriter) -> str:
     recipe, net, trainer, ctxs = setup.recipe, setup.net, setup.trainer, setup.ctxs
     train, dtype = recipe.train, recipe.train.dtype
@@ -169,17 +169,21 @@ def _epochs(setup: Setup, state: TrainState, tracker: Tracker, should_stop: Call
         is_best = metrics["val/top1"] > state.best_top1
         state.best_top1 = max(state.best_top1, metrics["val/top1"])
         eta = (train.epochs - state.epoch) * state.elapsed_s / max(len(state.history), 1)
-        if setup.is_logger:
+        if setup.is_logger:                       # the epoch end on rank 0, in the order it runs
             log.info("epoch %d/%d  train loss %.4f top1 %.4f | val loss %.4f top1 %.4f top5 %.4f | "
                      "lr %.3g | %.0f img/s | %.1f s | ETA %s", state.epoch, train.epochs,
                      metrics["train/loss"], metrics["train/top1"], metrics["val/loss"], metrics["val/top1"],
                      metrics["val/top5"], metrics["lr"], metrics["speed/img_per_s"], epoch_seconds,
                      format_duration(eta))
             pace.epoch_end(state)
-            # MLflow gets the epoch once its checkpoint is on disk: it never runs ahead of the checkpoints
+            # the checkpoint, written in the background; MLflow gets the epoch's metrics once it is on
+            # disk (`then`), so MLflow never shows an epoch that a resume would not start after
             _save(writer, setup, state, tracker, is_best,
                   then=lambda metrics=metrics, epoch=state.epoch: tracker.log_metrics(metrics, step=epoch))
-            on_epoch_end(state)
+            write_status(setup.run_dir, state, recipe, "running", tracker.run_id)      # tools/status.py
+            history = [dict(entry) for entry in state.history]                       # curves.png, off the loop
+            tracker.run_later(lambda: plot_curves(history, setup.run_dir / "curves.png", recipe.name))
+            tracker.log_artifact(setup.run_dir / "curves.png")
         last_save = time.monotonic()
     return "finished"
 

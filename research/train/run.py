@@ -19,7 +19,6 @@ from .health import DeadHead
 from .lock import RunDirLock
 from .logs import add_file_log, flush_logs, remove_file_log, setup_logging
 from .loop import NonFiniteLoss, Setup, fit
-from .plots import plot_curves
 from .progress import InEpochReport
 from .run_dir import prepare_run_dir, write_run_json, write_status
 from .schedules import scaled_lr
@@ -177,12 +176,6 @@ def _fit_and_finish(setup: Setup, state: checkpoint.TrainState, tracker: Tracker
                     stop: StopRequest, interactive: bool) -> int:
     recipe, run_dir = setup.recipe, setup.run_dir
 
-    def on_epoch_end(state: checkpoint.TrainState) -> None:
-        write_status(run_dir, state, recipe, "running", tracker.run_id)
-        history = [dict(entry) for entry in state.history]
-        tracker.run_later(lambda: plot_curves(history, run_dir / "curves.png", recipe.name))
-        tracker.log_artifact(run_dir / "curves.png")
-
     def write_in_epoch(figures: dict) -> None:
         write_status(run_dir, state, recipe, "running", tracker.run_id, figures)
 
@@ -191,7 +184,7 @@ def _fit_and_finish(setup: Setup, state: checkpoint.TrainState, tracker: Tracker
     if setup.is_logger:
         write_status(run_dir, state, recipe, "running", tracker.run_id)
     try:
-        outcome = fit(setup, state, tracker, stop, on_epoch_end, report)
+        outcome = fit(setup, state, tracker, stop, report)
     except NonFiniteLoss as err:
         log.error("%s. Stopped; %s. Lower train.lr or check the data.", err, _newest_saved(run_dir))
         _finish(setup, state, tracker, "FAILED", "failed")
