@@ -11,6 +11,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tabulate import tabulate
+
+from ..durations import format_duration
 from ..errors import UserError
 from ..tracking import get_client, tracking_uri
 
@@ -196,11 +199,7 @@ def _summary_cells(row: RunRow) -> list[str]:
 
 
 def _table(header: tuple[str, ...], rows: list[list[str]]) -> str:
-    cells = [list(header)] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return tabulate(rows, headers=header, tablefmt="simple", disable_numparse=True)
 
 
 def _markdown(header: tuple[str, ...], rows: list[list[str]]) -> str:
@@ -214,11 +213,7 @@ def _percent(value: float | None) -> str:
 
 
 def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+    return "-" if seconds is None else format_duration(seconds)
 
 
 def _or_dash(value) -> str:

@@ -16,7 +16,8 @@ from datetime import datetime
 from pathlib import Path
 
 from ..errors import UserError
-from .status import DEFAULT_ROOT, SessionInfo, classify, format_duration, read_status
+from ..durations import format_duration
+from .status import DEFAULT_ROOT, SessionInfo, classify, read_status
 
 REPO = Path(__file__).resolve().parents[2]
 SOCKET_ENV = "RESEARCH_TMUX_SOCKET"

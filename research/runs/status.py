@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 import psutil
+from tabulate import tabulate
+
+from ..durations import format_duration
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "runs"
 SKIP_DIRS = {"checkpoints", "model", "__pycache__"}     # a run's own subfolders hold no runs
@@ -156,7 +159,7 @@ def as_json(runs: list[RunStatus]) -> str:
 def format_table(runs: list[RunStatus]) -> str:
     """A fixed-width table, one run per line; '-' where a figure is not known yet."""
     header = ("run", "state", "epoch", "val top-1", "img/s", "ETA", "updated", "tmux")
-    rows = [header]
+    rows = []
     for run in runs:
         running = run.state == "running"
         rows.append((
@@ -166,8 +169,7 @@ def format_table(runs: list[RunStatus]) -> str:
             format_duration(run.eta_s) if running and run.eta_s is not None else "-",
             f"{format_duration(run.age_s)} ago" if run.age_s is not None else "-",
             run.session or "-"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+    return tabulate(rows, headers=header, tablefmt="plain", disable_numparse=True)
 
 
 def format_epoch(run: RunStatus) -> str:
@@ -179,14 +181,3 @@ def format_epoch(run: RunStatus) -> str:
         text += f" +{run.batch / run.batches:.0%}"
     return text
 
-
-def format_duration(seconds: float) -> str:
-    """45s, 12m, 3h05m, 2d04h."""
-    seconds = max(0, int(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m"
-    if seconds < 86400:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"

@@ -35,10 +35,3 @@ def bottleneck(data_img_per_s: float, model_img_per_s: float, together_img_per_s
     idle = min(max(1.0 - together_img_per_s / model_img_per_s, 0.0), 1.0)
     return {"bottleneck": side, "margin": margin, "devices_idle": idle}
 
-
-def format_duration(seconds: float) -> str:
-    """12m05s, 41h10m, 290.4 days (6969h)."""
-    hours, rest = divmod(int(round(seconds)), 3600)
-    if hours >= 72:
-        return f"{seconds / 86400:.1f} days ({hours}h)"
-    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"

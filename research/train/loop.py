@@ -12,11 +12,11 @@ import mxnet as mx
 from mxnet import autograd, gluon
 
 from ..config import Recipe
-from .evaluate import evaluate
+from ..durations import format_duration
 from ..tracking import Tracker
+from .evaluate import evaluate
 from . import health
 from .checkpoint import CheckpointError, CheckpointWriter, TrainState
-from .estimate import format_duration
 from .pace import Pace
 from .plots import plot_curves
 from .progress import Progress

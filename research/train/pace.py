@@ -7,8 +7,9 @@ import time
 
 import mxnet as mx
 
+from ..durations import format_duration
 from ..tracking import Tracker
-from .estimate import DATA_WAIT_WARNING, format_duration, run_estimate
+from .estimate import DATA_WAIT_WARNING, run_estimate
 
 log = logging.getLogger("research.train")
 

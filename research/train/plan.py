@@ -18,7 +18,8 @@ from ..data.benchmark import measure_rate
 from ..data.recordio import cpu_cores
 from ..preflight import check_recipe
 from .benchmark import BareLoop
-from .estimate import REFERENCE_MIN_PER_EPOCH, bottleneck, format_duration, run_estimate
+from ..durations import format_duration
+from .estimate import REFERENCE_MIN_PER_EPOCH, bottleneck, run_estimate
 from .run import build_setup
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from research.runs.status import SessionInfo, classify, collect, format_duration, format_table
+from research.runs.status import SessionInfo, classify, collect, format_table
 
 HOST = socket.gethostname()
 
@@ -107,14 +108,9 @@ def test_tmux_sessions_are_matched_to_their_run_dirs(tmp_path):
         "just_started": ("starting", "just_started"), "crashed_at_start": ("exited", "crashed_at_start")}
 
 
-def test_durations_read_naturally():
-    assert [format_duration(s) for s in (5, 125, 3 * 3600 + 5 * 60, 2 * 86400 + 4 * 3600)] == [
-        "5s", "2m", "3h05m", "2d04h"]
-
-
 def test_in_epoch_progress_shows_how_far_the_epoch_under_way_has_got(tmp_path):
     # pid 1 (the default) started long before the update 125 s ago; pytest itself may not have (it read "dead")
     write_status(tmp_path / "lenet", batch=43, batches=100, updated=time.time() - 125)
     [run] = collect(tmp_path)
     table = format_table([run])
-    assert "3/10 +43%" in table and "2m ago" in table
+    assert "3/10 +43%" in table and re.search(r"\b2m0[5-9]s ago", table)

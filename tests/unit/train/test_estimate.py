@@ -1,7 +1,7 @@
 """The arithmetic behind `plan`'s and the trainer's epoch time, ETA and cost."""
 import pytest
 
-from research.train.estimate import bottleneck, epoch_seconds, format_duration, run_estimate
+from research.train.estimate import bottleneck, epoch_seconds, run_estimate
 from research.train.plan import format_plan
 
 
@@ -30,12 +30,6 @@ def test_bottleneck_names_the_slower_side_and_the_idle_share():
     assert data_bound == {"bottleneck": "data", "margin": 2.0, "devices_idle": pytest.approx(0.55)}
     model_bound = bottleneck(data_img_per_s=900, model_img_per_s=300, together_img_per_s=310)
     assert model_bound == {"bottleneck": "devices", "margin": 3.0, "devices_idle": 0.0}
-
-
-def test_format_duration():
-    assert format_duration(725) == "12m05s"
-    assert format_duration(41 * 3600 + 600) == "41h10m"
-    assert format_duration(6969.3 * 3600) == "290.4 days (6969h)"
 
 
 def test_the_text_prints_the_json_figures():
