@@ -85,7 +85,8 @@ def _epochs(setup: Setup, state: TrainState, tracker: Tracker, should_stop: Call
     recipe, net, trainer, ctxs = setup.recipe, setup.net, setup.trainer, setup.ctxs
     train, dtype = recipe.train, recipe.train.dtype
     last_save = time.monotonic()
-    pace = Pace(tracker, train.epochs, steps_per_epoch, setup.global_batch, enabled=setup.is_logger)
+    pace = Pace(tracker, train.epochs, steps_per_epoch, setup.global_batch, enabled=setup.is_logger,
+                warn_data_wait=recipe.data.kind == "recordio")
     pace.start(state)
     for epoch in range(state.epoch, train.epochs):
         mx.random.seed(train.seed + epoch)        # resumed and uninterrupted runs draw alike

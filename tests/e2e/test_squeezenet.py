@@ -71,7 +71,8 @@ def test_run_states_its_pace_in_the_log_and_mlflow(trained):
     run_dir, _, _, client, run_id = trained
     log = (run_dir / "train.log").read_text()
     # 12 batches an epoch, logged every 4: the estimate comes from batches 5-8 of the first epoch
-    assert re.search(r"pace: epoch \d+m\d\ds, run ETA \d+m\d\ds for 6 epochs \(estimated from batches 5-8 at "
+    duration = r"(\d+h\d\dm|\d+m\d\ds|\d+s)"           # research/durations.py
+    assert re.search(rf"pace: epoch {duration}, run ETA {duration} for 6 epochs \(estimated from batches 5-8 at "
                      r"\d+ img/s", log), log
     tags = client.get_run(run_id).data.tags
     assert tags["pace.basis"] == "measured: mean of 6 epoch(s)" and tags["pace.eta_s"] == "0"
