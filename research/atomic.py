@@ -12,6 +12,11 @@ from pathlib import Path
 from typing import Iterator
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# mkstemp/mkdtemp create 0600/0700, private to the trainer's user: the files a run leaves get the modes
+# an ordinary open() would give (another user's `tools/status.py`, an MLflow server, a shared group can
+# read them). The umask can only be read by setting it: once, at import, before any writer thread.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
@@ -29,9 +34,7 @@ def writing(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path` for a writer that wants a file name (savefig, net.export);
     on success it is fsynced and renamed to `path`, on any error it is removed."""
     path = Path(path)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
+    tmp = temporary_file(path)
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
@@ -50,6 +53,7 @@ def writing_dir(folder: str | Path) -> Iterator[Path]:
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    os.chmod(tmp, 0o777 & ~_UMASK)
     try:
         yield tmp
         for path in (p for p in tmp.iterdir() if p.is_file()):
@@ -66,6 +70,14 @@ def writing_dir(folder: str | Path) -> Iterator[Path]:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     fsync_dir(folder.parent)
+
+
+def temporary_file(path: Path, suffix: str = ".tmp") -> Path:
+    """A new empty hidden file beside `path`, with the permissions open() would give it."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.fchmod(fd, 0o666 & ~_UMASK)
+    os.close(fd)
+    return Path(name)
 
 
 def fsync_dir(folder: Path) -> None:

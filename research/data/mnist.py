@@ -11,13 +11,13 @@ import http.client
 import logging
 import math
 import os
-import tempfile
 import urllib.request
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from .. import atomic
 from ..config import MnistData
 from ..errors import UserError
 from .arrays import ArrayIter
@@ -131,9 +131,9 @@ def _check(root: Path, download: bool) -> dict[str, Path | None]:
 def _fetch(url: str, dest: Path, expected: dict[str, str]) -> None:
     """Download url to dest via a temp file in dest's folder, renamed only if the digests match."""
     digests = {algo: hashlib.new(algo) for algo in expected}
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    tmp = atomic.temporary_file(dest, suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
             while block := response.read(1 << 20):
                 out.write(block)
                 for digest in digests.values():
