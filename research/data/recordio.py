@@ -86,14 +86,20 @@ def read_labels(files: RecordFiles) -> np.ndarray:
         rows = [line.split("\t") for line in lst.read_text().splitlines() if line.strip()]
         if len(rows) == files.num_records and all(len(row) >= 3 for row in rows):
             return np.array([float(row[1]) for row in rows])
+    return read_record_headers(files)[1].astype(np.float64)
+
+
+def read_record_headers(files: RecordFiles) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, labels) of every record in file order, read through the .idx without the image bytes."""
     offsets = [offset for _, offset in read_index(files.idx)]
-    labels = []
-    with open(files.rec, "rb") as f:
+    ids, labels = [], []
+    with open(files.rec, "rb") as handle:
         for offset in offsets:
-            f.seek(offset + 8)                        # skip the RecordIO magic and length words
-            flag, label, _, _ = struct.unpack("IfQQ", f.read(24))
-            labels.append(struct.unpack("f", f.read(4))[0] if flag > 0 else label)
-    return np.array(labels)
+            handle.seek(offset + 8)                  # skip the RecordIO magic and length words
+            flag, label, record_id, _ = struct.unpack("IfQQ", handle.read(24))   # mx.recordio.IRHeader
+            ids.append(record_id)
+            labels.append(struct.unpack("f", handle.read(4))[0] if flag > 0 else label)
+    return np.asarray(ids, dtype=np.int64), np.asarray(labels, dtype=np.float32)
 
 
 def check_labels(files: RecordFiles, classes: int, key: str) -> None:

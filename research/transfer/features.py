@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import struct
 import sys
 import tempfile
 import time
@@ -21,9 +20,8 @@ from mxnet import gluon
 from mxnet.gluon import HybridBlock
 
 from ..config import RecordData
-from ..data.recordio import (RecordEvalIter, RecordFiles, check_data_shape, cpu_cores, image_record_kwargs,
-                             open_record_files)
-from ..data.verify import read_index
+from ..data.recordio import (RecordEvalIter, check_data_shape, cpu_cores, image_record_kwargs,
+                             open_record_files, read_record_headers)
 from ..errors import UserError
 from ..nets import NETS, get_net
 from ..nets.pretrained import is_weights_file, load_pretrained, zoo_weights_file
@@ -116,19 +114,6 @@ class _Pooled(HybridBlock):
         if self.pool:
             x = F.Pooling(x, kernel=(1, 1), global_pool=True, pool_type="avg")
         return F.flatten(x)
-
-
-def read_record_headers(files: RecordFiles) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, labels) of every record in file order, read through the .idx without the image bytes."""
-    offsets = [offset for _, offset in read_index(files.idx)]
-    ids, labels = [], []
-    with open(files.rec, "rb") as handle:
-        for offset in offsets:
-            handle.seek(offset + 8)                  # skip the RecordIO magic and length words
-            flag, label, record_id, _ = struct.unpack("IfQQ", handle.read(24))
-            ids.append(record_id)
-            labels.append(struct.unpack("f", handle.read(4))[0] if flag > 0 else label)
-    return np.asarray(ids, dtype=np.int64), np.asarray(labels, dtype=np.float32)
 
 
 def check_test_ids(ids: np.ndarray, labels: np.ndarray, rec: str) -> None:

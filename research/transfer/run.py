@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 
 from ..config import Recipe, RecordData, dump_recipe
-from ..data.recordio import check_labels, open_record_files
+from ..data.recordio import check_labels, open_record_files, read_record_headers
 from ..nets.pretrained import PretrainedError
 from ..tracking import Tracker, start_run, ui_command
 from ..train.logs import add_file_log, setup_logging
 from . import classifier
 from .cache import cache_key, cache_path, load_features, save_features
 from .features import (Features, TransferError, check_test_ids, extract_features, feature_block, load_backbone,
-                       parse_layer, read_record_headers, weights_id)
+                       parse_layer, weights_id)
 
 log = logging.getLogger("research.transfer")
 SPLITS = {"data.train_rec": "train", "data.val_rec": "val", "transfer.test_rec": "test"}   # recipe key -> split
