@@ -92,14 +92,16 @@ def test_launched_run_finishes_detached_and_reports(tmp_path, tmux_env):
     assert len(again.stderr.strip().splitlines()) == 1
 
     wait_for(lambda: read_status(run_dir).get("status") == "finished", 300, "status.json: finished", run_dir)
-    # tmux marks the pane dead before it records the exit status: wait for both
-    wait_for(lambda: tmux(tmux_env, "list-panes", "-t", "lenet_digits", "-F", "#{pane_dead}:#{pane_dead_status}")
-             not in ("0:", "1:"), 30, "the trainer's pane to end", run_dir)
+    wait_for(lambda: tmux(tmux_env, "list-panes", "-t", "lenet_digits", "-F", "#{pane_dead}") == "1", 30,
+             "the trainer's pane to end", run_dir)
     log = (run_dir / "console.log").read_text().splitlines()
     assert log[-1].endswith("tools/train.py exited with status 0")
     assert any(line.startswith("val top-1") for line in log)
-    # Attaching after the end shows the output and the exit status (remain-on-exit).
-    assert tmux(tmux_env, "list-panes", "-t", "lenet_digits", "-F", "#{pane_dead_status}") == "0"
+    # Attaching after the end shows the output and, as its last line, the exit status (remain-on-exit
+    # keeps the dead pane). The line is the pane script's own: tmux 3.3a's #{pane_dead_status} stayed
+    # empty for minutes in 1 of 3 runs under load (the pane's shell left unreaped), so it is not read.
+    screen = tmux(tmux_env, "capture-pane", "-p", "-t", "lenet_digits")
+    assert "tools/train.py exited with status 0" in screen
     run = statuses(tmux_env, tmp_path / "runs")["digits"]
     assert (run["state"], run["epoch"], run["epochs"], run["session"]) == ("finished", 2, 2, "lenet_digits")
     assert run["val_top1"] > 0.3                                            # chance is 0.1
@@ -112,12 +114,12 @@ def test_run_that_fails_at_start_shows_its_error_and_frees_the_name(tmp_path, tm
     run_tool("launch.py", *args, env=tmux_env, timeout=120, check=True)
     wait_for(lambda: "exited with status" in (run_dir / "console.log").read_text(), 120, "the trainer to exit",
              run_dir)
-    # the log line comes before tmux records the pane's exit status: wait for that too, then assert it
-    wait_for(lambda: tmux(tmux_env, "list-panes", "-t", "nogpu", "-F", "#{pane_dead}:#{pane_dead_status}")
-             not in ("0:", "1:"), 30, "the trainer's pane to end", run_dir)
+    # the log line comes before tmux marks the pane dead: wait for that too
+    wait_for(lambda: tmux(tmux_env, "list-panes", "-t", "nogpu", "-F", "#{pane_dead}") == "1", 30,
+             "the trainer's pane to end", run_dir)
     log = (run_dir / "console.log").read_text()
     assert "error: --gpus" in log and log.rstrip().endswith("exited with status 2")
-    assert tmux(tmux_env, "list-panes", "-t", "nogpu", "-F", "#{pane_dead} #{pane_dead_status}") == "1 2"
+    assert "tools/train.py exited with status 2" in tmux(tmux_env, "capture-pane", "-p", "-t", "nogpu")
     assert statuses(tmux_env, tmp_path / "runs")["nogpu"]["state"] == "exited"
     # The ended session stays for the user to read, but does not block launching again.
     again = run_tool("launch.py", *args, env=tmux_env, timeout=120)

@@ -11,6 +11,7 @@ from helpers import make_env, run_tool
 from mlflow.tracking import MlflowClient
 
 SMOKE = "recipes/smoke/squeezenet_tiny.yaml"
+DURATION = r"(\d+h\d\dm|\d+m\d\ds|\d+s)"     # research/durations.format_duration under three days
 CLASSES, PER_CLASS, HOLDOUT, SIZE = 10, 50, 100, 64
 
 
@@ -71,8 +72,7 @@ def test_run_states_its_pace_in_the_log_and_mlflow(trained):
     run_dir, _, _, client, run_id = trained
     log = (run_dir / "train.log").read_text()
     # 12 batches an epoch, logged every 4: the estimate comes from batches 5-8 of the first epoch
-    duration = r"(\d+h\d\dm|\d+m\d\ds|\d+s)"           # research/durations.py
-    assert re.search(rf"pace: epoch {duration}, run ETA {duration} for 6 epochs \(estimated from batches 5-8 at "
+    assert re.search(rf"pace: epoch {DURATION}, run ETA {DURATION} for 6 epochs \(estimated from batches 5-8 at "
                      r"\d+ img/s", log), log
     tags = client.get_run(run_id).data.tags
     assert tags["pace.basis"] == "measured: mean of 6 epoch(s)" and tags["pace.eta_s"] == "0"
@@ -141,7 +141,7 @@ def test_plan_prints_three_rates_a_bottleneck_an_eta_and_a_cost(dataset, env):
     assert [name for name, _ in rates] == ["data pipeline alone", "model alone", "both together"]
     assert all(float(rate) > 0 for _, rate in rates)
     assert re.search(r"^bottleneck: the (data pipeline|devices).* idle \d+% of the time", text, re.M), text
-    assert re.search(r"^estimate: epoch \d+m\d\ds \(training only\), 6 epochs \d+m\d\ds, \$\d+\.\d\d at \$3.06/h",
+    assert re.search(rf"^estimate: epoch {DURATION} \(training only\), 6 epochs {DURATION}, \$\d+\.\d\d at \$3.06/h",
                      text, re.M), text
     assert "K80 140 min, V100 28 min" in text and "to lift it: " in text
     # the JSON holds the same figures, and they add up: 400 images = 12 full batches of 32 a epoch
