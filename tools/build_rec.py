@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 
@@ -62,10 +63,7 @@ def verify(rec: Path) -> int:
             print(f"error: --verify: {path} not found", file=sys.stderr)
             return 2
     damage = find_damage(rec, idx)
-    for entry in damage[:SHOWN]:
-        print(f"  {entry}")
-    if len(damage) > SHOWN:
-        print(f"  ... {len(damage) - SHOWN} more")
+    print_some(map(str, damage), len(damage))
     if damage:
         print(f"{rec}: {len(damage)} damaged record(s); copy it again or rebuild it with tools/build_rec.py")
         return 1
@@ -99,13 +97,18 @@ def main(argv: list[str]) -> int:
         print(f"wrote {prefix}.rec: {count} images")
     for kind, entries in (("converted", result.converted), ("skipped", result.skipped)):
         print(f"{kind}: {len(entries)} file(s)")
-        for entry in entries[:SHOWN]:
-            print(f"  {entry['file']}: {entry['problem']}")
-        if len(entries) > SHOWN:
-            print(f"  ... {len(entries) - SHOWN} more")
+        print_some((f"{entry['file']}: {entry['problem']}" for entry in entries), len(entries))
     print(f"report: {result.report}")
     return 0
 
+
+
+def print_some(lines, count: int) -> None:
+    """The first SHOWN lines, indented, then how many more there are."""
+    for line in itertools.islice(lines, SHOWN):
+        print(f"  {line}")
+    if count > SHOWN:
+        print(f"  ... {count - SHOWN} more")
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
