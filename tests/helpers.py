@@ -56,3 +56,21 @@ def fill(disk: Path, leave: int) -> Path:
     with open(ballast, "wb") as f:
         f.write(b"\0" * max(shutil.disk_usage(disk).free - leave, 0))
     return ballast
+
+
+class AfterBatches:
+    """Wraps a training iterator; calls `action()` just before serving batch `n` (0-based), as a
+    fault that strikes mid-run would (a disk error, a head killed by one bad step)."""
+
+    def __init__(self, inner, n: int, action):
+        self.inner, self.n, self.action, self.served = inner, n, action, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __iter__(self):
+        for batch in self.inner:
+            if self.served == self.n:
+                self.action()
+            self.served += 1
+            yield batch

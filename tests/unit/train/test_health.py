@@ -6,6 +6,7 @@ from pathlib import Path
 
 import mxnet as mx
 import pytest
+from helpers import AfterBatches
 from mlflow.tracking import MlflowClient
 
 from research.config import recipe_from_dict
@@ -49,22 +50,10 @@ def test_dead_fraction_counts_outputs_constant_over_images():
     assert health.dead_fraction([0.0, 1.0, -1.0], [0.0, 2.0, -1.0]) == pytest.approx(2 / 3)
 
 
-class KillHeadAfter:
-    """Wraps the train iterator; after `n` batches sets conv10's bias to -100: the ReLU head is dead."""
-
-    def __init__(self, inner, net, n: int):
-        self.inner, self.net, self.n, self.served = inner, net, n, 0
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def __iter__(self):
-        for batch in self.inner:
-            if self.served == self.n:
-                bias = self.net.output[1].bias
-                bias.set_data(mx.nd.full(bias.shape, -100.0))
-            self.served += 1
-            yield batch
+def kill_head(net) -> None:
+    """conv10's bias to -100: every input lands below the ReLU, the head is dead."""
+    bias = net.output[1].bias
+    bias.set_data(mx.nd.full(bias.shape, -100.0))
 
 
 def test_a_dead_head_stops_the_run_with_exit_3_a_failed_mlflow_run_and_the_good_checkpoint(tmp_path, monkeypatch,
@@ -77,7 +66,7 @@ def test_a_dead_head_stops_the_run_with_exit_3_a_failed_mlflow_run_and_the_good_
     })
     setup = run.build_setup(recipe, [mx.cpu()], tmp_path / "run", create_kvstore(recipe.train.kvstore))
     steps_per_epoch = setup.train_iter.num_samples // setup.global_batch
-    setup.train_iter = KillHeadAfter(setup.train_iter, setup.net, steps_per_epoch)    # healthy for epoch 1
+    setup.train_iter = AfterBatches(setup.train_iter, steps_per_epoch, lambda: kill_head(setup.net))  # epoch 1 healthy
     state = TrainState(recipe=recipe.to_dict())
     tracker = start_run(recipe, [mx.cpu()], ["tools/train.py", "x"])
     (tmp_path / "run").mkdir(exist_ok=True)

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import mxnet as mx
 import pytest
+from helpers import AfterBatches
 from mlflow.tracking import MlflowClient
 
 from research.config import load_recipe
@@ -15,28 +16,15 @@ from research.train.checkpoint import TrainState
 REPO = Path(__file__).resolve().parents[3]
 
 
-class BrokenAfter:
-    """Wraps an iterator and fails like a disk error would, after `n` batches."""
-
-    def __init__(self, inner, n: int):
-        self.inner, self.n, self.served = inner, n, 0
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def __iter__(self):
-        for batch in self.inner:
-            if self.served == self.n:
-                raise OSError("Input/output error while reading the training data")
-            self.served += 1
-            yield batch
+def disk_error():
+    raise OSError("Input/output error while reading the training data")
 
 
 def test_exception_marks_run_failed_with_traceback(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     recipe = load_recipe(REPO / "recipes/smoke/lenet_digits_tiny.yaml")
     setup = run.build_setup(recipe, [mx.cpu()], tmp_path / "run", create_kvstore(recipe.train.kvstore))
-    setup.train_iter = BrokenAfter(setup.train_iter, 3)
+    setup.train_iter = AfterBatches(setup.train_iter, 3, disk_error)
     state = TrainState(recipe=recipe.to_dict())
     tracker = start_run(recipe, [mx.cpu()], ["tools/train.py", "x"])
     (tmp_path / "run").mkdir(exist_ok=True)
