@@ -14,9 +14,9 @@ from mxnet import autograd, gluon
 from ..config import Recipe
 from ..durations import format_duration
 from ..tracking import Tracker
-from .evaluate import evaluate
 from . import health
 from .checkpoint import CheckpointError, CheckpointWriter, TrainState
+from .evaluate import evaluate
 from .pace import Pace
 from .plots import plot_curves
 from .progress import Progress
@@ -161,12 +161,12 @@ def _epochs(setup: Setup, state: TrainState, tracker: Tracker, should_stop: Call
             "time/data_wait": pace.epoch_wait_share(),     # the devices' estimated idle share, waiting on data
             "health/dead_fraction": val["dead_fraction"],
         }
-        problem = health.check(state.history + [{"epoch": epoch + 1, **metrics}], recipe.net.classes,
-                               train.chance_epochs)
-        if problem:
+        entry = {"epoch": epoch + 1, **metrics}
+        problem = health.check(state.history + [entry], recipe.net.classes, train.chance_epochs)
+        if problem:                                # raised before the epoch is kept or checkpointed
             raise health.DeadHead(problem)
         state.epoch, state.batch_in_epoch = epoch + 1, 0
-        state.history.append({"epoch": epoch + 1, **metrics})
+        state.history.append(entry)
         is_best = metrics["val/top1"] > state.best_top1
         state.best_top1 = max(state.best_top1, metrics["val/top1"])
         eta = (train.epochs - state.epoch) * state.elapsed_s / max(len(state.history), 1)
