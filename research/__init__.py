@@ -5,9 +5,7 @@ The library API (docs/notebook.md), the same code paths as tools/*.py:
     run = research.load_run("runs/lenet_digits")    # .recipe .history .run_id .net .plot() .predict()
     table = research.compare("lenet_digits")         # tools/compare.py's table as a DataFrame
 
-research.train is also the training package (made callable: see api.callable_module); the
-comparison code behind research.compare is research/runs/compare.py. Importing research is cheap
-(no mxnet, no mlflow): the tools set MXNet's threads after it.
+Importing research is cheap (no mxnet, no mlflow): the tools set MXNet's threads after it.
 """
 from importlib.util import find_spec
 
@@ -15,10 +13,7 @@ if find_spec("mxnet") is None:          # `pip install -e .` without a build ext
     from .builds import missing_mxnet_message
     raise ImportError(missing_mxnet_message())
 
-from . import api, train  # noqa: E402
-from .api import Run, compare, load_run  # noqa: E402
+from .api import Run, compare, load_run, train  # noqa: E402
 from .errors import UserError  # noqa: E402
-
-api.callable_module(train.__name__, api.train)
 
 __all__ = ["Run", "UserError", "compare", "load_run", "train"]

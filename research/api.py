@@ -5,13 +5,10 @@ UserError with the message the tools print. Cheap to import: mxnet and mlflow lo
 """
 from __future__ import annotations
 
-import inspect
 import json
 import signal
-import sys
-import types
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, Sequence
 
 from .errors import UserError
 
@@ -87,7 +84,7 @@ class Run:
 
     def plot(self, title: str | None = None) -> Figure:
         """Loss and accuracy curves per epoch (the run's curves.png) as a matplotlib Figure."""
-        from .train.plots import curves_figure
+        from .training.plots import curves_figure
         history = [dict(entry) for entry in self._latest()["state"].history] if self._latest() else []
         if not history:
             raise UserError(f"{self.run_dir}: no epoch finished yet, so there are no curves to plot.")
@@ -110,7 +107,7 @@ class Run:
 
     def _latest(self) -> dict | None:
         if self._checkpoint is None:
-            from .train.checkpoint import find_latest
+            from .training.checkpoint import find_latest
             found = find_latest(self.run_dir / "checkpoints")
             self._checkpoint = found[1] if found else {}
         return self._checkpoint or None
@@ -119,7 +116,7 @@ class Run:
         import mxnet as mx
 
         from .nets import build_net
-        from .train.checkpoint import load_net_arrays
+        from .training.checkpoint import load_net_arrays
         if not self._latest():
             raise UserError(f"{self.run_dir}: no exported model and no checkpoint: the run has not trained "
                             f"an epoch yet.")
@@ -166,7 +163,7 @@ def train(recipe: str | Path | Recipe, *, gpus: str | Sequence[int] | None = Non
         KeyboardInterrupt: the kernel was interrupted; a checkpoint was written first and the MLflow
             run marked KILLED. Calling train again with the same arguments resumes into that run.
         NonFiniteLoss, DeadHead: the loss became NaN, or the net's outputs stopped carrying
-            information (research.train.health); the run is marked FAILED, the last good checkpoint kept.
+            information (research.training.health); the run is marked FAILED, the last good checkpoint kept.
         CheckpointError: a checkpoint could not be written (a full disk); the same call resumes later.
     """
     if resume not in RESUME_MODES:
@@ -197,11 +194,11 @@ def run_recipe(recipe: Recipe, gpus: str | None, output: str | Path | None, resu
 
     ctxs = get_contexts(gpus)
     check_recipe(recipe, ctxs)
-    from .train.run import train as train_run
-    from .train.run_dir import default_run_dir
+    from .training.trainer import train as train_run
+    from .training.run_dir import default_run_dir
     run_dir = Path(output) if output else default_run_dir(recipe)
     if recipe.task == "transfer":
-        from .transfer.run import run_transfer_job
+        from .transfer.job import run_transfer_job
         return run_dir, run_transfer_job(recipe, ctxs, run_dir, argv)
     return run_dir, train_run(recipe, ctxs, run_dir, resume, fresh, argv, interactive=interactive)
 
@@ -260,22 +257,3 @@ def _run_ref(run: str | Path | Run) -> str:
             raise UserError(f"{run.run_dir}: this run was trained without tracking: MLflow has no record of it.")
         return run.run_id
     return str(run)
-
-
-def callable_module(module_name: str, function: Callable) -> None:
-    """Let the module `module_name` be called as `function` (same signature and docstring).
-
-    research.train is a module (the training package) and the API's function: importing
-    research.train.run sets the attribute research.train to the package whatever
-    research/__init__.py put there, so the module itself must be callable (research/__init__.py
-    makes it so: Python imports it before any research.train module).
-    """
-    def __call__(self, *args, **kwargs):
-        return function(*args, **kwargs)
-
-    signature = inspect.signature(function)
-    self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)
-    __call__.__signature__ = signature.replace(parameters=[self_param, *signature.parameters.values()])
-    __call__.__doc__ = function.__doc__
-    module = sys.modules[module_name]
-    module.__class__ = type(f"CallableModule[{function.__name__}]", (types.ModuleType,), {"__call__": __call__})

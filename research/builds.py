@@ -7,10 +7,8 @@ import ctypes
 import sys
 from dataclasses import dataclass
 from importlib import metadata
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-
+from .paths import REPO
 
 @dataclass(frozen=True)
 class Build:

@@ -20,7 +20,7 @@ from .errors import UserError
 from .model.export import input_shape
 from .nets import build_net
 from .tracking import Tracker, tracking_uri
-from .train.checkpoint import CheckpointError, find_latest, load_checkpoint, load_net_arrays
+from .training.checkpoint import CheckpointError, find_latest, load_checkpoint, load_net_arrays
 
 
 def crop_offsets(height: int, width: int, crop_h: int, crop_w: int, crops: int) -> list[tuple[int, int]]:

@@ -67,7 +67,7 @@ def run_plan(args: argparse.Namespace) -> int:
 
     from research.config import load_recipe
     from research.devices import get_contexts
-    from research.train.plan import format_plan, plan
+    from research.bench.plan import format_plan, plan
 
     recipe, ctxs = load_recipe(args.recipe, args.overrides), get_contexts(args.gpus)
     start = time.perf_counter()
@@ -81,7 +81,7 @@ def run_plan(args: argparse.Namespace) -> int:
 
 def run_data(args: argparse.Namespace) -> int:
     from research.config import load_recipe
-    from research.data.benchmark import benchmark_data
+    from research.bench.data import benchmark_data
 
     try:
         threads = [int(t) for t in args.threads.split(",") if t.strip()]
@@ -102,7 +102,7 @@ def run_data(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     from research.config import load_recipe
     from research.devices import get_contexts
-    from research.train.benchmark import benchmark_train, device_sets, format_rows
+    from research.bench.trainer import benchmark_train, device_sets, format_rows
 
     recipe = load_recipe(args.recipe, args.overrides)
     rows = benchmark_train(recipe, device_sets(get_contexts(args.gpus)), args.steps, args.warmup, args.windows)
@@ -113,7 +113,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_checkpoint(args: argparse.Namespace) -> int:
     from research.config import load_recipe
-    from research.train.overhead import benchmark_overhead
+    from research.bench.overhead import benchmark_overhead
 
     result = benchmark_overhead(load_recipe(args.recipe), repeats=args.repeats)
     print(f"checkpoint: {result['checkpoint_mb']:.1f} MB; {result['checkpoint_loop_s'] * 1000:.1f} ms on the "

@@ -33,7 +33,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    from research.train.stability import VARIANTS, read_records, sweep, table
+    from research.bench.stability import VARIANTS, read_records, sweep, table
 
     if args.command == "run":
         names = args.variants or list(VARIANTS)
@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
     records = read_records(args.results)
     print(table(records))
     if args.png:
-        from research.train.plots import plot_probe_curves
+        from research.bench.stability import plot_probe_curves
         plot_probe_curves(records, args.png)
     return 0
 

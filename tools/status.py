@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    from research.runs.status import DEFAULT_ROOT
+    from research.paths import RUNS
     parser = argparse.ArgumentParser(
         description="Show every run under the output root: state, epochs done of N (+ how far the epoch under way "
                     "has got), last val top-1, images/s, ETA, age of the last status update (a running trainer "
@@ -21,8 +21,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                "over two epochs), starting / exited (a tmux session whose trainer has not written status.json "
                "yet / ended before it did: see RUN_DIR/console.log). RESEARCH_TMUX_SOCKET=NAME looks for "
                "sessions on the private tmux server `tmux -L NAME`.")
-    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT,
-                        help=f"folder holding run directories (searched 3 levels deep); default {DEFAULT_ROOT}")
+    parser.add_argument("--root", type=Path, default=RUNS,
+                        help=f"folder holding run directories (searched 3 levels deep); default {RUNS}")
     parser.add_argument("--format", choices=("text", "json"), default="text",
                         help="text: a table; json: a list of objects with every field, for scripts")
     return parser.parse_args(argv)

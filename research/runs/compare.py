@@ -257,16 +257,3 @@ def plot_runs(rows: list[RunRow], path: str | Path) -> None:
     acc_ax.legend(fontsize="small", loc="best")
     fig.tight_layout()
     fig.savefig(path)
-
-
-# -- links into the MLflow UI ------------------------------------------------------------------
-def experiment_url(experiment_id: str, port: int = 5000) -> str:
-    """The experiment's training-runs table (MLflow 3 otherwise opens on its GenAI view)."""
-    return f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-
-
-def compare_url(run_ids: list[str], experiment_ids: list[str], port: int = 5000) -> str:
-    """MLflow's compare-runs view: params, metrics and overlaid curves of these runs."""
-    runs = json.dumps(list(run_ids), separators=(",", ":"))
-    experiments = json.dumps(sorted(set(experiment_ids)), separators=(",", ":"))
-    return f"http://127.0.0.1:{port}/#/compare-runs?runs={runs}&experiments={experiments}"

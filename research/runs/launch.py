@@ -17,9 +17,9 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..durations import format_duration
-from .status import DEFAULT_ROOT, SessionInfo, classify, read_status
+from ..paths import RUNS, TOOLS
+from .status import SessionInfo, classify, read_status
 
-REPO = Path(__file__).resolve().parents[2]
 SOCKET_ENV = "RESEARCH_TMUX_SOCKET"
 RUN_DIR_OPTION = "@research_run_dir"       # a tmux user option: which run a session trains
 # The tmux server may be older than this shell and hold another environment: pass these on.
@@ -98,7 +98,7 @@ class Launch:
         t = "tmux" + (f" -L {self.socket}" if self.socket else "")
         log = shlex.quote(str(self.run_dir / "console.log"))
         status = "python tools/status.py"
-        if self.run_dir.parent != DEFAULT_ROOT:
+        if self.run_dir.parent != RUNS:
             status += f" --root {shlex.quote(str(self.run_dir.parent))}"
         return "\n".join([
             f"started tmux session '{self.session}': {shlex.join(self.command)}",
@@ -114,7 +114,7 @@ class Launch:
 
 def train_command(recipe_path: str, run_dir: Path, gpus: str | None, overrides: list[str], resume: bool) -> list[str]:
     """tools/train.py with this interpreter and an explicit --output, so a relaunch finds the run."""
-    command = [sys.executable, str(REPO / "tools" / "train.py"), recipe_path, "--output", str(run_dir)]
+    command = [sys.executable, str(TOOLS / "train.py"), recipe_path, "--output", str(run_dir)]
     command += ["--gpus", gpus] if gpus is not None else []
     for assignment in overrides:
         command += ["--set", assignment]
@@ -170,7 +170,7 @@ def launch(recipe_path: str, overrides: list[str] = (), gpus: str | None = None,
         attach = shlex.join(tmux("attach", "-t", name, socket=socket))
         raise UserError(f"a tmux session named '{name}' is already running: attach with `{attach}`, "
                         f"or pass --name for another session.")
-    from ..train.run_dir import default_run_dir, prepare_run_dir   # imports mxnet: after the cheap checks
+    from ..training.run_dir import default_run_dir, prepare_run_dir   # imports mxnet: after the cheap checks
     run_dir = Path(output).resolve() if output else default_run_dir(recipe)
     check_run_dir_free(run_dir)
     prepare_run_dir(run_dir, recipe, resume, fresh)

@@ -2,7 +2,7 @@
 
 Used by tools/launch_dist.py. It never imports mxnet: with DMLC_ROLE set, importing mxnet turns a process
 into a ps-lite node. The workers' half of a job (the kvstore, rank 0's position and weights, the servers'
-lr schedule) is research/train/kvstore.py.
+lr schedule) is research/training/kvstore.py.
 """
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import TextIO
 
 from ..errors import UserError
-from ..train.signals import STOP_SIGNALS
+from ..paths import REPO
+from ..training.signals import STOP_SIGNALS
 
-REPO = Path(__file__).resolve().parents[2]
 DEFAULT_PORT = 9091
 GRACE_S = 10.0                  # SIGTERM, then SIGKILL after this long
 POLL_S = 0.1
@@ -32,9 +32,9 @@ CONNECTED_LINE = "the scheduler is connected to"                       # ps-lite
 PASSED_ENV = ("DMLC_", "PS_", "MXNET_", "OMP_", "MLFLOW_", "CUDA_VISIBLE_DEVICES", "PYTHONPATH")
 _BOOT = f"import sys; sys.path.insert(0, {str(REPO)!r}); "
 # DMLC_ROLE=server|scheduler: `import mxnet` runs the ps-lite node until the job ends, then exits.
-# research.train.kvstore comes first so that the servers can unpickle ScheduleLR: better an
+# research.training.kvstore comes first so that the servers can unpickle ScheduleLR: better an
 # ImportError here than one inside the servers' optimizer callback.
-NODE_CODE = _BOOT + "import research.train.kvstore; import mxnet"
+NODE_CODE = _BOOT + "import research.training.kvstore; import mxnet"
 AGENT_CODE = _BOOT + "from research.runs.launch_dist import agent_main; sys.exit(agent_main(sys.argv[1:]))"
 
 

@@ -18,7 +18,6 @@ from tabulate import tabulate
 
 from ..durations import format_duration
 
-DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "runs"
 SKIP_DIRS = {"checkpoints", "model", "__pycache__"}     # a run's own subfolders hold no runs
 CLOCK_SLACK_S = 2.0          # psutil's create_time is derived from the boot time in whole seconds
 STALE_AFTER_S = 6 * 3600     # no update for this long from another host, epoch length unknown

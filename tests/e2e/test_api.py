@@ -13,7 +13,7 @@ from helpers import REPO, make_env, run_tool
 from mlflow.tracking import MlflowClient
 
 import research
-from research.train.checkpoint import list_checkpoints
+from research.training.checkpoint import list_checkpoints
 
 SMOKE = REPO / "recipes" / "smoke" / "lenet_digits_tiny.yaml"
 
@@ -107,7 +107,7 @@ def test_interrupt_then_resume_gives_one_mlflow_run(tmp_path, monkeypatch, capsy
 
 
 def test_a_nan_loss_raises_after_marking_the_run_failed(tmp_path, monkeypatch):
-    from research.train.loop import NonFiniteLoss
+    from research.training.loop import NonFiniteLoss
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     with pytest.raises(NonFiniteLoss, match="train loss is nan"):
         research.train(SMOKE, output=tmp_path / "run", overrides={"train.lr": 1e6})

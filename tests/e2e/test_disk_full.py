@@ -7,7 +7,6 @@ marks the run FAILED. After space is freed the same command resumes into the sam
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import time
@@ -18,7 +17,7 @@ import pytest
 from helpers import PYTHON, REPO, fill, make_env, run_tool
 from mlflow.tracking import MlflowClient
 
-from research.train.checkpoint import list_checkpoints, load_checkpoint
+from research.training.checkpoint import list_checkpoints, load_checkpoint
 
 SMOKE = "recipes/smoke/lenet_digits_tiny.yaml"
 pytestmark = pytest.mark.slow

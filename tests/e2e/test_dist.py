@@ -24,10 +24,10 @@ from mlflow.tracking import MlflowClient
 
 from research.config import load_recipe
 from research.data import get_iterators
-from research.train.kvstore import digest_arrays
-from research.train import checkpoint
-from research.train.loop import fit
-from research.train.run import build_setup
+from research.training.kvstore import digest_arrays
+from research.training import checkpoint
+from research.training.loop import fit
+from research.training.trainer import build_setup
 from research.tracking import Tracker
 
 RECIPE = "recipes/smoke/lenet_digits_dist.yaml"

@@ -12,7 +12,7 @@ import pytest
 from helpers import PYTHON, REPO, make_env, run_tool
 from mlflow.tracking import MlflowClient
 
-from research.train.checkpoint import find_latest
+from research.training.checkpoint import find_latest
 
 SMOKE = "recipes/smoke/lenet_digits_tiny.yaml"
 BATCHES = 150                       # per epoch: 9,600 synthetic images at batch 64, a few seconds each

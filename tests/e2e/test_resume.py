@@ -11,7 +11,7 @@ import pytest
 from helpers import PYTHON, REPO, make_env, run_tool
 from mlflow.tracking import MlflowClient
 
-from research.train.checkpoint import find_latest, list_checkpoints, load_checkpoint
+from research.training.checkpoint import find_latest, list_checkpoints, load_checkpoint
 
 SMOKE = "recipes/smoke/lenet_digits_tiny.yaml"
 EPOCHS = ["--set", "train.epochs=6", "--set", "train.lr_steps=[4]"]

@@ -1,6 +1,5 @@
 """tools/train.py as a user runs it: learns, is tracked in MLflow, fails clearly on bad input."""
 import json
-from pathlib import Path
 
 import cv2
 import mlflow.pyfunc

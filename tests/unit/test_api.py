@@ -23,13 +23,13 @@ def test_import_loads_neither_mxnet_nor_mlflow():
     assert out.stdout.strip() == "[]"
 
 
-def test_train_and_compare_stay_callable_after_their_modules_are_imported():
+def test_train_is_the_api_function_and_the_training_package_is_apart():
     import research.runs.compare
-    import research.train.run  # noqa: F401  (sets the attribute research.train to the package)
+    import research.training.trainer  # noqa: F401  (importing the package leaves research.train alone)
     assert callable(research.train) and callable(research.compare)
     assert list(inspect.signature(research.train).parameters) == ["recipe", "gpus", "overrides", "output", "resume"]
-    assert "UserError" in research.train.__call__.__doc__
-    assert research.train.checkpoint is not None                    # still the package as well
+    assert "UserError" in research.train.__doc__
+    assert research.train is research.api.train
 
 
 def test_overrides_as_a_dict_or_assignments():

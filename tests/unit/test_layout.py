@@ -8,7 +8,7 @@ RESEARCH = Path(__file__).resolve().parents[2] / "research"
 
 
 def part_of(module: str) -> str:
-    """research.train.loop -> train, research.config -> config: a subpackage or a top-level module."""
+    """research.training.loop -> training, research.config -> config: a subpackage or a top-level module."""
     return module.split(".")[1]
 
 
@@ -60,7 +60,7 @@ def find_cycle(graph: dict[str, dict[str, list[str]]]) -> list[str] | None:
 
 def test_no_part_of_research_imports_a_part_that_imports_it():
     graph = part_graph()
-    assert "train" in graph and "runs" in graph        # the scan found the packages
+    assert "training" in graph and "runs" in graph        # the scan found the packages
     cycle = find_cycle(graph)
     assert cycle is None, "research/ parts import each other in a circle: " + " -> ".join(
         f"{a} ({', '.join(sorted(set(graph[a][b])))})" for a, b in zip(cycle, cycle[1:])) + f" -> {cycle[-1]}"

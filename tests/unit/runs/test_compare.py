@@ -7,8 +7,7 @@ import json
 
 import pytest
 
-from research.runs.compare import (collect, compare_url, differing_params, experiment_url, format_rows,
-                              plot_runs)
+from research.runs.compare import collect, differing_params, format_rows, plot_runs
 from research.errors import UserError
 from research.tracking import Tracker
 
@@ -122,12 +121,6 @@ def test_plot_is_a_png_matplotlib_reads(uri, tmp_path):
     assert height > 100 and width > 100
     with pytest.raises(UserError, match="does not exist"):
         plot_runs(collect("exp_a"), tmp_path / "no" / "runs.png")
-
-
-def test_ui_links_open_the_training_views():
-    assert experiment_url("3", 5001) == "http://127.0.0.1:5001/#/experiments/3/runs?workflowType=machine_learning"
-    assert compare_url(["ab", "cd"], ["3", "3"]) == \
-        'http://127.0.0.1:5000/#/compare-runs?runs=["ab","cd"]&experiments=["3"]'
 
 
 def test_library_compare_is_the_csv_table_as_a_dataframe(uri):

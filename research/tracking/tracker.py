@@ -1,0 +1,309 @@
+"""One MLflow run, logged from a background thread: a slow, locked or absent store never slows or
+kills training (failures become warnings, failed metric batches are retried).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import queue
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..paths import REPO
+from .store import get_client, get_experiment_id, tracking_uri
+from .tags import environment_tags
+
+if TYPE_CHECKING:
+    from ..config import Recipe
+
+log = logging.getLogger(__name__)
+
+
+class Tracker:
+    """One MLflow run. Never raises into the caller; a disabled tracker does nothing.
+
+    Use `Tracker.start(...)` for a new run, `Tracker.resume(run_id)` to continue one.
+    """
+
+    def __init__(self, client=None, run_id: str | None = None, experiment_id: str | None = None):
+        self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
+        self._queue: queue.Queue = queue.Queue()
+        self._failures = 0
+        self._pending: list[Callable] = []     # failed metric batches, retried before the next call
+        self._monitor = None                   # mlflow's SystemMetricsMonitor, started by start_system_metrics
+        self._monitor_every_s, self._monitor_checked = 60.0, 0.0
+        self.monitor_check_s = 600.0           # how often a stopped monitor is looked for
+        self._datasets: list = []              # what log_datasets described, for log_model
+        # One worker thread even when disabled: it also runs `run_later` work (plots) off the loop.
+        self._worker = threading.Thread(target=self._drain, name="tracker", daemon=True)
+        self._worker.start()
+
+    @property
+    def enabled(self) -> bool:
+        return self.run_id is not None
+
+    @classmethod
+    def disabled(cls) -> "Tracker":
+        return cls()
+
+    @classmethod
+    def start(cls, experiment: str, run_name: str, tags: dict[str, str] | None = None,
+              description: str = "") -> "Tracker":
+        """Create a run; on any store failure warn and return a disabled tracker."""
+        try:
+            client = get_client()
+            experiment_id = get_experiment_id(client, experiment)
+            all_tags = {"mlflow.runName": run_name, **(tags or {})}
+            if description:
+                all_tags["mlflow.note.content"] = description
+            run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+            return cls(client, run.info.run_id, experiment_id)
+        except Exception as err:  # noqa: BLE001 - tracking must never stop a run
+            log.warning("MLflow tracking is off for this run: could not create a run at %s (%s)",
+                        tracking_uri(), err)
+            return cls.disabled()
+
+    @classmethod
+    def attach(cls, run_id: str, uri: str | None = None) -> "Tracker":
+        """Log to an existing run and leave its status alone (it may still be training, or long
+        finished); on any store failure warn and return a disabled tracker."""
+        try:
+            client = get_client(uri)
+            run = client.get_run(run_id)
+            return cls(client, run_id, run.info.experiment_id)
+        except Exception as err:  # noqa: BLE001
+            log.warning("MLflow: could not open run %s at %s (%s)", run_id, uri or tracking_uri(), err)
+            return cls.disabled()
+
+    @classmethod
+    def resume(cls, run_id: str) -> "Tracker":
+        """Continue an existing run: its status goes back to RUNNING."""
+        try:
+            client = get_client()
+            run = client.get_run(run_id)
+            client.update_run(run_id, status="RUNNING")
+            return cls(client, run_id, run.info.experiment_id)
+        except Exception as err:  # noqa: BLE001
+            log.warning("MLflow tracking is off for this run: could not resume run %s at %s (%s)",
+                        run_id, tracking_uri(), err)
+            return cls.disabled()
+
+    # -- queued calls: return at once ------------------------------------------------------
+    def log_params(self, params: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        from mlflow.entities import Param
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for start in range(0, len(items), 100):      # MLflow takes at most 100 params a batch
+            self._submit(self.client.log_batch, self.run_id, params=items[start:start + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if not self.enabled:
+            return
+        from mlflow.entities import Metric
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
+        self._submit(self.client.log_batch, self.run_id, metrics=items, _retry=True)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if not self.enabled:
+            return
+        from mlflow.entities import RunTag
+        self._submit(self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if not self.enabled:
+            return
+        self._submit(self.client.log_artifact, self.run_id, str(path), artifact_path)
+
+    def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
+        if not self.enabled:
+            return
+        self._submit(self.client.log_artifacts, self.run_id, str(folder), artifact_path)
+
+    def start_system_metrics(self, every_s: float, resumed: bool) -> None:
+        """MLflow's system metrics (system/cpu_utilization_percentage, ...; GPUs when nvidia-ml-py finds
+        them), one point per metric every `every_s` seconds, on MLflow's own thread until `end`.
+
+        Steps continue after the last logged one when `resumed`. Started from the tracker's thread:
+        creating the monitor reads the run and probes for GPUs.
+        """
+        if self.enabled:
+            self._monitor_every_s = every_s
+            self._submit(self._start_monitor, resumed)
+
+    def _start_monitor(self, resumed: bool) -> None:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)   # start/stop chatter
+        sampling = min(self._monitor_every_s, 15.0)
+        self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=sampling,
+                                             samples_before_logging=max(1, round(self._monitor_every_s / sampling)),
+                                             resume_logging=resumed, tracking_uri=tracking_uri())
+        self._monitor.start()
+        self._monitor_checked = time.monotonic()
+
+    def _keep_monitor_alive(self) -> None:
+        """MLflow's monitor thread ends for good at the first failed read of the run (a store locked
+        or restarting for a while): on a multi-day run, start it again (checked every 10 minutes)."""
+        thread = getattr(self._monitor, "_process", None)      # the monitor's thread; None once finished
+        if thread is None or time.monotonic() - self._monitor_checked < self.monitor_check_s:
+            return
+        self._monitor_checked = time.monotonic()
+        if not thread.is_alive():
+            log.warning("MLflow system metrics had stopped (the store did not answer); starting them again")
+            self._start_monitor(resumed=True)
+
+    def log_datasets(self, describe: Callable[[], list]) -> None:
+        """MLflow dataset inputs (the runs table's Dataset column) from `describe()`, a list of
+        research.data.describe.DatasetInfo, called on the tracker's thread (it reads the .idx files)."""
+        if self.enabled:
+            self._submit(self._log_datasets, describe)
+
+    def _log_datasets(self, describe: Callable[[], list]) -> None:
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        self._datasets = describe()
+        inputs = [DatasetInput(Dataset(d.name, d.digest, "local", json.dumps({"uri": d.source}),
+                                       profile=json.dumps({"num_images": d.images, "num_classes": d.classes,
+                                                           "files": d.files})),
+                               tags=[InputTag("mlflow.data.context", d.context)]) for d in self._datasets]
+        self.client.log_inputs(self.run_id, datasets=inputs)
+
+    def log_model(self, model_dir: str | Path, step: int,
+                  metric_keys: tuple[str, ...] = ("val/loss", "val/top1", "val/top5")) -> None:
+        """The exported model as the run's one MLflow LoggedModel (a pyfunc, research.tracking.logged_model), with
+        the run's params, and its `metric_keys` at `step` linked to it (on the validation dataset input).
+
+        A model this run logged before (a resumed or extended run) is deleted first.
+        """
+        if self.enabled:
+            self._submit(self._log_model, Path(model_dir), step, metric_keys)
+
+    def _log_model(self, model_dir: Path, step: int, metric_keys: tuple[str, ...]) -> None:
+        import mlflow
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
+
+        from . import logged_model
+        mlflow.set_tracking_uri(tracking_uri())        # pyfunc.log_model writes to the global store
+        for old in self.client.search_logged_models([self.experiment_id],
+                                                    filter_string=f"source_run_id = '{self.run_id}'"):
+            self.client.delete_logged_model(old.model_id)
+        run = self.client.get_run(self.run_id)
+        source = {k: v for k, v in run.data.tags.items() if k.startswith("mlflow.source.") or k == "mlflow.user"}
+        model = self.client.create_logged_model(self.experiment_id, name=logged_model.ARTIFACT,
+                                                source_run_id=self.run_id, params=run.data.params,
+                                                tags=source, model_type="image-classifier")
+        try:
+            logged_model.log(model_dir, model.model_id, logged_model.model_requirements(), REPO / "research")
+        except Exception:
+            self.client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+            raise
+        self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+        self.client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, step=step)])
+        # The same points as the run's (same timestamp: not a second point in its history), now the model's too.
+        dataset = next((d for d in self._datasets if d.context == "validation"), None)
+        linked = [Metric(m.key, m.value, m.timestamp, m.step, model_id=model.model_id, run_id=self.run_id,
+                         dataset_name=dataset and dataset.name, dataset_digest=dataset and dataset.digest)
+                  for key in metric_keys for m in self.client.get_metric_history(self.run_id, key) if m.step == step]
+        self.client.log_batch(self.run_id, metrics=linked)
+
+    # -- synchronous ------------------------------------------------------------------------
+    def last_step(self, key: str) -> int | None:
+        """The largest step logged for `key` (one read, not the whole history); None if none."""
+        if not self.enabled:
+            return None
+        self.flush()
+        try:
+            latest = self.client.get_run(self.run_id).data._metric_objs
+            return max((m.step for m in latest if m.key == key), default=None)
+        except Exception as err:  # noqa: BLE001
+            log.warning("MLflow: could not read the last step of %s (%s)", key, err)
+            return None
+
+    def logged_steps(self, key: str) -> set[int]:
+        """Steps at which `key` was logged already (to resume without duplicates)."""
+        if not self.enabled:
+            return set()
+        self.flush()
+        try:
+            return {m.step for m in self.client.get_metric_history(self.run_id, key)}
+        except Exception as err:  # noqa: BLE001
+            log.warning("MLflow: could not read the history of %s (%s)", key, err)
+            return set()
+
+    def run_later(self, fn: Callable[[], Any]) -> None:
+        """Run `fn` on the tracker's thread, after what is queued (for plots and other slow side work)."""
+        self._queue.put(fn)
+
+    def flush(self, timeout: float = 60.0) -> bool:
+        """Wait until queued calls are done; False if the store is still busy after timeout."""
+        done = threading.Event()
+        self._queue.put(done.set)
+        return done.wait(timeout)
+
+    def end(self, status: str = "FINISHED", timeout: float = 60.0) -> None:
+        """Flush, then mark the run FINISHED, FAILED or KILLED."""
+        if self.enabled:
+            self._submit(self._stop_system_metrics)
+            self._submit(self.client.set_terminated, self.run_id, status)
+        if not self.flush(timeout) and self.enabled:
+            log.warning("MLflow: the store did not answer within %.0f s; the run's last records may be "
+                        "missing and its status may still read RUNNING", timeout)
+        self._queue.put(None)
+
+    def _stop_system_metrics(self) -> None:
+        if self._monitor is not None:
+            self._monitor.finish()          # writes the points it still holds
+            self._monitor = None
+
+    def _submit(self, fn: Callable, *args, _retry: bool = False, **kwargs) -> None:
+        if self.enabled:
+            call = lambda: fn(*args, **kwargs)  # noqa: E731
+            call.retry = _retry
+            self._queue.put(call)
+
+    def _drain(self) -> None:
+        while True:
+            call = self._queue.get()
+            if call is None:
+                return
+            for pending in (self._pending.pop(0) for _ in range(len(self._pending))):
+                self._call(pending)          # the store may be back: older metrics first
+            self._call(call)
+            self._call(self._keep_monitor_alive)
+
+    def _call(self, call: Callable) -> None:
+        try:
+            call()
+        except Exception as err:  # noqa: BLE001 - a tracking failure must not end training
+            self._failures += 1
+            if getattr(call, "retry", False) and len(self._pending) < 10000:
+                self._pending.append(call)
+            if self._failures <= 5 or self._failures % 100 == 0:
+                log.warning("tracking call failed (%d so far), training goes on: %s", self._failures, err)
+
+
+def start_run(recipe: Recipe, contexts: list, argv: list[str], tags: dict[str, str] | None = None) -> Tracker:
+    """A new run named "<recipe> <date> <4 hex>" in the recipe's experiment, tagged and described by its
+    command, the recipe's values logged as params."""
+    name = f"{recipe.name} {datetime.now():%Y-%m-%d %H:%M} {os.urandom(2).hex()}"
+    tracker = Tracker.start(recipe.tracking.experiment or recipe.name, name,
+                            tags={**environment_tags(contexts, argv), "recipe": recipe.name, **(tags or {})},
+                            description=f"`{' '.join(argv)}` on {platform.node()}")
+    tracker.log_params(recipe.flat())
+    return tracker
+
+
+def resume_run(run_id: str, history: list[dict[str, float]], argv: list[str]) -> Tracker:
+    """Continue run `run_id`, re-logging the epochs of `history` it lacks (killed between checkpoint and log)."""
+    tracker = Tracker.resume(run_id)
+    logged = tracker.logged_steps("val/top1")
+    for entry in history:
+        if entry["epoch"] not in logged:
+            tracker.log_metrics({k: v for k, v in entry.items() if k != "epoch"}, step=entry["epoch"])
+    tracker.set_tags({f"resumed.{int(time.time())}": " ".join(argv)})
+    return tracker

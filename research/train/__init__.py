@@ -1,5 +1,0 @@
-"""Training: the loop, schedules, checkpoints, one run end to end (research.train.run).
-
-Calling the package trains a recipe: `research.train(recipe, ...)` is research.api.train (made
-callable by research/__init__.py, so that this package imports nothing above it).
-"""

@@ -1,0 +1,47 @@
+"""Training curves as PNG (matplotlib's object API: safe off the main thread)."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+
+class _InlineFigure(Figure):
+    """A Figure that Jupyter shows when a cell returns it, even before pyplot set up its inline backend."""
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png")
+        return buffer.getvalue()
+
+from .. import atomic
+
+
+def plot_curves(history: list[dict[str, float]], path: str | Path, title: str = "") -> None:
+    """Loss and top-1/top-5 against epoch, train and val, from the loop's per-epoch history."""
+    with atomic.writing(path) as tmp:
+        curves_figure(history, title).savefig(tmp, format="png")
+
+
+def curves_figure(history: list[dict[str, float]], title: str = "") -> Figure:
+    """The figure plot_curves saves; a notebook shows it inline when a cell returns it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = _InlineFigure(figsize=(10, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    epochs = [h["epoch"] for h in history]
+    for key, style in (("train/loss", "-"), ("val/loss", "--")):
+        loss_ax.plot(epochs, [h.get(key, float("nan")) for h in history], style, label=key)
+    for key, style in (("train/top1", "-"), ("val/top1", "--"), ("val/top5", ":")):
+        acc_ax.plot(epochs, [h.get(key, float("nan")) for h in history], style, label=key)
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1))
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,16 @@
+"""The checkpoint/tracking cost benchmark measures real writes of the recipe's net."""
+from pathlib import Path
+
+from research.config import load_recipe
+from research.bench.overhead import benchmark_overhead
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def test_overhead_figures_for_lenet(tmp_path):
+    result = benchmark_overhead(load_recipe(REPO / "recipes/lenet_digits.yaml"), repeats=2, track=True)
+    # LeNet has 431,080 float32 weights; weights + momentum make a file of about 3.4 MB
+    assert 3.0 < result["checkpoint_mb"] < 4.0
+    assert 0 < result["checkpoint_loop_s"] <= result["checkpoint_total_s"]
+    assert result["tracking_store_s"] > 0 and result["tracking_loop_s"] >= 0
+    assert result["report_loop_s"] > 0                 # status.json written, iter/ metrics queued

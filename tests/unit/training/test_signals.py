@@ -1,0 +1,20 @@
+"""Stops on a worker other than rank 0: the first signal is noted, rank 0 decides when the job stops."""
+import os
+import signal
+import time
+
+from research.training.signals import STOP_SIGNALS, FollowerStop
+
+
+def test_follower_notes_the_first_signal_and_keeps_training():
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    try:
+        stop = FollowerStop()
+        stop.install()
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)
+        assert stop() is False                          # rank 0 decides; this worker trains on
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL   # the launcher's next SIGTERM ends it at once
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
