@@ -173,7 +173,7 @@ def train(recipe: str | Path | Recipe, *, gpus: str | Sequence[int] | None = Non
     loaded = _load(recipe, _assignments(overrides))
     spec = gpus if isinstance(gpus, str) or gpus is None else ",".join(map(str, gpus))
     call = f"research.train({str(recipe) if isinstance(recipe, (str, Path)) else loaded.name!r}, ...)"
-    run_dir, code = run_recipe(loaded, spec, output, resume == "require", resume == "fresh", [call],
+    run_dir, code = train_recipe(loaded, spec, output, resume == "require", resume == "fresh", [call],
                                interactive=True)
     if code > 128:
         name = signal.Signals(code - 128).name
@@ -182,11 +182,11 @@ def train(recipe: str | Path | Recipe, *, gpus: str | Sequence[int] | None = Non
     return Run(run_dir)
 
 
-def run_recipe(recipe: Recipe, gpus: str | None, output: str | Path | None, resume: bool, fresh: bool,
-               argv: list[str], interactive: bool = False) -> tuple[Path, int]:
+def train_recipe(recipe: Recipe, gpus: str | None, output: str | Path | None, resume: bool, fresh: bool,
+                 argv: list[str], interactive: bool = False) -> tuple[Path, int]:
     """Check the recipe against the devices, then train it (or run its transfer job) into `output`.
 
-    Returns the run directory and the exit code tools/train.py exits with. Raises UserError first,
+    Returns the run directory and the exit status tools/train.py exits with. Raises UserError first,
     before any folder is written, for what the user must fix.
     """
     from .devices import get_contexts
@@ -194,12 +194,12 @@ def run_recipe(recipe: Recipe, gpus: str | None, output: str | Path | None, resu
 
     ctxs = get_contexts(gpus)
     check_recipe(recipe, ctxs)
-    from .training.trainer import train as train_run
     from .training.run_dir import default_run_dir
     run_dir = Path(output) if output else default_run_dir(recipe)
     if recipe.task == "transfer":
         from .transfer.job import run_transfer_job
-        return run_dir, run_transfer_job(recipe, ctxs, run_dir, argv)
+        return run_dir, run_transfer_job(recipe, ctxs, run_dir, argv, fresh=fresh, interactive=interactive)
+    from .training.trainer import train as train_run
     return run_dir, train_run(recipe, ctxs, run_dir, resume, fresh, argv, interactive=interactive)
 
 

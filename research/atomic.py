@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -78,6 +79,24 @@ def temporary_file(path: Path, suffix: str = ".tmp") -> Path:
     os.fchmod(fd, 0o666 & ~_UMASK)
     os.close(fd)
     return Path(name)
+
+
+LEFTOVER = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.(tmp|old)$")   # what temporary_file / writing_dir name them
+
+
+def remove_temporaries(folder: Path) -> list[Path]:
+    """Remove the hidden temporary files and folders that a write killed midway left in `folder`
+    (.<name>.<8 random characters>.tmp, and .old for a replaced folder); returns what was removed.
+    Only for a folder no live writer uses (a run directory under its lock)."""
+    removed = []
+    for path in sorted(Path(folder).iterdir()):
+        if LEFTOVER.match(path.name):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def fsync_dir(folder: Path) -> None:

@@ -74,3 +74,17 @@ class AfterBatches:
                 self.action()
             self.served += 1
             yield batch
+
+
+def change_setup(monkeypatch, change) -> None:
+    """Make research.training.trainer.train call `change(setup)` on the Setup it builds (a fault
+    injected into its data, its net), before it trains."""
+    from research.training import trainer
+
+    build = trainer.build_setup
+
+    def build_and_change(*args, **kwargs):
+        setup = build(*args, **kwargs)
+        change(setup)
+        return setup
+    monkeypatch.setattr(trainer, "build_setup", build_and_change)

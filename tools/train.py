@@ -26,13 +26,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    from research.api import run_recipe
+    from research.api import train_recipe
     from research.config import load_recipe
     from research.errors import UserError       # bad recipe, missing data, absent GPU: one line, exit 2
 
     try:
         recipe = load_recipe(args.recipe, args.overrides)
-        _, code = run_recipe(recipe, args.gpus, args.output, args.resume, args.fresh, ["tools/train.py", *argv])
+        _, code = train_recipe(recipe, args.gpus, args.output, args.resume, args.fresh, ["tools/train.py", *argv])
         return code
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -25,7 +25,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    from research.runs.compare import experiment_url, open_client
+    from research.runs.compare import open_client
+    from research.tracking.ui import experiment_url
     from research.errors import UserError
     from research.tracking import tracking_uri, ui_command
 

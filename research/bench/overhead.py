@@ -82,17 +82,20 @@ def _tracking_cost(folder: Path, repeats: int, recipe: Recipe) -> dict[str, floa
 def _report_cost(tracker: Tracker, folder: Path, recipe: Recipe, repeats: int) -> float:
     """Seconds on the loop's thread for one in-epoch report (status.json rewritten, iter/ metrics queued),
     the work added every train.log_every batches; median over at least 20, the store busy meanwhile."""
-    from ..training.progress import InEpochReport
-    from ..training.run_dir import write_status
+    from ..training.lifecycle import Lifecycle
+    from ..training.report import Report
 
     state = TrainState(epoch=0, step=0, recipe=recipe.to_dict())
-    report = InEpochReport(tracker, lambda figures: write_status(folder, state, recipe, "running", tracker.run_id,
-                                                                 figures), recipe.train.epochs, local_batch=32)
+    run = Lifecycle(folder, recipe, ["benchmark"])
+    run.tracker, run.state = tracker, state
+    report = Report(run, tracker, state, recipe.train.epochs, 10 ** 6, local_batch=32)
+    report.start_epoch(0)
 
     def one() -> None:
         state.step = state.batch_in_epoch = state.step + 10
-        report(state, 10 ** 6, 32 * state.step, 0.01 * state.step, 0.5, 0.1)
+        report.interval(32 * state.step, 0.01 * state.step, 0.5, 0.1)
     seconds = _median_time(one, max(repeats, 20))
+    report.close()
     tracker.flush()
     return seconds
 

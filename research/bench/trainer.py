@@ -14,11 +14,12 @@ from mxnet import autograd, gluon
 
 from ..config import Recipe, SyntheticData
 from ..errors import UserError
-from ..preflight import check_recipe
-from ..tracking import Tracker
-from ..training.checkpoint import TrainState
 from ..model.export import input_shape
+from ..preflight import check_recipe
+from ..training.checkpoint import TrainState
+from ..training.lifecycle import Lifecycle
 from ..training.loop import Setup, fit
+from ..training.signals import StopRequest
 from ..training.trainer import build_setup, global_batch_size
 
 
@@ -107,46 +108,39 @@ def _synced_time() -> float:
 
 
 def measure(recipe: Recipe, ctxs: list[mx.Context], steps: int, warmup: int, windows: int) -> dict:
-    """Run research.training.loop.fit as tools/train.py builds it, and the bare loop in between.
+    """Windows of research.training.loop.fit as tools/train.py builds it, alternating with windows of
+    the bare loop on the same net and trainer (no second copy in device memory).
 
-    The recipe's data is swapped for RepeatIter batches (build_setup gets a small synthetic
-    section), and `fit` is stopped through its `should_stop` callback, inside its first epoch,
-    so no evaluation or checkpoint falls in the measured steps. After each window of the
-    trainer's steps the callback runs as many bare steps on the same net and trainer (no
-    second copy in device memory). The two loops thus alternate under the same load: on a
-    shared machine one loop alone swung 12-410 img/s between runs here. Each side's speed is
-    the median over windows and the ratio the median of the per-window ratios. The syncs
-    closing each window stop MXNet from overlapping Python work with the next window's
-    compute, which, if anything, counts the trainer's extra Python work in full.
+    The recipe's data is swapped for RepeatIter batches (build_setup gets a small synthetic section),
+    and `fit(..., steps=N)` trains N steps and returns, inside the first epoch: the seam through which
+    the trainer is measured, with its progress reports, stop check and lr updates, and no evaluation
+    or checkpoint in the measured steps. The two loops alternate under the same load (on a shared
+    machine one loop alone swung 12-410 img/s between runs here). Each side's speed is the median over
+    windows, the ratio the median of the per-window ratios. The syncs closing each window stop MXNet
+    from overlapping Python work with the next window's compute, which, if anything, counts the
+    trainer's extra Python work in full.
     """
     batch = global_batch_size(recipe.train, len(ctxs))
     synthetic = SyntheticData(data_shape=list(input_shape(recipe)), num_train=batch, num_val=batch)
-    recipe = dataclasses.replace(recipe, data=synthetic, train=dataclasses.replace(recipe.train, epochs=1))
+    recipe = dataclasses.replace(recipe, data=synthetic, train=dataclasses.replace(recipe.train, epochs=1),
+                                 tracking=dataclasses.replace(recipe.tracking, enabled=False))
     per_window = steps // windows
     with tempfile.TemporaryDirectory(prefix="benchmark-") as run_dir:
         setup = build_setup(recipe, ctxs, Path(run_dir), recipe.train.kvstore)
-        setup = dataclasses.replace(setup, is_logger=False,   # no progress lines, no checkpoint at the stop
-                                    train_iter=RepeatIter(batch, input_shape(recipe), recipe.net.classes,
-                                                          warmup + windows * per_window + 1))
+        setup = dataclasses.replace(setup, train_iter=RepeatIter(batch, input_shape(recipe), recipe.net.classes,
+                                                                 warmup + windows * per_window + 1))
+        run = Lifecycle(Path(run_dir), recipe, ["benchmark"])          # not entered: no lock, no MLflow run
+        state, stop = TrainState(recipe=recipe.to_dict()), StopRequest()   # a stop never requested
         bare = BareLoop(setup)
         bare.run(warmup)
-        pairs, done, mark = [], [0], [0.0]
-
-        def should_stop() -> bool:             # called by fit after every batch
-            done[0] += 1
-            if done[0] < warmup or (done[0] - warmup) % per_window:
-                return False
-            now = _synced_time()
-            if done[0] > warmup:
-                trainer_seconds = now - mark[0]
-                bare.run(per_window)
-                mark[0] = _synced_time()
-                pairs.append((mark[0] - now, trainer_seconds))
-            else:
-                mark[0] = now
-            return len(pairs) == windows
-
-        fit(setup, TrainState(recipe=recipe.to_dict()), Tracker.disabled(), should_stop)
+        fit(setup, state, run, stop, steps=warmup)
+        pairs = []
+        for _ in range(windows):
+            start = _synced_time()
+            fit(setup, state, run, stop, steps=per_window)
+            middle = _synced_time()
+            bare.run(per_window)
+            pairs.append((_synced_time() - middle, middle - start))
     images = per_window * batch
     return {"devices": ",".join(str(c) for c in ctxs), "global_batch": batch,
             "bare_img_per_s": images / statistics.median(b for b, _ in pairs),

@@ -12,6 +12,7 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..paths import REPO
@@ -32,6 +33,7 @@ class Tracker:
 
     def __init__(self, client=None, run_id: str | None = None, experiment_id: str | None = None):
         self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
+        self.not_found = False                 # Tracker.resume: the run is not in this store
         self._queue: queue.Queue = queue.Queue()
         self._failures = 0
         self._pending: list[Callable] = []     # failed metric batches, retried before the next call
@@ -39,7 +41,7 @@ class Tracker:
         self._monitor_every_s, self._monitor_checked = 60.0, 0.0
         self.monitor_check_s = 600.0           # how often a stopped monitor is looked for
         self._datasets: list = []              # what log_datasets described, for log_model
-        # One worker thread even when disabled: it also runs `run_later` work (plots) off the loop.
+        # One worker thread even when disabled, so that `flush` and `end` behave alike.
         self._worker = threading.Thread(target=self._drain, name="tracker", daemon=True)
         self._worker.start()
 
@@ -83,15 +85,23 @@ class Tracker:
     @classmethod
     def resume(cls, run_id: str) -> "Tracker":
         """Continue an existing run: its status goes back to RUNNING."""
+        from mlflow.exceptions import MlflowException
         try:
             client = get_client()
             run = client.get_run(run_id)
             client.update_run(run_id, status="RUNNING")
             return cls(client, run_id, run.info.experiment_id)
+        except MlflowException as err:
+            if err.error_code == "RESOURCE_DOES_NOT_EXIST":     # another store: the caller starts a new run
+                tracker = cls.disabled()
+                tracker.not_found = True
+                return tracker
+            error = err
         except Exception as err:  # noqa: BLE001
-            log.warning("MLflow tracking is off for this run: could not resume run %s at %s (%s)",
-                        run_id, tracking_uri(), err)
-            return cls.disabled()
+            error = err
+        log.warning("MLflow tracking is off for this run: could not resume run %s at %s (%s)",
+                    run_id, tracking_uri(), error)
+        return cls.disabled()
 
     # -- queued calls: return at once ------------------------------------------------------
     def log_params(self, params: dict[str, Any]) -> None:
@@ -102,13 +112,18 @@ class Tracker:
         for start in range(0, len(items), 100):      # MLflow takes at most 100 params a batch
             self._submit(self.client.log_batch, self.run_id, params=items[start:start + 100])
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+    def log_metrics(self, metrics: dict[str, float], step: int, tags: dict[str, str] | None = None,
+                    after: Future | None = None) -> None:
+        """Queue `metrics` at `step` (and `tags`, in the same store call). With `after` (a checkpoint's
+        write), they are logged once it has succeeded and dropped if it failed."""
         if not self.enabled:
             return
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric, RunTag
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
-        self._submit(self.client.log_batch, self.run_id, metrics=items, _retry=True)
+        self._submit(self.client.log_batch, self.run_id, metrics=items, tags=[RunTag(k, str(v)) for k, v in
+                                                                             (tags or {}).items()],
+                     _retry=True, _after=after)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         if not self.enabled:
@@ -116,10 +131,11 @@ class Tracker:
         from mlflow.entities import RunTag
         self._submit(self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None, after: Future | None = None) -> None:
+        """Queue the upload of `path`; with `after` (the write that makes the file), once that has succeeded."""
         if not self.enabled:
             return
-        self._submit(self.client.log_artifact, self.run_id, str(path), artifact_path)
+        self._submit(self.client.log_artifact, self.run_id, str(path), artifact_path, _after=after)
 
     def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
         if not self.enabled:
@@ -235,10 +251,6 @@ class Tracker:
             log.warning("MLflow: could not read the history of %s (%s)", key, err)
             return set()
 
-    def run_later(self, fn: Callable[[], Any]) -> None:
-        """Run `fn` on the tracker's thread, after what is queued (for plots and other slow side work)."""
-        self._queue.put(fn)
-
     def flush(self, timeout: float = 60.0) -> bool:
         """Wait until queued calls are done; False if the store is still busy after timeout."""
         done = threading.Event()
@@ -260,9 +272,12 @@ class Tracker:
             self._monitor.finish()          # writes the points it still holds
             self._monitor = None
 
-    def _submit(self, fn: Callable, *args, _retry: bool = False, **kwargs) -> None:
+    def _submit(self, fn: Callable, *args, _retry: bool = False, _after: Future | None = None, **kwargs) -> None:
         if self.enabled:
-            call = lambda: fn(*args, **kwargs)  # noqa: E731
+            def call() -> None:
+                if _after is not None and _after.exception() is not None:    # waits for it
+                    return                  # the file it depends on was not written: nothing to log
+                fn(*args, **kwargs)
             call.retry = _retry
             self._queue.put(call)
 

@@ -14,10 +14,10 @@ import pickle
 import re
 import struct
 import tempfile
-import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import mxnet as mx
 import numpy as np
@@ -28,6 +28,7 @@ from .. import atomic
 MAGIC = b"RSRCHCK1"
 NAME = re.compile(r"^step-(\d{10})\.ckpt$")
 BEST = "best.ckpt"
+FOLDER = "checkpoints"      # RUN_DIR/checkpoints/
 log = logging.getLogger(__name__)
 
 
@@ -138,42 +139,38 @@ def save_checkpoint(folder: str | Path, state: TrainState, net: gluon.Block, tra
 class CheckpointWriter:
     """Writes checkpoints on a background thread, one at a time and in order.
 
-    The snapshot is taken in the caller's thread, so training may go on while the file is
-    hashed, written and fsynced. `then` runs after a successful write (the loop logs the
-    epoch's metrics to MLflow there, so MLflow never runs ahead of the checkpoints).
+    The snapshot is taken in the caller's thread (a sync point), so training goes on while the file
+    is hashed, written and fsynced. `save` returns the write's Future: the loop hands it to the
+    tracker, which logs the epoch's metrics once the file is on disk, so MLflow never shows an epoch
+    that a resume would not start after.
     """
 
     def __init__(self, folder: str | Path, keep_last: int):
         self.folder, self.keep_last = Path(folder), keep_last
-        self._thread: threading.Thread | None = None
-        self.failed: CheckpointError | None = None     # the first write that failed: the loop stops on it
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self._writes: list[Future] = []
 
-    def save(self, state: TrainState, net: gluon.Block, trainer: gluon.Trainer, is_best: bool = False,
-             then: Callable[[], None] = lambda: None, on_error: Callable[[CheckpointError], None] = None,
-             wait: bool = False) -> None:
+    def save(self, state: TrainState, net: gluon.Block, trainer: gluon.Trainer, is_best: bool = False) -> Future:
         content = snapshot(state, net, trainer)
-        self.wait()
-        self._thread = threading.Thread(target=self._write, name="checkpoint",
-                                        args=(state.step, content, is_best, then, on_error))
-        self._thread.start()
-        if wait:
-            self.wait()
+        write = self._pool.submit(write_checkpoint, self.folder, state.step, content, self.keep_last, is_best)
+        self._writes.append(write)
+        return write
+
+    @property
+    def failed(self) -> CheckpointError | None:
+        """The first write that failed (the loop stops on it), else None; writes still running are not waited for."""
+        for write in [w for w in self._writes if w.done()]:
+            if write.exception() is not None:
+                return write.exception()
+            self._writes.remove(write)
+        return None
 
     def wait(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        """Until every write queued so far is on disk (or failed)."""
+        wait(self._writes)
 
-    def _write(self, step, content, is_best, then, on_error) -> None:
-        try:
-            write_checkpoint(self.folder, step, content, self.keep_last, is_best)
-        except CheckpointError as err:
-            self.failed = self.failed or err
-            if on_error is None:
-                raise
-            on_error(err)
-            return
-        then()
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
 
 
 def list_checkpoints(folder: str | Path) -> list[Path]:

@@ -1,5 +1,5 @@
-"""Epoch time, run time and cost from training rates: the arithmetic `tools/benchmark.py plan`
-and the trainer's first log lines share. Pure functions, no MXNet."""
+"""Epoch time, remaining time and cost from training rates: the arithmetic that `tools/benchmark.py plan`
+and the trainer's report (log line, status.json, MLflow pace tags) share. Pure functions, no MXNet."""
 from __future__ import annotations
 
 # SqueezeNet 1.0 on ImageNet, batch 128 on one GPU (the reference run): minutes per epoch
@@ -13,11 +13,24 @@ def epoch_seconds(epoch_images: int, global_batch: int, img_per_s: float) -> flo
     return steps * global_batch / img_per_s
 
 
+def remaining_s(epochs: int, done_epochs: int, batch_in_epoch: int, steps_per_epoch: int, epoch_s: float,
+                batch_s: float) -> float:
+    """Seconds until the run's last epoch ends: the rest of the epoch under way (`batch_in_epoch` of
+    `steps_per_epoch` batches done, `batch_s` each), then every epoch still to start at `epoch_s`.
+
+    The one remaining-time formula: the epoch log line, status.json, MLflow's pace tags and `plan` use it.
+    """
+    rest_of_epoch = (steps_per_epoch - batch_in_epoch) * batch_s if batch_in_epoch else 0.0
+    still_to_start = max(epochs - done_epochs - (1 if batch_in_epoch else 0), 0)
+    return rest_of_epoch + still_to_start * epoch_s
+
+
 def run_estimate(epoch_images: int, global_batch: int, img_per_s: float, epochs: int,
                  price_per_hour: float | None = None, done_epochs: int = 0) -> dict[str, float | None]:
     """{"epoch_s", "run_s", "cost"} for the epochs still to train; cost is None without a price."""
     epoch_s = epoch_seconds(epoch_images, global_batch, img_per_s)
-    run_s = epoch_s * max(epochs - done_epochs, 0)
+    steps = epoch_images // global_batch
+    run_s = remaining_s(epochs, done_epochs, 0, steps, epoch_s, global_batch / img_per_s)
     cost = None if price_per_hour is None else run_s / 3600 * price_per_hour
     return {"epoch_s": epoch_s, "run_s": run_s, "cost": cost}
 

@@ -3,7 +3,7 @@
 A ReLU in front of SqueezeNet's global pool can be pushed below zero for every input by one
 large step; from then on every logit is 0, no gradient flows and the loss sits at exactly
 ln(classes) for the rest of the run (docs/squeezenet-stability.md). These checks make such a
-run stop (the loop raises DeadHead, handled like a NaN loss) instead of running for days.
+run stop (the loop raises DeadHead, an Unhealthy as a NaN loss is) instead of running for days.
 """
 from __future__ import annotations
 
@@ -14,8 +14,16 @@ CLEARLY_BELOW = 0.1       # a train loss this far under ln(classes) shows the ne
 CONSTANT_TOLERANCE = 1e-6  # an output whose range over the validation pass is below this (relative) is constant
 
 
-class DeadHead(RuntimeError):
-    """The net's outputs stopped carrying information; training on would not recover."""
+class Unhealthy(RuntimeError):
+    """Training on would not recover: the run stops (exit status 3), its last good checkpoint kept."""
+
+
+class NonFiniteLoss(Unhealthy):
+    """The training loss became NaN or infinite."""
+
+
+class DeadHead(Unhealthy):
+    """The net's outputs stopped carrying information."""
 
 
 def dead_fraction(low: list[float], high: list[float]) -> float:
@@ -53,3 +61,12 @@ def check(history: list[dict[str, float]], classes: int, chance_epochs: int) -> 
         return (f"val top-1 is {last['val/top1']:.4f} after {last['epoch']} epochs, still at chance "
                 f"(1/{classes}; train.chance_epochs = {chance_epochs})")
     return ""
+
+
+def advice(activation: str) -> str:
+    """What to change before training again, for a net with this activation after its convolutions."""
+    if activation == "elu":
+        return ("Scale the inputs (data.std), lower train.lr, add a warm-up (train.warmup_epochs) or clip "
+                "gradients (train.clip_gradient); docs/squeezenet-stability.md measured each.")
+    return ("Lower train.lr, add a warm-up (train.warmup_epochs) or use net.activation: elu "
+            "(docs/squeezenet-stability.md).")

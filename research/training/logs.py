@@ -41,13 +41,13 @@ def setup_logging() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-def add_file_log(run_dir: Path, is_logger: bool) -> None:
+def add_file_log(run_dir: Path, rank0: bool) -> None:
     """Append to run_dir/train.log (rank 0 only), starting with what was logged before."""
     root = logging.getLogger()
     buffers = [h for h in root.handlers if getattr(h, "_research", None) == "buffer"]
     target = None
     remove_file_log()                       # a previous run in this process (a notebook) logged elsewhere
-    if is_logger:
+    if rank0:
         target = _RunLog(run_dir / "train.log")
         target.setFormatter(LOG_FORMAT)
         target._research = "file"

@@ -1,4 +1,5 @@
-"""The data-parallel training loop. Periodic work is plain `if` blocks in the order it runs."""
+"""The data-parallel training loop. `fit` reads top to bottom: the periodic work (progress, stop,
+checkpoint) is plain `if` blocks in the order it runs, then the epoch's end in one block."""
 from __future__ import annotations
 
 import logging
@@ -6,33 +7,27 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Literal
 
 import mxnet as mx
 from mxnet import autograd, gluon
 
 from ..config import Recipe
-from ..durations import format_duration
-from ..tracking import Tracker
 from . import health
-from .checkpoint import CheckpointError, CheckpointWriter, TrainState
+from .checkpoint import FOLDER, CheckpointWriter, TrainState
 from .evaluate import evaluate
-from .pace import Pace
-from .plots import plot_curves
-from .progress import Progress
-from .run_dir import write_status
+from .health import DeadHead, NonFiniteLoss
+from .plots import CurvesWriter
+from .report import Report
 from .schedules import lr_at
 
-log = logging.getLogger(__name__)
-
-
-class NonFiniteLoss(RuntimeError):
-    """The training loss became NaN or infinite."""
+log = logging.getLogger("research.training")
+Outcome = Literal["finished", "stopped", "paused"]
 
 
 @dataclass
 class Setup:
-    """What the loop works on; built by research.training.run."""
+    """What the loop works on; built by research.training.trainer.build_setup."""
     recipe: Recipe
     net: gluon.HybridBlock
     trainer: gluon.Trainer
@@ -43,8 +38,12 @@ class Setup:
     base_lr: float             # lr after the linear scaling rule
     run_dir: Path
     num_workers: int = 1       # distributed kvstore workers (machines), each with len(ctxs) devices
-    is_logger: bool = True     # rank 0 only: tracks, checkpoints and prints
+    rank: int = 0              # this worker's rank; rank 0 alone reports, checkpoints and tracks
     lr_on_servers: bool = False   # dist kvstore: the servers' optimizer follows lr_at (set by kvstore.prepare_workers)
+
+    @property
+    def rank0(self) -> bool:
+        return self.rank == 0
 
     @property
     def local_batch(self) -> int:
@@ -52,153 +51,150 @@ class Setup:
         return self.global_batch // self.num_workers
 
 
-def fit(setup: Setup, state: TrainState, tracker: Tracker, should_stop: Callable[[], bool],
-        on_progress: Callable[..., None] = lambda state, *figures: None) -> str:
-    """Train from `state` to the recipe's last epoch. Returns "finished" or "stopped".
-
-    `on_progress(state, steps_per_epoch, images, seconds, loss, lr)` runs on rank 0 every
-    train.log_every batches (figures since the epoch's first trained batch; must not block).
+def fit(setup: Setup, state: TrainState, run, stop, steps: int | None = None) -> Outcome:
+    """Train from `state` to the recipe's last epoch, reporting through `run` (the run's Lifecycle: its
+    tracker and status.json). Returns "finished"; "stopped" (`stop.requested`, set by a signal: rank 0
+    writes a checkpoint first); or "paused" after `steps` more steps, with nothing written (the seam
+    tools/benchmark.py measures the trainer through: fit again continues where it paused).
 
     Raises:
         NonFiniteLoss: the loss became NaN/inf; the last good checkpoint is kept.
-        health.DeadHead: the net's outputs stopped carrying information (research/training/health.py);
+        DeadHead: the net's outputs stopped carrying information (research/training/health.py);
             the epoch that showed it is not checkpointed.
         CheckpointError: a checkpoint could not be written (full disk, permissions): training stops at
             the next batch rather than going on with nothing saved; the earlier checkpoints are kept.
     """
-    recipe = setup.recipe
+    recipe, net, trainer, ctxs, tracker = setup.recipe, setup.net, setup.trainer, setup.ctxs, run.tracker
+    train = recipe.train
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     steps_per_epoch = setup.train_iter.num_samples // setup.local_batch
-    writer = CheckpointWriter(setup.run_dir / "checkpoints", recipe.checkpoint.keep_last)
-    try:
-        outcome = _epochs(setup, state, tracker, should_stop, on_progress, loss_fn, steps_per_epoch, writer)
-    finally:
-        writer.wait()                             # a checkpoint being written is finished, even on error
-    if writer.failed:                             # the last one, or the one a stop asked for
-        raise writer.failed
-    return outcome
-
-
-def _epochs(setup: Setup, state: TrainState, tracker: Tracker, should_stop: Callable[[], bool],
-            on_progress: Callable[..., None], loss_fn: gluon.loss.Loss,
-            steps_per_epoch: int, writer: CheckpointWriter) -> str:
-    recipe, net, trainer, ctxs = setup.recipe, setup.net, setup.trainer, setup.ctxs
-    train, dtype = recipe.train, recipe.train.dtype
+    writer = CheckpointWriter(setup.run_dir / FOLDER, recipe.checkpoint.keep_last)
+    curves = CurvesWriter(setup.run_dir / "curves.png", recipe.name)
+    report = Report(run, tracker, state, train.epochs, steps_per_epoch, setup.local_batch, setup.num_workers,
+                    logged_until=tracker.last_step("iter/loss"), enabled=setup.rank0,
+                    warn_data_wait=recipe.data.kind == "recordio")
+    until = None if steps is None else state.step + steps
     last_save = time.monotonic()
-    pace = Pace(tracker, train.epochs, steps_per_epoch, setup.global_batch, enabled=setup.is_logger,
-                warn_data_wait=recipe.data.kind == "recordio")
-    pace.start(state)
-    for epoch in range(state.epoch, train.epochs):
-        mx.random.seed(train.seed + epoch)        # resumed and uninterrupted runs draw alike
-        if train.frozen_epochs:
-            _set_frozen(net, frozen=epoch < train.frozen_epochs)
-        if hasattr(setup.train_iter, "set_epoch"):
-            setup.train_iter.set_epoch(epoch)
-        else:
-            setup.train_iter.reset()
-        skip, state.batch_in_epoch = state.batch_in_epoch, 0
-        lr = lr_at(state.step / steps_per_epoch, setup.base_lr, train)
-        sums = [[mx.nd.zeros(1, ctx=c), mx.nd.zeros(1, ctx=c)] for c in ctxs]   # loss, correct
-        seen, tic = 0, time.monotonic()
-        progress = Progress(epoch, train.epochs, steps_per_epoch, enabled=setup.is_logger)
-        for batch in setup.train_iter:
-            pace.batch_arrived()                   # after a log sync: how long the idle devices waited for data
-            if skip:                               # resuming mid-epoch: these were trained on
-                skip -= 1
-                state.batch_in_epoch += 1
-                continue
-            lr = lr_at(state.step / steps_per_epoch, setup.base_lr, train)
-            if not setup.lr_on_servers:
-                trainer.set_learning_rate(lr)
-            xs = gluon.utils.split_and_load(batch.data[0], ctxs, even_split=False)
-            ys = gluon.utils.split_and_load(batch.label[0], ctxs, even_split=False)
-            with autograd.record():
-                outs = [net(x.astype(dtype, copy=False)).astype("float32", copy=False) for x in xs]
-                losses = [loss_fn(out, y) for out, y in zip(outs, ys)]
-            autograd.backward(losses)
-            trainer.step(setup.global_batch)      # divides the summed gradients by the global batch
-            for (loss_sum, correct), out, y, loss in zip(sums, outs, ys, losses):
-                loss_sum += loss.sum()             # stays on the device: no sync here
-                correct += (out.argmax(axis=1) == y).sum()
-            state.step += 1
-            state.batch_in_epoch += 1
-            seen += batch.data[0].shape[0]
-            if state.batch_in_epoch % train.log_every == 0:
-                train_loss = _total(sums, 0) / seen              # the sync point, every log_every batches
-                if not math.isfinite(train_loss):
-                    raise NonFiniteLoss(f"train loss is {train_loss} at epoch {epoch + 1}, step {state.step}")
-                progress.update(state.batch_in_epoch, seen / (time.monotonic() - tic), train_loss, lr)
-                pace.interval(state, epoch, time.monotonic() - tic)
-                if setup.is_logger:                # status.json and MLflow iter/ (queued: the loop never waits)
-                    on_progress(state, steps_per_epoch, seen, time.monotonic() - tic, train_loss, lr)
-            else:
-                progress.tick(state.batch_in_epoch)
-            if writer.failed:                      # written in the background: seen after the next batch
-                progress.close()
-                raise writer.failed
-            if should_stop():
-                progress.close()
-                _save(writer, setup, state, tracker, is_best=False, wait=True)
-                return "stopped"
-            if (recipe.checkpoint.every_minutes
-                    and time.monotonic() - last_save > 60 * recipe.checkpoint.every_minutes):
-                _save(writer, setup, state, tracker, is_best=False)
-                last_save = time.monotonic()
-        progress.close()
-        mx.nd.waitall()
-        train_seconds = time.monotonic() - tic
-        train_loss = _total(sums, 0) / max(seen, 1)
-        if not math.isfinite(train_loss):
-            raise NonFiniteLoss(f"train loss is {train_loss} at the end of epoch {epoch + 1}")
-        val = evaluate(net, setup.val_iter, ctxs, loss_fn, dtype)
-        epoch_seconds = time.monotonic() - tic
-        state.elapsed_s += epoch_seconds
-        metrics = {
-            "train/loss": train_loss, "train/top1": _total(sums, 1) / max(seen, 1),
-            "val/loss": val["loss"], "val/top1": val["top1"], "val/top5": val["top5"],
-            "lr": lr,                                          # the last lr this epoch trained with
-            "speed/img_per_s": seen / train_seconds * setup.num_workers, "time/epoch_s": epoch_seconds,
-            "time/data_wait": pace.epoch_wait_share(),     # the devices' estimated idle share, waiting on data
-            "health/dead_fraction": val["dead_fraction"],
-        }
-        entry = {"epoch": epoch + 1, **metrics}
-        problem = health.check(state.history + [entry], recipe.net.classes, train.chance_epochs)
-        if problem:                                # raised before the epoch is kept or checkpointed
-            raise health.DeadHead(problem)
-        state.epoch, state.batch_in_epoch = epoch + 1, 0
-        state.history.append(entry)
-        is_best = metrics["val/top1"] > state.best_top1
-        state.best_top1 = max(state.best_top1, metrics["val/top1"])
-        eta = (train.epochs - state.epoch) * state.elapsed_s / max(len(state.history), 1)
-        if setup.is_logger:                       # the epoch end on rank 0, in the order it runs
-            log.info("epoch %d/%d  train loss %.4f top1 %.4f | val loss %.4f top1 %.4f top5 %.4f | "
-                     "lr %.3g | %.0f img/s | %.1f s | ETA %s", state.epoch, train.epochs,
-                     metrics["train/loss"], metrics["train/top1"], metrics["val/loss"], metrics["val/top1"],
-                     metrics["val/top5"], metrics["lr"], metrics["speed/img_per_s"], epoch_seconds,
-                     format_duration(eta))
-            pace.epoch_end(state)
-            # the checkpoint, written in the background; MLflow gets the epoch's metrics once it is on
-            # disk (`then`), so MLflow never shows an epoch that a resume would not start after
-            _save(writer, setup, state, tracker, is_best,
-                  then=lambda metrics=metrics, epoch=state.epoch: tracker.log_metrics(metrics, step=epoch))
-            write_status(setup.run_dir, state, recipe, "running", tracker.run_id)      # tools/status.py
-            history = [dict(entry) for entry in state.history]                       # curves.png, off the loop
-            tracker.run_later(lambda: plot_curves(history, setup.run_dir / "curves.png", recipe.name))
-            tracker.log_artifact(setup.run_dir / "curves.png")
-        last_save = time.monotonic()
-    return "finished"
+    try:
+        for epoch in range(state.epoch, train.epochs):
+            start_epoch(setup, epoch)
+            skip, state.batch_in_epoch = state.batch_in_epoch, 0
+            sums = [[mx.nd.zeros(1, ctx=c), mx.nd.zeros(1, ctx=c)] for c in ctxs]   # loss, correct: on the devices
+            seen, tic, previous = 0, time.monotonic(), None
+            report.start_epoch(epoch)
+            for batch in setup.train_iter:
+                report.batch_arrived()
+                if skip:                                   # resuming mid-epoch: these were trained on
+                    skip, state.batch_in_epoch = skip - 1, state.batch_in_epoch + 1
+                    continue
+                lr = lr_at(state.step / steps_per_epoch, setup.base_lr, train)
+                loss = train_step(setup, batch, lr, loss_fn, sums)
+                if previous is not None:
+                    # Sync on the previous batch: the loop is back in Python every batch, so a stop signal is
+                    # acted on within two, while this batch keeps the devices busy.
+                    previous.wait_to_read()
+                previous, state.step, state.batch_in_epoch = loss, state.step + 1, state.batch_in_epoch + 1
+                seen += batch.data[0].shape[0]
+                report.advance()
+                if state.batch_in_epoch % train.log_every == 0:
+                    train_loss = _total(sums, 0) / seen              # sync: the epoch's loss sums
+                    if not math.isfinite(train_loss):
+                        raise NonFiniteLoss(f"train loss is {train_loss} at epoch {epoch + 1}, step {state.step}. "
+                                            f"Lower train.lr or check the data.")
+                    report.interval(seen, time.monotonic() - tic, train_loss, lr)
+                    mx.nd.waitall()      # sync: every device idle now, so the wait for the next batch is data alone
+                    report.synced()
+                if writer.failed:                          # written in the background: seen after the next batch
+                    raise writer.failed
+                if stop.requested:
+                    if setup.rank0:
+                        writer.save(state, net, trainer)
+                        writer.wait()
+                        if writer.failed:
+                            raise writer.failed
+                        log.warning("stopped %.1f s after %s, at epoch %d batch %d (step %d): checkpoint written",
+                                    time.monotonic() - stop.received_at, stop.signal_name, epoch + 1,
+                                    state.batch_in_epoch, state.step)
+                    return "stopped"
+                if state.step == until:
+                    return "paused"
+                if setup.rank0 and recipe.checkpoint.every_minutes and \
+                        time.monotonic() - last_save > 60 * recipe.checkpoint.every_minutes:
+                    writer.save(state, net, trainer)
+                    last_save = time.monotonic()
+
+            # The epoch's end, in the order it runs: validate, guard, keep, checkpoint (MLflow's metrics once
+            # it is on disk), report (log line, status.json, pace), curves.
+            mx.nd.waitall()
+            train_seconds = time.monotonic() - tic
+            train_loss = _total(sums, 0) / max(seen, 1)
+            if not math.isfinite(train_loss):
+                raise NonFiniteLoss(f"train loss is {train_loss} at the end of epoch {epoch + 1}. "
+                                f"Lower train.lr or check the data.")
+            val = evaluate(net, setup.val_iter, ctxs, loss_fn, train.dtype)
+            epoch_seconds = time.monotonic() - tic
+            metrics = {
+                "train/loss": train_loss, "train/top1": _total(sums, 1) / max(seen, 1),
+                "val/loss": val["loss"], "val/top1": val["top1"], "val/top5": val["top5"],
+                "lr": lr,                                      # the last lr this epoch trained with
+                "speed/img_per_s": seen / train_seconds * setup.num_workers, "time/epoch_s": epoch_seconds,
+                "time/data_wait": report.epoch_wait_share(),   # the devices' estimated idle share, waiting on data
+                "health/dead_fraction": val["dead_fraction"],
+            }
+            entry = {"epoch": epoch + 1, **metrics}
+            problem = health.check(state.history + [entry], recipe.net.classes, train.chance_epochs)
+            if problem:                                    # before the epoch is kept or checkpointed
+                raise DeadHead(f"{problem}. {health.advice(recipe.net.activation)}")
+            state.epoch, state.batch_in_epoch, state.elapsed_s = epoch + 1, 0, state.elapsed_s + epoch_seconds
+            state.history.append(entry)
+            is_best = metrics["val/top1"] > state.best_top1
+            state.best_top1 = max(state.best_top1, metrics["val/top1"])
+            if setup.rank0:
+                saved = writer.save(state, net, trainer, is_best)
+                tracker.log_metrics(metrics, step=state.epoch, after=saved)
+                report.end_epoch(metrics, epoch_seconds)
+                tracker.log_artifact(curves.path, after=curves.update(state.history))
+            last_save = time.monotonic()
+        writer.wait()
+        if writer.failed:
+            raise writer.failed
+        return "finished"
+    finally:
+        report.close()
+        writer.close()                             # a checkpoint being written is finished, even on error
+        curves.close()
 
 
-def _save(writer: CheckpointWriter, setup: Setup, state: TrainState, tracker: Tracker, is_best: bool,
-          then: Callable[[], None] = lambda: None, wait: bool = False) -> None:
-    """Checkpoint on rank 0 (written in the background); a failed write is reported, training goes on."""
-    if not setup.is_logger:
-        return
+def start_epoch(setup: Setup, epoch: int) -> None:
+    """Seeds, frozen layers and the iterator's order for `epoch`: a resumed run draws as an uninterrupted one."""
+    mx.random.seed(setup.recipe.train.seed + epoch)
+    if setup.recipe.train.frozen_epochs:
+        _set_frozen(setup.net, frozen=epoch < setup.recipe.train.frozen_epochs)
+    if hasattr(setup.train_iter, "set_epoch"):
+        setup.train_iter.set_epoch(epoch)
+    else:
+        setup.train_iter.reset()
 
-    def on_error(err: CheckpointError) -> None:     # the loop stops on writer.failed
-        tracker.set_tags({"checkpoint.error": str(err)[:500]})
 
-    writer.save(state, setup.net, setup.trainer, is_best, then=then, on_error=on_error, wait=wait)
+def train_step(setup: Setup, batch: mx.io.DataBatch, lr: float, loss_fn: gluon.loss.Loss,
+               sums: list[list[mx.nd.NDArray]]) -> mx.nd.NDArray:
+    """One update at `lr`: forward and backward on every device, the gradients reduced and the weights
+    stepped; the batch's loss and correct counts are added to `sums` on the devices. Queued, not waited
+    for: returns the first device's loss, to sync on later."""
+    if not setup.lr_on_servers:
+        setup.trainer.set_learning_rate(lr)
+    dtype = setup.recipe.train.dtype
+    xs = gluon.utils.split_and_load(batch.data[0], setup.ctxs, even_split=False)
+    ys = gluon.utils.split_and_load(batch.label[0], setup.ctxs, even_split=False)
+    with autograd.record():
+        outs = [setup.net(x.astype(dtype, copy=False)).astype("float32", copy=False) for x in xs]
+        losses = [loss_fn(out, y) for out, y in zip(outs, ys)]
+    autograd.backward(losses)
+    setup.trainer.step(setup.global_batch)      # divides the summed gradients by the global batch
+    for (loss_sum, correct), out, y, loss in zip(sums, outs, ys, losses):
+        loss_sum += loss.sum()
+        correct += (out.argmax(axis=1) == y).sum()
+    return losses[0]
 
 
 def _set_frozen(net: gluon.Block, frozen: bool) -> None:
@@ -211,4 +207,3 @@ def _set_frozen(net: gluon.Block, frozen: bool) -> None:
 
 def _total(sums: list[list[mx.nd.NDArray]], index: int) -> float:
     return float(sum(device_sums[index].asscalar() for device_sums in sums))
-

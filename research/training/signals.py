@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Callable
 
 log = logging.getLogger(__name__)
@@ -16,17 +17,19 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class StopRequest:
-    """Set by a signal; the loop checks it after every batch. A second SIGINT exits at once, or
+    """Set by a signal; the loop reads `requested` after every batch. A second SIGINT exits at once, or
     raises KeyboardInterrupt when `interactive` (a notebook kernel must survive it)."""
 
     SIGNALS = STOP_SIGNALS
 
     def __init__(self, interactive: bool = False):
         self.signal_name: str | None = None
+        self.received_at: float | None = None      # time.monotonic() when the signal arrived
         self.interactive = interactive
         self._previous: dict[int, object] = {}
 
-    def __call__(self) -> bool:
+    @property
+    def requested(self) -> bool:
         return self.signal_name is not None
 
     def install(self) -> None:
@@ -53,7 +56,7 @@ class StopRequest:
             log.error("second SIGINT: exiting now without a checkpoint")
             os._exit(130)
         if self.signal_name is None:
-            self.signal_name = name
+            self.signal_name, self.received_at = name, time.monotonic()
             log.warning("%s received: stopping after this batch and writing a checkpoint (%s again to %s)", name,
                         *(("interrupt", "stop at once, without it") if self.interactive
                           else ("press Ctrl-C", "exit at once")))
@@ -72,10 +75,9 @@ class FollowerStop:
     first signal the default handling is back, so the launcher's SIGTERM ends this process at once.
     """
     signal_name = None
+    received_at = None
     exit_code = 0
-
-    def __call__(self) -> bool:
-        return False
+    requested = False
 
     def install(self) -> None:
         for sig in STOP_SIGNALS:

@@ -13,6 +13,8 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from .. import atomic
+
 
 def make_classifier(C: float = 1.0) -> Pipeline:
     """Standardised features, then L2 logistic regression (lbfgs converges on them in few steps)."""
@@ -43,7 +45,7 @@ def cv_table(search: GridSearchCV) -> list[dict]:
 
 
 def write_csv(rows: list[dict], path: Path) -> Path:
-    with open(path, "w", newline="") as handle:
+    with atomic.writing(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -79,7 +81,7 @@ def write_submission(path: Path, ids: np.ndarray, proba: np.ndarray, clip: float
     proba = np.clip(proba[order], clip, 1 - clip)
     header = ["id", "label"] if len(class_names) == 2 else ["id", *class_names]
     columns = proba[:, 1:] if len(class_names) == 2 else proba
-    with open(path, "w", newline="") as handle:
+    with atomic.writing(path) as tmp, open(tmp, "w", newline="") as handle:   # never a half-written submission
         writer = csv.writer(handle)
         writer.writerow(header)
         for kaggle_id, row in zip(ids[order], columns):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -22,9 +21,11 @@ from mxnet.gluon import HybridBlock
 from ..config import RecordData
 from ..data.recordio import (RecordEvalIter, check_data_shape, cpu_cores, image_record_kwargs,
                              open_record_files, read_record_headers)
+from ..durations import format_duration
 from ..errors import UserError
 from ..nets import NETS, get_net
 from ..nets.pretrained import is_weights_file, load_pretrained, zoo_weights_file
+from ..progress import ProgressBar
 
 log = logging.getLogger(__name__)
 
@@ -161,17 +162,29 @@ def _run(block: HybridBlock, images: mx.io.DataIter, ctxs: list[mx.Context], tot
          labeled: bool, desc: str) -> Features:
     xs, ys = [], []
     pending = None   # the previous batch's outputs: syncing one batch late keeps the devices busy
-    progress = _Progress(total, desc)
+    progress = ProgressBar(total, desc, "img", log)
+    done, next_line, start = 0, total / 10, time.perf_counter()      # without a terminal: a line every tenth
+
+    def take(pending) -> None:
+        nonlocal done, next_line
+        done += _collect(pending, xs, ys)
+        progress.advance(done)
+        if next_line <= done < total:
+            rate = done / (time.perf_counter() - start)
+            progress.report(done, {"img/s": f"{rate:.1f}", "left": format_duration((total - done) / rate)})
+            next_line = done + total / 10
+
     for batch in images:
         keep = batch.data[0].shape[0] - batch.pad     # the last batch is padded
         parts = gluon.utils.split_and_load(batch.data[0], ctx_list=ctxs, even_split=False)
         outputs = [block(part) for part in parts]
         if pending is not None:
-            progress.update(_collect(pending, xs, ys))
+            take(pending)
         pending = (outputs, batch.label[0], keep)
     if pending is not None:
-        progress.update(_collect(pending, xs, ys))
-    seconds = progress.close()
+        take(pending)
+    progress.close()
+    seconds = time.perf_counter() - start
     x = np.concatenate(xs) if xs else np.zeros((0, 0), np.float32)
     y = np.concatenate(ys).round().astype(np.int64) if ys else np.zeros(0, np.int64)
     log.info("%s: %d images in %.1f s (%.1f img/s)", desc, len(x), seconds, len(x) / max(seconds, 1e-9))
@@ -186,29 +199,3 @@ def _collect(pending, xs: list, ys: list) -> int:
     xs.append(x.astype(np.float32))
     ys.append(labels.asnumpy()[:keep])
     return keep
-
-
-class _Progress:
-    """A tqdm bar on a terminal; otherwise (tmux logs, nohup, CI) a log line every tenth of the images."""
-
-    def __init__(self, total: int, desc: str):
-        from tqdm import tqdm
-        self.total, self.desc, self.done, self.start = total, desc, 0, time.perf_counter()
-        self.bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True) if sys.stderr.isatty() else None
-        self.next_line = total / 10
-
-    def update(self, images: int) -> None:
-        self.done += images
-        if self.bar is not None:
-            self.bar.update(images)
-        elif self.next_line <= self.done < self.total:
-            rate = self.done / (time.perf_counter() - self.start)
-            log.info("%s: %d/%d images, %.1f img/s, %.0f s left", self.desc, self.done, self.total, rate,
-                     (self.total - self.done) / rate)
-            self.next_line = self.done + self.total / 10
-
-    def close(self) -> float:
-        """Seconds since the start."""
-        if self.bar is not None:
-            self.bar.close()
-        return time.perf_counter() - self.start

@@ -6,16 +6,15 @@ from __future__ import annotations
 import json
 import logging
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
 
-from ..config import Recipe, RecordData, dump_recipe
+from .. import atomic
+from ..config import Recipe, RecordData
 from ..data.recordio import check_labels, open_record_files, read_record_headers
-from ..nets.pretrained import PretrainedError
-from ..tracking import Tracker, start_run, ui_command
-from ..training.logs import add_file_log, setup_logging
+from ..tracking import Tracker, run_url, ui_command
+from ..training.lifecycle import Lifecycle
 from . import classifier
 from .cache import cache_key, cache_path, load_features, save_features
 from .features import (Features, TransferError, check_test_ids, extract_features, feature_block, load_backbone,
@@ -77,7 +76,7 @@ def run_transfer(recipe: Recipe, ctxs: list, output_dir: str | Path, tracker: Tr
     for name, scores in report["per_class"].items():
         metrics.update({f"val/{name}_{key}": scores[key] for key in ("precision", "recall", "f1-score")})
     report_txt = output_dir / "val_report.txt"
-    report_txt.write_text(report["text"])
+    atomic.write_text(report_txt, report["text"])
     log.info("held-out (%d images of %s): accuracy %.4f, log loss %.4f\n%s", len(val.x), recipe.data.val_rec,
              report["accuracy"], report["log_loss"], report["text"])
 
@@ -95,7 +94,7 @@ def run_transfer(recipe: Recipe, ctxs: list, output_dir: str | Path, tracker: Tr
         log.info("submission: %s (%d images)", submission, len(proba))
     metrics["time/total_s"] = time.perf_counter() - start
     results_json = output_dir / "results.json"
-    results_json.write_text(json.dumps({"metrics": metrics, "paths": paths}, indent=1))
+    atomic.write_text(results_json, json.dumps({"metrics": metrics, "paths": paths}, indent=1))
     tracker.log_metrics(metrics, step=0)
     for path in (*paths.values(), results_json):
         tracker.log_artifact(path)
@@ -154,34 +153,23 @@ def _check_labels(feats: Features, rec: str, class_names: list[str], min_per_cla
                             f"{max(min_per_class, 1)} (transfer.cv_folds {min_per_class} for the train set).")
 
 
-def run_transfer_job(recipe: Recipe, ctxs: list, run_dir: Path, argv: list[str]) -> int:
-    """tools/train.py's entry for task transfer: run directory, logging, one MLflow run; the exit code."""
+def run_transfer_job(recipe: Recipe, ctxs: list, run_dir: Path, argv: list[str], fresh: bool = False,
+                     interactive: bool = False) -> int:
+    """tools/train.py's entry for task transfer: the run directory's lifecycle (lock, run.json,
+    status.json, one MLflow run), the job, the exit status."""
     check_transfer(recipe)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging()
-    add_file_log(run_dir, is_logger=True)
-    (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
-    tracker = Tracker.disabled()
-    if recipe.tracking.enabled:
-        tracker = start_run(recipe, ctxs, argv, tags={"task": "transfer"})
-        tracker.log_artifact(run_dir / "recipe.yaml")
-    try:
-        results = run_transfer(recipe, ctxs, run_dir, tracker)
-    except BaseException as err:
-        if not isinstance(err, (TransferError, PretrainedError)):
-            (run_dir / "traceback.txt").write_text(traceback.format_exc())
-            tracker.log_artifact(run_dir / "traceback.txt")
-        tracker.log_artifact(run_dir / "train.log")
-        tracker.end("FAILED")
-        raise
-    tracker.log_artifact(run_dir / "train.log")
-    tracker.end("FINISHED")
+    with Lifecycle(Path(run_dir), recipe, argv, fresh=fresh, interactive=interactive) as run:
+        tracker = run.start_tracking(ctxs, tags={"task": "transfer"})
+        run.figures = {"task": "transfer"}
+        run.write_status("running")
+        results = run_transfer(recipe, ctxs, run.run_dir, tracker)
+        run.figures.update(val_top1=results["val/accuracy"], val_log_loss=results["val/log_loss"])
+        run.finish()
     print(f"\nheld-out accuracy {results['val/accuracy']:.4f}, log loss {results['val/log_loss']:.4f} "
           f"(best C {results['cv/best_C']:g}). Run directory: {run_dir}")
     if "submission" in results:
         print(f"Kaggle submission: {results['submission']}")
     if tracker.enabled:
-        print(f"MLflow run {tracker.run_id}. Open the UI with:\n  {ui_command()}")
-    return 0
-
+        print(f"MLflow run {tracker.run_id}. Open the UI with:\n  {ui_command()}\nthen browse "
+              f"{run_url(tracker.run_id, tracker.experiment_id)}")
+    return run.exit_code

@@ -26,9 +26,10 @@ from research.config import load_recipe
 from research.data import get_iterators
 from research.training.kvstore import digest_arrays
 from research.training import checkpoint
+from research.training.lifecycle import Lifecycle
 from research.training.loop import fit
+from research.training.signals import StopRequest
 from research.training.trainer import build_setup
-from research.tracking import Tracker
 
 RECIPE = "recipes/smoke/lenet_digits_dist.yaml"
 STEPS_PER_EPOCH = (1437 // 2) // 16           # each worker: half the 1,437 digits, 16 per batch
@@ -167,7 +168,7 @@ def one_process_reference(tmp_path: Path, resume_from: dict | None = None) -> di
     if resume_from is not None:
         assert resume_from["trainer"] is None          # the servers held the momentum: restarts from zero
         state = checkpoint.restore(resume_from, setup.net, setup.trainer)
-    assert fit(setup, state, Tracker.disabled(), lambda: False) == "finished"
+    assert fit(setup, state, Lifecycle(setup.run_dir, setup.recipe, ["test"]), StopRequest()) == "finished"
     return checkpoint.net_arrays(setup.net)
 
 

@@ -27,7 +27,7 @@ def test_second_trainer_on_the_same_folder_exits_2_naming_the_first(tmp_path):
         second = run_tool("train.py", SMOKE, "--output", run_dir, "--set", "train.epochs=100", env=env, timeout=120)
         assert second.returncode == 2, second.stdout + second.stderr
         assert len(second.stderr.strip().splitlines()) == 1 and "Traceback" not in second.stderr, second.stderr
-        assert (f"{run_dir} is in use by another trainer (pid {first.pid} on {socket.gethostname()}, since "
+        assert (f"{run_dir} is in use by another run (pid {first.pid} on {socket.gethostname()}, since "
                 in second.stderr)
         assert first.poll() is None                         # the first one trains on
         first.send_signal(signal.SIGKILL)                   # the OS drops its lock: nothing stale is left

@@ -1,4 +1,5 @@
-"""The layout shows the architecture: the parts of research/ import each other in one direction only."""
+"""The layout shows the architecture: the parts of research/ import each other in one direction only,
+and so do the files inside each part."""
 from __future__ import annotations
 
 import ast
@@ -64,6 +65,30 @@ def test_no_part_of_research_imports_a_part_that_imports_it():
     cycle = find_cycle(graph)
     assert cycle is None, "research/ parts import each other in a circle: " + " -> ".join(
         f"{a} ({', '.join(sorted(set(graph[a][b])))})" for a, b in zip(cycle, cycle[1:])) + f" -> {cycle[-1]}"
+
+
+def file_graph(package: Path) -> dict[str, dict[str, list[str]]]:
+    """Inside one package: file -> {file of the same package it imports: [itself]}."""
+    prefix = ".".join(package.relative_to(RESEARCH.parent).parts) + "."
+    graph: dict[str, dict[str, list[str]]] = {}
+    for path in sorted(package.glob("*.py")):
+        name = path.stem
+        for module in imported_modules(path):
+            if module.startswith(prefix):
+                other = module[len(prefix):].split(".")[0]
+                if other != name and (package / f"{other}.py").exists():
+                    graph.setdefault(name, {}).setdefault(other, []).append(str(path.relative_to(RESEARCH.parent)))
+    return graph
+
+
+def test_no_file_imports_a_file_of_its_package_that_imports_it():
+    packages = [p for p in sorted(RESEARCH.iterdir()) if (p / "__init__.py").is_file()]
+    assert {"training", "tracking", "data"} <= {p.name for p in packages}
+    assert "trainer" in file_graph(RESEARCH / "training")           # the scan sees the files' imports
+    for package in packages:
+        graph = file_graph(package)
+        cycle = find_cycle(graph)
+        assert cycle is None, f"research/{package.name}/: " + " -> ".join(f"{a}.py" for a in cycle)
 
 
 def test_the_cycle_finder_finds_a_cycle():

@@ -96,16 +96,16 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert checkpoint.find_latest(tmp_path)[1]["state"].step == 1
 
 
-def test_background_writer_reports_errors_and_runs_then_after_writing(tmp_path):
+def test_background_writer_reports_errors_and_its_future_says_when_the_file_is_on_disk(tmp_path):
     net, trainer = make([mx.cpu()])
     writer = checkpoint.CheckpointWriter(tmp_path / "ok", keep_last=3)
-    done, errors = [], []
-    writer.save(TrainState(step=7), net, trainer, then=lambda: done.append(
-        checkpoint.list_checkpoints(tmp_path / "ok")[-1].name))
-    writer.wait()
-    assert done == ["step-0000000007.ckpt"]                # `then` ran once the file existed
+    assert writer.save(TrainState(step=7), net, trainer).result() == tmp_path / "ok" / "step-0000000007.ckpt"
+    assert checkpoint.load_checkpoint(tmp_path / "ok" / "step-0000000007.ckpt")["state"].step == 7
+    assert writer.failed is None
     (tmp_path / "blocked").write_text("a file where the folder should be")
     writer = checkpoint.CheckpointWriter(tmp_path / "blocked", keep_last=3)
-    writer.save(TrainState(step=8), net, trainer, then=lambda: done.append("never"), on_error=errors.append)
+    write = writer.save(TrainState(step=8), net, trainer)
     writer.wait()
-    assert len(errors) == 1 and "checkpoint not saved: could not write" in str(errors[0]) and done[-1] != "never"
+    assert isinstance(write.exception(), CheckpointError) and writer.failed is write.exception()
+    assert "checkpoint not saved: could not write" in str(writer.failed)
+    writer.close()

@@ -7,10 +7,11 @@ import pytest
 
 from research.config import load_recipe
 from research.training.checkpoint import TrainState, net_arrays
+from research.training.lifecycle import Lifecycle
 from research.training.loop import fit
+from research.training.signals import StopRequest
 from research.training.kvstore import create_kvstore
 from research.training.trainer import build_setup
-from research.tracking import Tracker
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -20,7 +21,7 @@ def train_once(ctxs, tmp_path, overrides=()):
                          ["train.epochs=2", "train.lr_steps=[1]", *overrides])
     setup = build_setup(recipe, ctxs, tmp_path, create_kvstore(recipe.train.kvstore))
     state = TrainState(recipe=recipe.to_dict())
-    assert fit(setup, state, Tracker.disabled(), lambda: False) == "finished"
+    assert fit(setup, state, Lifecycle(setup.run_dir, setup.recipe, ["test"]), StopRequest()) == "finished"
     return setup, state
 
 

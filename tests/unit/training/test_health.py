@@ -1,19 +1,16 @@
 """The dead-head guard: a head killed on purpose stops the run (exit 3, MLflow FAILED, the last good
 checkpoint named); the checks themselves on made-up epoch histories."""
+import json
 import math
-import signal
 
 import mxnet as mx
 import pytest
-from helpers import AfterBatches
+from helpers import AfterBatches, change_setup
 from mlflow.tracking import MlflowClient
 
 from research.config import recipe_from_dict
-from research.tracking import start_run
-from research.training import health
-from research.training import trainer as run
-from research.training.kvstore import create_kvstore
-from research.training.checkpoint import TrainState
+from research.training import health, trainer
+from research.training.checkpoint import find_latest
 
 HEALTHY = {"train/loss": 1.0, "val/top1": 0.6, "health/dead_fraction": 0.0}
 
@@ -63,24 +60,23 @@ def test_a_dead_head_stops_the_run_with_exit_3_a_failed_mlflow_run_and_the_good_
         "name": "dead_head", "net": {"name": "squeezenet1.1", "classes": 10},
         "data": {"kind": "digits", "size": 32},
         "train": {"epochs": 4, "lr": 3e-4, "optimizer": "adam", "batch_size": 64, "log_every": 5},
+        "tracking": {"system_metrics": False},
     })
-    setup = run.build_setup(recipe, [mx.cpu()], tmp_path / "run", create_kvstore(recipe.train.kvstore))
-    steps_per_epoch = setup.train_iter.num_samples // setup.global_batch
-    setup.train_iter = AfterBatches(setup.train_iter, steps_per_epoch, lambda: kill_head(setup.net))  # epoch 1 healthy
-    state = TrainState(recipe=recipe.to_dict())
-    tracker = start_run(recipe, [mx.cpu()], ["tools/train.py", "x"])
-    (tmp_path / "run").mkdir(exist_ok=True)
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    try:
-        code = run._run_loop(setup, state, tracker, ["tools/train.py", "x"])
-    finally:                                 # the run installed its own; give pytest back Ctrl-C
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+
+    def kill_head_after_epoch_1(setup):
+        steps_per_epoch = setup.train_iter.num_samples // setup.global_batch
+        setup.train_iter = AfterBatches(setup.train_iter, steps_per_epoch, lambda: kill_head(setup.net))
+    change_setup(monkeypatch, kill_head_after_epoch_1)
+    run_dir = tmp_path / "run"
+    code = trainer.train(recipe, [mx.cpu()], run_dir, resume=False, fresh=False, argv=["tools/train.py", "x"])
     assert code == 3
+    state = find_latest(run_dir / "checkpoints")[1]["state"]
     assert state.epoch == 1                                    # stopped at epoch 2's end, not after 4
-    assert f"the last good checkpoint is {tmp_path / 'run' / 'checkpoints' / 'best.ckpt'}" in caplog.text
+    assert f"the last good checkpoint is {run_dir / 'checkpoints' / 'best.ckpt'}" in caplog.text
     assert "head is dead" in caplog.text and "train.warmup_epochs" in caplog.text
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert client.get_run(tracker.run_id).info.status == "FAILED"
-    dead = client.get_metric_history(tracker.run_id, "health/dead_fraction")
+    run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+    assert client.get_run(run_id).info.status == "FAILED"
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "failed"
+    dead = client.get_metric_history(run_id, "health/dead_fraction")
     assert len(dead) == 1 and dead[0].value < 1.0              # epoch 1 logged alive; epoch 2 failed

@@ -9,10 +9,11 @@ import pytest
 from research.config import load_recipe
 from research.training import checkpoint
 from research.training.checkpoint import CheckpointError, TrainState
+from research.training.lifecycle import Lifecycle
 from research.training.loop import fit
+from research.training.signals import StopRequest
 from research.training.kvstore import create_kvstore
 from research.training.trainer import build_setup
-from research.tracking import Tracker
 
 REPO = Path(__file__).resolve().parents[3]
 STEPS_PER_EPOCH = 1437 // 64
@@ -34,7 +35,7 @@ def test_full_disk_stops_training_at_the_next_batch(tmp_path, monkeypatch):
 
     with pytest.raises(CheckpointError, match=r"checkpoint not saved: could not write .*step-0000000044.ckpt: "
                                               r"No space left on device \(.* free on the disk holding .*\)"):
-        fit(setup, state, Tracker.disabled(), lambda: False)
+        fit(setup, state, Lifecycle(setup.run_dir, setup.recipe, ["test"]), StopRequest())
     assert state.step < 3 * STEPS_PER_EPOCH               # it did not train on through epoch 3 with nothing saved
     assert [p.name for p in checkpoint.list_checkpoints(tmp_path / "checkpoints")] == ["step-0000000022.ckpt"]
     assert not list((tmp_path / "checkpoints").glob(".*.tmp"))        # the half-written temp file is gone

@@ -1,0 +1,210 @@
+"""One lifecycle for every job that owns a run directory (a training run, the transfer job).
+
+    with Lifecycle(run_dir, recipe, argv) as run:      # lock, leftovers of killed writes removed, train.log
+        tracker = run.start_tracking(ctxs)               # the MLflow run run.json names, or a new one; run.json
+        run.write_status("running", ...)                 # status.json for tools/status.py
+        ...                                              # the job
+        run.finish()                                     # or run.stopped(stop): FINISHED / KILLED, status.json
+    return run.exit_code
+
+However the block ends, the MLflow run, status.json and the exit status agree: FAILURES maps what
+was raised to the exit status (research.errors.ExitCode), the traceback of an unexpected error is
+kept in RUN_DIR/traceback.txt, and the lock and the file log are released (a notebook goes on).
+"""
+from __future__ import annotations
+
+import logging
+import traceback
+from pathlib import Path
+
+from .. import atomic
+from ..config import Recipe, dump_recipe
+from ..errors import ExitCode, UserError
+from ..tracking import Tracker, resume_run, start_run
+from . import checkpoint
+from .health import DeadHead, Unhealthy
+from .logs import add_file_log, flush_logs, remove_file_log, setup_logging
+from .run_dir import RunDirLock, read_run_json, remove_leftovers, set_aside, write_run_json, write_status
+from .signals import on_stop_signal_even_if_blocked
+
+log = logging.getLogger("research.training")
+
+# What a job raised -> its exit status; the MLflow run and status.json say "failed". Anything else
+# raised is re-raised after the same marking (a UserError: one line; any other: a traceback).
+FAILURES: dict[type[BaseException], ExitCode] = {
+    Unhealthy: ExitCode.UNHEALTHY,                 # NaN loss, dead or stalled head (training.health)
+    checkpoint.CheckpointError: ExitCode.SAVE_FAILED,   # full disk, no permission
+}
+
+
+def status_figures(state: checkpoint.TrainState, epochs: int) -> dict:
+    """status.json's figures of a training run at the last epoch `state` counts."""
+    last = state.history[-1] if state.history else {}
+    return {"epoch": state.epoch, "epochs": epochs, "val_top1": last.get("val/top1"),
+            "img_per_s": last.get("speed/img_per_s")}
+
+
+class Lifecycle:
+    """The run directory, the MLflow run and the exit status of one job, from start to settled.
+
+    `rank0` False (a distributed worker other than rank 0): no lock, no files, no MLflow run; only
+    the exit status. `interactive` (research.train in a notebook): a failure is raised after the
+    run is marked, instead of becoming an exit status.
+    """
+
+    def __init__(self, run_dir: Path, recipe: Recipe, argv: list[str], *, fresh: bool = False, rank0: bool = True,
+                 interactive: bool = False):
+        self.run_dir, self.recipe, self.argv = Path(run_dir), recipe, argv
+        self.fresh, self.rank0, self.interactive = fresh, rank0, interactive
+        self.tracker = Tracker.disabled()
+        self.state: checkpoint.TrainState | None = None     # a training run's position, for status.json
+        self.figures: dict = {}              # a job's own status.json figures (the transfer job's accuracy)
+        self.exit_code = ExitCode.OK
+        self.started = False                 # status.json says running: from now on the run is settled at the end
+        self._settled = False
+        self._lock = RunDirLock(self.run_dir)
+        self._end_watch = None
+
+    # -- start ------------------------------------------------------------------------------
+    def __enter__(self) -> Lifecycle:
+        setup_logging()
+        if self.rank0:
+            self._lock.acquire()                 # one owner per run directory
+            if self.fresh:
+                set_aside(self.run_dir)
+            remove_leftovers(self.run_dir)       # under the lock: no live writer owns them
+        add_file_log(self.run_dir, self.rank0)
+        return self
+
+    def start_tracking(self, ctxs: list, resume_id: str | None = None, history: list[dict] = (),
+                       tags: dict[str, str] | None = None) -> Tracker:
+        """The directory's MLflow run: `resume_id` (a checkpoint's), else the one run.json names (a run killed
+        before its first checkpoint restarts in it), resumed with the epochs of `history` it lacks; else a
+        new run. Writes run.json and the recipe copy (also an artifact)."""
+        if not self.rank0:
+            return self.tracker
+        atomic.write_text(self.run_dir / "recipe.yaml", dump_recipe(self.recipe))
+        if self.recipe.tracking.enabled:
+            run_id = resume_id or read_run_json(self.run_dir).get("run_id")
+            tracker = resume_run(run_id, list(history), self.argv) if run_id else None
+            if tracker is None or tracker.not_found:
+                if run_id:
+                    log.warning("MLflow run %s (named by %s) is not in this store: starting a new run", run_id,
+                                self.run_dir / "run.json")
+                tracker = start_run(self.recipe, ctxs, self.argv, tags)
+            self.tracker = tracker
+        write_run_json(self.run_dir, self.tracker.run_id, self.tracker.experiment_id)
+        self.tracker.log_artifact(self.run_dir / "recipe.yaml")
+        return self.tracker
+
+    def write_status(self, status: str, **figures) -> None:
+        """status.json with the run's figures (its state's, the job's own, then these); `started` from now."""
+        if not self.rank0:
+            return
+        self.started = True
+        own = status_figures(self.state, self.recipe.train.epochs) if self.state is not None else {}
+        write_status(self.run_dir, status, self.tracker.run_id, **{**own, **self.figures, **figures})
+
+    def watch_for_blocked_stop(self) -> None:
+        """Several workers: mark the run KILLED from a thread at the first stop signal, in case a dead peer
+        keeps the main thread in C++ until the launcher's SIGKILL (it then never gets to `stopped`)."""
+        if self.rank0:
+            self._end_watch = on_stop_signal_even_if_blocked(self._mark_killed)
+
+    # -- end --------------------------------------------------------------------------------
+    def finish(self) -> None:
+        """The job is done: FINISHED, status.json finished, exit status 0."""
+        self._settle("FINISHED", "finished")
+
+    def stopped(self, signal_name: str, exit_code: int) -> None:
+        """Stopped by a signal after its checkpoint: KILLED, status.json killed, exit status 128+N."""
+        self.exit_code = exit_code
+        self._settle("KILLED", "killed")
+
+    def leave_as_is(self) -> None:
+        """Nothing was done (the run had finished already): the directory and MLflow run stay as they were."""
+        self._settled = True
+
+    def __exit__(self, kind, err, tb) -> bool:
+        try:
+            if err is None:
+                if not self._settled and self.started:
+                    self.finish()
+                return False
+            return self._failed(err)
+        finally:
+            if self._end_watch is not None:
+                self._end_watch()
+            self._lock.release()
+            remove_file_log()
+
+    def _failed(self, err: BaseException) -> bool:
+        """Mark the run for what was raised; True (swallowed, `exit_code` set) for a FAILURES entry outside a notebook."""
+        if isinstance(err, KeyboardInterrupt):          # a second interrupt in a notebook: no checkpoint
+            self._settle("KILLED", "killed")
+            return False
+        code = next((code for kind, code in FAILURES.items() if isinstance(err, kind)), None)
+        if isinstance(err, checkpoint.CheckpointError):
+            log.error("%s Stopped; %s. Once there is space, this resumes into the same MLflow run:\n  %s",
+                      err, self.newest_checkpoint(), self.resume_command())
+            saved = checkpoint.find_latest(self.run_dir / checkpoint.FOLDER)     # status.json claims no unsaved epoch
+            self.state = saved[1]["state"] if saved else self.state
+            self.tracker.set_tags({"checkpoint.error": str(err)[:500]})
+        elif isinstance(err, Unhealthy):
+            log.error("%s Stopped; %s.", err, self.best_checkpoint() if isinstance(err, DeadHead) else
+                      self.newest_checkpoint())
+            self.tracker.set_tags({"failure": str(err)[:500]})
+        elif not isinstance(err, UserError) and self.rank0 and self.started:
+            try:
+                atomic.write_text(self.run_dir / "traceback.txt", traceback.format_exc())
+                self.tracker.log_artifact(self.run_dir / "traceback.txt")
+            except OSError:
+                pass                   # the traceback still reaches the console
+        self._settle("FAILED", "failed")
+        if code is None or self.interactive:
+            return False
+        self.exit_code = code
+        return True
+
+    def _settle(self, mlflow_status: str, word: str) -> None:
+        self._settled = True
+        if not self.rank0 or not self.started:
+            return
+        flush_logs()
+        self.tracker.log_artifact(self.run_dir / "train.log")
+        self.tracker.end(mlflow_status)
+        self.write_status(word)                      # last: the run is settled
+
+    def _mark_killed(self, signal_name: str) -> None:
+        log.warning("%s: MLflow run marked KILLED now, in case a peer is dead and this process never gets back "
+                    "to Python before the launcher ends it", signal_name)
+        if self.tracker.enabled:
+            try:
+                self.tracker.client.set_terminated(self.tracker.run_id, "KILLED")
+            except Exception as err:  # noqa: BLE001 - best effort, on a side thread
+                log.warning("could not mark the MLflow run KILLED: %s", err)
+        self.write_status("killed")
+
+    # -- what the messages name -------------------------------------------------------------
+    def newest_checkpoint(self) -> str:
+        """'the last good checkpoint is PATH (epoch E, step S)', or that none was written yet."""
+        latest = checkpoint.find_latest(self.run_dir / checkpoint.FOLDER)
+        if latest is None:
+            return "no checkpoint had been written yet"
+        path, content = latest
+        return f"the last good checkpoint is {path} (epoch {content['state'].epoch}, step {content['state'].step})"
+
+    def best_checkpoint(self) -> str:
+        """Where the best val top-1's weights are: written before a head died, unlike the newest ones."""
+        best = self.run_dir / checkpoint.FOLDER / checkpoint.BEST
+        if not best.exists():
+            return "no checkpoint had been written yet"
+        top1 = self.state.best_top1 if self.state is not None else float("nan")
+        return f"the last good checkpoint is {best} (best val top-1 {top1:.4f})"
+
+    def resume_command(self) -> str:
+        """How the user resumes this run: the same command (--resume, not --fresh), or the Python call."""
+        if not self.argv[0].endswith(".py"):                 # research.train(...) from Python
+            return f"{self.argv[0]} again (resume='auto' continues from the checkpoint)"
+        args = [a for a in self.argv if a not in ("--fresh", "--resume")]
+        return " ".join(["python"] + args + ["--resume"])
