@@ -12,6 +12,23 @@ import helpers
 helpers.pin_test_process_threads()
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked `gpu` need a CUDA build of MXNet and a GPU: skipped, with the reason, where either is missing."""
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_tests:
+        return
+    import mxnet as mx                      # after the thread pin above
+
+    reason = ""
+    if not mx.runtime.Features().is_enabled("CUDA"):
+        reason = "the installed MXNet is a CPU build (pip install -e '.[cu112]' on a GPU machine)"
+    elif mx.context.num_gpus() == 0:
+        reason = "MXNet sees no GPU (nvidia-smi, CUDA_VISIBLE_DEVICES)"
+    if reason:
+        for item in gpu_tests:
+            item.add_marker(pytest.mark.skip(reason=f"gpu: {reason}"))
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
     """A folder for a throwaway MLflow sqlite store."""

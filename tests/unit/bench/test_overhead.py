@@ -12,5 +12,6 @@ def test_overhead_figures_for_lenet(tmp_path):
     # LeNet has 431,080 float32 weights; weights + momentum make a file of about 3.4 MB
     assert 3.0 < result["checkpoint_mb"] < 4.0
     assert 0 < result["checkpoint_loop_s"] <= result["checkpoint_total_s"]
-    assert result["tracking_store_s"] > 0 and result["tracking_loop_s"] >= 0
+    # MLflow calls are queued: the loop's thread pays a fraction of what the store takes
+    assert 0 < result["tracking_loop_s"] < result["tracking_store_s"] / 5
     assert result["report_loop_s"] > 0                 # status.json written, iter/ metrics queued
