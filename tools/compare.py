@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from research.errors import ExitCode, exit_status_help  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -13,7 +14,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="One row per run (status, epochs, best and final val top-1/top-5, wall time, img/s, "
                     "devices) and the recipe values that differ between the runs shown. Reads the store "
                     "at MLFLOW_TRACKING_URI, by default sqlite:///<repo>/mlruns/mlflow.db.",
-        epilog="Exit status: 0 done, 2 a user error (no such experiment or run, no runs).")
+        epilog=exit_status_help(ExitCode.OK, (ExitCode.USER_ERROR, "a user error (no such experiment or run, "
+                                                                    "no runs)")))
     parser.add_argument("--experiment", default=None,
                         help="experiment name (the recipe name unless tracking.experiment set another); "
                              "default: the store's only experiment with runs")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from research.errors import ExitCode, exit_status_help  # noqa: E402
 from research.devices import set_cpu_threads  # noqa: E402  (before mxnet is imported)
 
 set_cpu_threads()
@@ -19,7 +20,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     "their mirrors, softmax averaged). Prints a table and adds the figures to the MLflow run "
                     "that trained the net (val/top1_center, val/top5_center, val/top1_10crop, val/top5_10crop) "
                     "at the checkpoint's epoch.",
-        epilog="Exit status: 0 done, 2 a user error (no checkpoint, missing .rec, bad --gpus).")
+        epilog=exit_status_help(ExitCode.OK, (ExitCode.USER_ERROR, "a user error (no checkpoint, missing .rec, "
+                                                                    "bad --gpus)")))
     parser.add_argument("source", help="a run directory written by tools/train.py (its newest checkpoint "
                                        "is used), one checkpoint file (.../checkpoints/step-*.ckpt, best.ckpt), "
                                        "or a recipe whose net.pretrained names the weights (e.g. "

@@ -9,6 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from research.cli import add_run_options  # noqa: E402
+from research.errors import ExitCode, exit_status_help  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -16,9 +17,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="Run tools/train.py RECIPE in a new detached tmux session named after the run, its output "
                     "teed to RUN_DIR/console.log, so it survives logging out. Running the same command again "
                     "after a stop, crash or reboot resumes the run (same run directory, same MLflow run).",
-        epilog="The session stays open after the run ends and shows the trainer's exit status (0 done, 2 user "
-               "error, 3 NaN loss, 128+N stopped by signal N). Set RESEARCH_TMUX_SOCKET=NAME to use a private "
-               "tmux server (tmux -L NAME) instead of your default one.")
+        epilog="The session stays open after the run ends and shows the trainer's exit status. Trainer's "
+               + exit_status_help(ExitCode.OK, ExitCode.FAILED, ExitCode.USER_ERROR, ExitCode.UNHEALTHY,
+                                  ExitCode.SAVE_FAILED, ExitCode.SIGNAL)
+               + " This tool itself exits 0 once the session is started, 2 if it cannot start it. Set "
+                 "RESEARCH_TMUX_SOCKET=NAME to use a private tmux server (tmux -L NAME) instead of your default one.")
     add_run_options(parser)
     parser.add_argument("--name", default=None,
                         help="tmux session name; default the recipe name (characters other than letters, digits, "

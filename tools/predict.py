@@ -6,13 +6,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from research.errors import ExitCode, exit_status_help  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Classify images with a model a run exported (symbol + params), preprocessed like the "
                     "recipe's validation data: resize and centre crop, mean/std, grayscale for 1-channel nets.",
-        epilog="Exit status: 0 done, 2 a user error (no model there, unreadable image).")
+        epilog=exit_status_help(ExitCode.OK, (ExitCode.USER_ERROR, "a user error (no model there, unreadable "
+                                                                    "image)")))
     parser.add_argument("model", help="a run directory, its model/ folder, or a <prefix>-symbol.json file "
                                       "(params, classes.json and recipe.yaml are looked up beside it)")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")

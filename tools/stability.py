@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from research.errors import ExitCode, exit_status_help  # noqa: E402
 from research.devices import set_cpu_threads  # noqa: E402  (before mxnet is imported)
 
 set_cpu_threads()
@@ -17,7 +18,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="Short SqueezeNet 1.0 probes with the reference optimiser (batch 128, 1,000 outputs, SGD "
                     "0.01, momentum 0.9, wd 2e-4, mean-subtracted 0-255 pixels) on scikit-learn's digits "
                     "upscaled to RGB: each run learns, stalls, dies or goes NaN at a step.",
-        epilog="Exit status: 0 done, 2 a bad argument.")
+        epilog=exit_status_help(ExitCode.OK, (ExitCode.USER_ERROR, "a bad argument")))
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the probes not yet in --out (appends one JSON line per probe)")
     run.add_argument("--out", type=Path, required=True, help="JSON lines file, e.g. runs/stability.jsonl")

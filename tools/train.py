@@ -8,6 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from research.cli import add_run_options  # noqa: E402
 from research.devices import set_cpu_threads  # noqa: E402  (before mxnet is imported)
+from research.errors import ExitCode, exit_status_help  # noqa: E402
 
 set_cpu_threads()
 
@@ -16,10 +17,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Train (or resume) the run a recipe describes, logged to MLflow. "
                     "A run whose output folder holds a checkpoint of the same recipe resumes automatically.",
-        epilog="Exit status: 0 done, 2 a user error (bad recipe, missing data, bad --gpus), "
-               "3 the loss became NaN, 4 a checkpoint could not be written (disk full, no permission: "
-               "stopped at the last good checkpoint, which the message names; free space and rerun the same "
-               "command to resume), 128+N stopped by signal N (a checkpoint was written).")
+        epilog=exit_status_help(ExitCode.OK, ExitCode.FAILED, (ExitCode.USER_ERROR, "a user error (bad recipe, "
+                                "missing data, bad --gpus, the run directory in use)"), ExitCode.UNHEALTHY,
+                                ExitCode.SAVE_FAILED, ExitCode.SIGNAL))
     add_run_options(parser)
     return parser.parse_args(argv)
 

@@ -1,5 +1,2 @@
-"""Training: the loop, schedules, checkpoints, one run end to end (research.training.run).
-
-Calling the package trains a recipe: `research.train(recipe, ...)` is research.api.train (made
-callable by research/__init__.py, so that this package imports nothing above it).
-"""
+"""One training run: trainer.py builds and runs it inside lifecycle.py (the run directory, the MLflow run,
+the exit status), loop.py `fit` is the loop. The library call is research.train (research/api.py)."""

@@ -71,7 +71,8 @@ def run_transfer(recipe: Recipe, ctxs: list, output_dir: str | Path, tracker: Tr
              cfg.cv_folds, cfg.cs, best_c, best["mean_log_loss"], best["mean_accuracy"])
 
     report = classifier.holdout_report(search.best_estimator_, val.x, val.labels, cfg.class_names, cfg.clip)
-    metrics.update({"val/accuracy": report["accuracy"], "val/log_loss": report["log_loss"],
+    metrics.update({"val/accuracy": report["accuracy"], "val/top1": report["accuracy"],   # top1: as compare reads runs
+                    "val/log_loss": report["log_loss"],
                     "val/log_loss_unclipped": report["log_loss_unclipped"]})
     for name, scores in report["per_class"].items():
         metrics.update({f"val/{name}_{key}": scores[key] for key in ("precision", "recall", "f1-score")})

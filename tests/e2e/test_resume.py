@@ -1,6 +1,7 @@
 """Multi-day survival with real processes: kill -9, SIGTERM, SIGHUP, a truncated checkpoint."""
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import time
@@ -139,3 +140,17 @@ def test_resume_with_a_recipe_change_that_alters_a_shape_names_the_key(tmp_path,
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     error = proc.stderr.strip().splitlines()[-1]          # after the log's "resuming from" line
     assert error.startswith("error: ") and "Keys changed since: data.size 28 -> 32" in error and "--fresh" in error
+
+
+def test_a_run_directory_from_before_the_training_package_moved_resumes(tmp_path):
+    """tests/fixtures/run_before_layout was stopped by SIGTERM in epoch 2 by commit 8ae53b1 (research/train/,
+    before research/training/): today's trainer resumes it and ends where an uninterrupted run ends."""
+    args = [SMOKE, "--set", "data.size=16", "--set", "train.epochs=3", "--set", "train.lr_steps=[2]",
+            "--set", "checkpoint.keep_last=1", "--set", "tracking.enabled=false", "--set", "train.log_every=2"]
+    env = make_env(tmp_path, OMP_NUM_THREADS="1")          # the thread count the fixture was written with
+    shutil.copytree(REPO / "tests/fixtures/run_before_layout", tmp_path / "old")
+    resumed = run_tool("train.py", *args, "--output", tmp_path / "old", env=env, check=True)
+    assert "resuming from" in resumed.stderr and "(epoch 1, step 26)" in resumed.stderr
+    run_tool("train.py", *args, "--output", tmp_path / "new", env=env, check=True)
+    assert_same_params(final_params(tmp_path / "old"), final_params(tmp_path / "new"))
+    assert '"status": "finished"' in (tmp_path / "old" / "status.json").read_text()

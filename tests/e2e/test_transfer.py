@@ -16,6 +16,7 @@ from helpers import make_env, run_tool
 from mlflow.tracking import MlflowClient
 from mxnet import autograd, gluon
 
+import research
 from research.nets import get_net
 
 RECIPE = "recipes/smoke/transfer_tiny.yaml"
@@ -134,6 +135,32 @@ def test_one_mlflow_run_holds_it_all(dataset, first_run):
         assert key in run.data.metrics, key
     artifacts = {a.path for a in dataset["client"].list_artifacts(run.info.run_id)}
     assert {"submission.csv", "cv_results.csv", "val_report.txt", "results.json", "recipe.yaml"} <= artifacts
+
+
+@pytest.mark.slow
+def test_a_transfer_run_is_a_run_to_status_compare_and_load_run(dataset, first_run):
+    _, run_dir = first_run
+    run_id = runs(dataset)[0].info.run_id
+    assert research.load_run(run_dir).run_id == run_id and research.load_run(run_dir).status == "finished"
+    table = run_tool("status.py", "--root", dataset["root"], env=dataset["env"], check=True).stdout
+    row = next(line for line in table.splitlines() if line.startswith("run1 "))
+    accuracy = json.loads((run_dir / "results.json").read_text())["metrics"]["val/accuracy"]
+    assert row.split()[1] == "finished" and f"{accuracy:.2%}" in row, table
+    compared = run_tool("compare.py", "--runs", run_dir, "--format", "csv", env=dataset["env"], check=True).stdout
+    values = dict(zip(*[line.split(",") for line in compared.splitlines()[:2]]))
+    assert values["run_id"] == run_id and values["status"] == "FINISHED"
+    assert float(values["final_val_top1"]) == pytest.approx(accuracy)
+
+
+def test_a_second_job_on_a_run_directory_in_use_is_refused(dataset, tmp_path):
+    from research.training.run_dir import RunDirLock
+    lock = RunDirLock(tmp_path / "run").acquire()          # as a transfer job or a trainer holds it
+    try:
+        proc = run_tool("train.py", RECIPE, *dataset["args"], "--output", tmp_path / "run", env=dataset["env"])
+    finally:
+        lock.release()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{tmp_path / 'run'} is in use by another run (pid" in proc.stderr
 
 
 @pytest.mark.slow
