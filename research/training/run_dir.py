@@ -186,11 +186,7 @@ write_status.failed = False        # said once: it is retried every log_every ba
 
 def read_status(run_dir: Path) -> dict:
     """status.json's content, {} if absent or unreadable (tools/status.py's reader says which)."""
-    try:
-        content = json.loads((run_dir / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return content if isinstance(content, dict) else {}
+    return _read_object(run_dir / "status.json")
 
 
 def _rewrite_in_place(path: Path, data: bytes) -> None:
@@ -214,8 +210,12 @@ def write_run_json(run_dir: Path, run_id: str | None, experiment_id: str | None)
 
 def read_run_json(run_dir: Path) -> dict:
     """run.json's content, {} if absent or unreadable."""
+    return _read_object(run_dir / "run.json")
+
+
+def _read_object(path: Path) -> dict:
     try:
-        content = json.loads((run_dir / "run.json").read_text())
+        content = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
     return content if isinstance(content, dict) else {}
