@@ -115,7 +115,8 @@ class TrainConfig:
     dtype: Literal["float32", "float16"] = "float32"    # float16: GPU only; multi-precision master weights
     hybridize: bool = True
     log_every: int = 50              # batches between progress reports: log line, status.json, MLflow iter/ (each a device sync)
-    chance_epochs: int = 0           # stop if val top-1 is still at chance (<= 2/classes) after this many; 0: off
+    chance_epochs: int = 0           # stop if val top-1 is still at chance (the data's labels) after this many; 0: off
+    stall_epochs: int = 3            # stop if val top-1 stays at chance this many epochs with a flat loss; 0: off
     seed: int = 0
 
 
@@ -317,9 +318,9 @@ def _validate_semantics(recipe: Recipe, origin: str) -> None:
                 "train.lr": train.lr, "net.classes": recipe.net.classes,
                 "train.log_every": train.log_every,
                 "tracking.system_metrics_every_s": recipe.tracking.system_metrics_every_s}
-    if train.chance_epochs < 0:
-        raise RecipeError(f"{origin}: train.chance_epochs must be 0 (off) or a number of epochs, "
-                          f"got {train.chance_epochs}.")
+    for key in ("chance_epochs", "stall_epochs"):
+        if getattr(train, key) < 0:
+            raise RecipeError(f"{origin}: train.{key} must be 0 (off) or a number of epochs, got {getattr(train, key)}.")
     for key, value in positive.items():
         if value <= 0:
             raise RecipeError(f"{origin}: {key} must be positive, got {value}.")

@@ -88,3 +88,22 @@ def change_setup(monkeypatch, change) -> None:
         change(setup)
         return setup
     monkeypatch.setattr(trainer, "build_setup", build_and_change)
+
+
+def run_tool_killed_at(tool: str, *args, env: dict[str, str], patch: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """python tools/<tool> args..., killed with SIGKILL at the instant `patch` chooses.
+
+    `patch` is Python run in the tool's process before the tool, after the tool's own thread setup:
+    it wraps a function of research/ and calls `die()` (os.kill(os.getpid(), SIGKILL)) inside it, so a
+    test hits one window on purpose (between a checkpoint's rename and MLflow's write, inside a write)
+    instead of by luck. The result's returncode is -9 when the patch fired.
+    """
+    script = "\n".join([
+        "import os, runpy, signal, sys",
+        f"sys.path.insert(0, {str(REPO)!r})",
+        "from research.devices import set_cpu_threads; set_cpu_threads()   # as the tool does, before mxnet",
+        "def die(): os.kill(os.getpid(), signal.SIGKILL)",
+        patch,
+        f"sys.argv = [{str(REPO / 'tools' / tool)!r}] + {[str(a) for a in args]!r}",
+        f"runpy.run_path({str(REPO / 'tools' / tool)!r}, run_name='__main__')"])
+    return subprocess.run([PYTHON, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)

@@ -1,7 +1,8 @@
 """Data: one `get_iterators` for every recipe's `data.kind`.
 
 Every iterator is an `mx.io.DataIter` yielding DataBatch(data=[x], label=[y], pad=n) and has
-`num_samples` (images in one pass). Train iterators give full batches only, the same number
+`num_samples` (images in one pass); train iterators also have `labels_in_data`, the distinct labels the
+data holds (None for random labels), from which the guard counts chance. Train iterators give full batches only, the same number
 on every distributed part; val iterators give every image exactly once, padding the last
 batch (`pad`). An iterator with `set_epoch(epoch)` is re-ordered deterministically per epoch.
 """

@@ -32,6 +32,7 @@ class ArrayIter(mx.io.DataIter):
         if self.num_batches == 0:
             raise ValueError(f"batch size {batch_size} is larger than the {len(self._x)} samples")
         self.num_samples = self.num_batches * batch_size if drop_last else len(self._x)
+        self.labels_in_data: int | None = len(np.unique(self._y))     # what chance is for the guard
         self._order = np.arange(len(self._x))
         self._cursor = 0
         self.reset()

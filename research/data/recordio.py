@@ -102,7 +102,8 @@ def read_record_headers(files: RecordFiles) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(ids, dtype=np.int64), np.asarray(labels, dtype=np.float32)
 
 
-def check_labels(files: RecordFiles, classes: int, key: str) -> None:
+def check_labels(files: RecordFiles, classes: int, key: str) -> np.ndarray:
+    """The labels of every record, checked to be integers 0..classes-1; RecipeError naming the fix if not."""
     labels = read_labels(files)
     if labels.min() < 0:
         raise RecipeError(f"{key}: {files.rec} holds unlabeled images (label {labels.min():g}), e.g. the Dogs vs. "
@@ -111,6 +112,7 @@ def check_labels(files: RecordFiles, classes: int, key: str) -> None:
         bad = labels.max() if labels.max() >= classes else labels[labels != np.round(labels)][0]
         raise RecipeError(f"{key}: {files.rec} has label {bad:g} but net.classes is {classes} (labels must be "
                           f"integers 0..{classes - 1}); set net.classes to {int(labels.max()) + 1} or rebuild the .rec.")
+    return labels
 
 
 def shortest_side(files: RecordFiles) -> tuple[int, str]:
@@ -321,7 +323,7 @@ def get_rec_iterators(data: RecordData, batch_size: int, classes: int, seed: int
     """
     train = open_record_files(data.train_rec, "data.train_rec")
     val = open_record_files(data.val_rec, "data.val_rec")
-    check_labels(train, classes, "data.train_rec")
+    labels = check_labels(train, classes, "data.train_rec")
     check_labels(val, classes, "data.val_rec")
     check_data_shape(data, train, data.train_resize, data.random_resized_crop, "data.train_rec")
     check_data_shape(data, val, data.resize, False, "data.val_rec")
@@ -331,4 +333,5 @@ def get_rec_iterators(data: RecordData, batch_size: int, classes: int, seed: int
                                  seed, num_parts, part_index)
     val_threads = min(sum(threads), decode_thread_cap(cpu_cores()))
     val_iter = RecordEvalIter(val, batch_size, image_record_kwargs(data, mean, train=False), val_threads)
+    train_iter.labels_in_data = len(np.unique(labels))       # what chance is for the guard
     return train_iter, val_iter

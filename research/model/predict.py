@@ -139,12 +139,34 @@ def _resize_and_crop(image: np.ndarray, resize: int, height: int, width: int) ->
     return image[top:top + height, left:left + width]
 
 
+def load_exported(files: ModelFiles):
+    """The exported net as a SymbolBlock on the CPU; UserError naming the file when one is damaged or cut short
+    (MXNet would print its C++ check: "Invalid NDArray file format")."""
+    import mxnet as mx
+    from mxnet import gluon
+
+    try:
+        json.loads(files.symbol.read_text())
+    except ValueError as err:                    # UnicodeDecodeError and JSONDecodeError both
+        raise UserError(f"{files.symbol} is not a whole symbol file ({err}): {DAMAGED}") from None
+    try:
+        with warnings.catch_warnings():          # "unused parameter" chatter from gluon on import
+            warnings.simplefilter("ignore")
+            return gluon.SymbolBlock.imports(str(files.symbol), ["data"], str(files.params), ctx=mx.cpu())
+    except (mx.base.MXNetError, ValueError, AssertionError) as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        reason = next((line for line in lines if "Check failed" in line), lines[-1] if lines else type(err).__name__)
+        raise UserError(f"{files.params} cannot be read ({reason[:200]}): {DAMAGED}") from None
+
+
+DAMAGED = "the file is damaged or was cut short (a partial copy?); copy the model folder again from where it was trained"
+
+
 class Predictor:
     """An exported model loaded with gluon.SymbolBlock.imports, on the CPU."""
 
     def __init__(self, model: str | Path, recipe: str | Path | None = None):
         import mxnet as mx
-        from mxnet import gluon
 
         self.files = find_model(model)
         recipe_path = Path(recipe) if recipe else self.files.recipe
@@ -155,10 +177,7 @@ class Predictor:
             self.recipe = load_recipe(recipe_path)
         except RecipeError as err:
             raise UserError(f"cannot read the model's recipe: {err}") from None
-        with warnings.catch_warnings():          # "unused parameter" chatter from gluon on import
-            warnings.simplefilter("ignore")
-            self.net = gluon.SymbolBlock.imports(str(self.files.symbol), ["data"], str(self.files.params),
-                                                 ctx=mx.cpu())
+        self.net = load_exported(self.files)
         self.shape = input_shape(self.recipe)
         outputs = self.net(mx.nd.zeros((1, *self.shape))).shape[-1]
         self.classes = load_classes(self.files, outputs)

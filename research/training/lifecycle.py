@@ -151,8 +151,7 @@ class Lifecycle:
             self.state = saved[1]["state"] if saved else self.state
             self.tracker.set_tags({"checkpoint.error": str(err)[:500]})
         elif isinstance(err, Unhealthy):
-            log.error("%s Stopped; %s.", err, self.best_checkpoint() if isinstance(err, DeadHead) else
-                      self.newest_checkpoint())
+            log.error("%s Stopped; %s", err, self._where_to_go_on(err))
             self.tracker.set_tags({"failure": str(err)[:500]})
         elif not isinstance(err, UserError) and self.rank0 and self.started:
             try:
@@ -194,13 +193,20 @@ class Lifecycle:
         path, content = latest
         return f"the last good checkpoint is {path} (epoch {content['state'].epoch}, step {content['state'].step})"
 
-    def best_checkpoint(self) -> str:
-        """Where the best val top-1's weights are: written before a head died, unlike the newest ones."""
-        best = self.run_dir / checkpoint.FOLDER / checkpoint.BEST
-        if not best.exists():
-            return "no checkpoint had been written yet"
-        top1 = self.state.best_top1 if self.state is not None else float("nan")
-        return f"the last good checkpoint is {best} (best val top-1 {top1:.4f})"
+    def _where_to_go_on(self, err: Unhealthy) -> str:
+        """After the guard stopped the run: its good weights, and a resume only if there is a checkpoint."""
+        folder = self.run_dir / checkpoint.FOLDER
+        latest = checkpoint.find_latest(folder)
+        if latest is None:
+            return "no checkpoint had been written yet: make the change and run the command again (it starts afresh)."
+        path, content = latest
+        newest = f"the newest checkpoint is {path} (epoch {content['state'].epoch}, step {content['state'].step})"
+        best = folder / checkpoint.BEST
+        if isinstance(err, DeadHead) and best.exists() and self.state is not None:
+            newest = (f"the best weights so far are in {best} (val top-1 {self.state.best_top1:.4f}, written before "
+                      f"the head died) and {newest}")
+        return (f"{newest}. After the change, the same command resumes from the newest checkpoint "
+                f"({self.resume_command()}); --fresh starts over.")
 
     def resume_command(self) -> str:
         """How the user resumes this run: the same command (--resume, not --fresh), or the Python call."""

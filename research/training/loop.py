@@ -74,6 +74,9 @@ def fit(setup: Setup, state: TrainState, run, stop, steps: int | None = None) ->
                     logged_until=tracker.last_step("iter/loss"), enabled=setup.rank0,
                     warn_data_wait=recipe.data.kind == "recordio")
     until = None if steps is None else state.step + steps
+    labels = getattr(setup.train_iter, "labels_in_data", recipe.net.classes)       # chance, for the guard
+    head_activation = recipe.net.activation if recipe.net.name.startswith("squeezenet") else None
+    random_layers = _has_dropout(net)
     last_save = time.monotonic()
     try:
         for epoch in range(state.epoch, train.epochs):
@@ -87,6 +90,8 @@ def fit(setup: Setup, state: TrainState, run, stop, steps: int | None = None) ->
                 if skip:                                   # resuming mid-epoch: these were trained on
                     skip, state.batch_in_epoch = skip - 1, state.batch_in_epoch + 1
                     continue
+                if random_layers:    # Dropout draws from MXNet's RNG, whose state no checkpoint can hold: seeded
+                    mx.random.seed((train.seed * 1_000_003 + state.step) % 2 ** 31)   # per step, a resume draws alike
                 lr = lr_at(state.step / steps_per_epoch, setup.base_lr, train)
                 loss = train_step(setup, batch, lr, loss_fn, sums)
                 if previous is not None:
@@ -142,9 +147,10 @@ def fit(setup: Setup, state: TrainState, run, stop, steps: int | None = None) ->
                 "health/dead_fraction": val["dead_fraction"],
             }
             entry = {"epoch": epoch + 1, **metrics}
-            problem = health.check(state.history + [entry], recipe.net.classes, train.chance_epochs)
+            problem = health.check(state.history + [entry], recipe.net.classes, labels, train.chance_epochs,
+                                   train.stall_epochs, head_activation)
             if problem:                                    # before the epoch is kept or checkpointed
-                raise DeadHead(f"{problem}. {health.advice(recipe.net.activation)}")
+                raise DeadHead(f"{problem}. {health.advice(head_activation)}")
             state.epoch, state.batch_in_epoch, state.elapsed_s = epoch + 1, 0, state.elapsed_s + epoch_seconds
             state.history.append(entry)
             is_best = metrics["val/top1"] > state.best_top1
@@ -195,6 +201,12 @@ def train_step(setup: Setup, batch: mx.io.DataBatch, lr: float, loss_fn: gluon.l
         loss_sum += loss.sum()
         correct += (out.argmax(axis=1) == y).sum()
     return losses[0]
+
+
+def _has_dropout(net: gluon.Block) -> bool:
+    found = []
+    net.apply(lambda block: found.append(block) if isinstance(block, gluon.nn.Dropout) else None)
+    return bool(found)
 
 
 def _set_frozen(net: gluon.Block, frozen: bool) -> None:

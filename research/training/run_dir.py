@@ -179,9 +179,11 @@ def write_status(run_dir: Path, status: str, run_id: str | None, **figures) -> N
         if not write_status.failed:
             log.error("status not updated: %s", atomic.explain(path, err))
         write_status.failed = True
+    else:
+        write_status.failed = False
 
 
-write_status.failed = False        # said once: it is retried every log_every batches
+write_status.failed = False        # a failure is said once, until a write succeeds again (retried every log interval)
 
 
 def read_status(run_dir: Path) -> dict:

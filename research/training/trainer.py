@@ -42,6 +42,11 @@ def train(recipe: Recipe, ctxs: list, run_dir: Path, resume: bool, fresh: bool, 
             state = _restore(content, setup, run_dir)
             state.recipe = recipe.to_dict()
         run.state = state
+        labels = getattr(setup.train_iter, "labels_in_data", None)
+        if setup.rank0 and labels is not None and labels < recipe.net.classes:
+            log.warning("net.classes is %d but the training data holds %d labels: the other %d outputs are never the "
+                        "answer (a fine-tuning head left at its old size? a subset of the classes?). Chance is 1/%d, "
+                        "and the guard counts it so.", recipe.net.classes, labels, recipe.net.classes - labels, labels)
         if setup.num_workers > 1:     # rank 0's weights and position on every worker, lr schedule on the servers
             kvstore.prepare_workers(kv, setup, state)
         if state.epoch >= recipe.train.epochs and read_status(run_dir).get("status") == "finished":

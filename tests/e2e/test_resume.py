@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import PYTHON, REPO, make_env, run_tool
+from helpers import PYTHON, REPO, make_env, run_tool, run_tool_killed_at
 from mlflow.tracking import MlflowClient
 
 from research.training.checkpoint import find_latest, list_checkpoints, load_checkpoint
@@ -154,3 +154,72 @@ def test_a_run_directory_from_before_the_training_package_moved_resumes(tmp_path
     run_tool("train.py", *args, "--output", tmp_path / "new", env=env, check=True)
     assert_same_params(final_params(tmp_path / "old"), final_params(tmp_path / "new"))
     assert '"status": "finished"' in (tmp_path / "old" / "status.json").read_text()
+
+
+# Inside the first checkpoint's write: its temp file is fsynced, its rename not done yet; MLflow has the run
+# (run.json names it) and no epoch.
+INSIDE_FIRST_CHECKPOINT = """
+import research.atomic as atomic
+rename = atomic.os.replace
+def replace_or_die(src, dst):
+    if os.path.basename(dst).startswith("step-"):
+        die()
+    rename(src, dst)
+atomic.os.replace = replace_or_die
+"""
+# Right after the final epoch's checkpoint is on disk, before MLflow gets that epoch, the model or the end.
+AFTER_THE_LAST_CHECKPOINT = """
+from research.training import checkpoint
+write = checkpoint.write_checkpoint
+def write_then_die(folder, step, content, *args, **kwargs):
+    path = write(folder, step, content, *args, **kwargs)
+    if content["state"]["epoch"] == content["state"]["recipe"]["train"]["epochs"]:
+        die()
+    return path
+checkpoint.write_checkpoint = write_then_die
+"""
+
+
+def test_killed_inside_the_first_checkpoint_write_reruns_in_the_same_mlflow_run(tmp_path, store, uninterrupted):
+    env, run_dir = make_env(store), tmp_path / "run"
+    killed = run_tool_killed_at("train.py", SMOKE, "--output", run_dir, *EPOCHS, env=env, patch=INSIDE_FIRST_CHECKPOINT)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    _, run = only_run(store)
+    assert run.info.status == "RUNNING" and not list_checkpoints(run_dir / "checkpoints")
+    left = list((run_dir / "checkpoints").glob(".step-*.tmp"))
+    assert len(left) == 1 and left[0].stat().st_size > 0                  # the cut write's temp file
+    (run_dir / ".status.json.abcd1234.tmp").write_text("{")                 # and others a kill could leave
+    (run_dir / ".model.abcd1234.tmp").mkdir()
+
+    rerun = run_tool("train.py", SMOKE, "--output", run_dir, *EPOCHS, env=env, check=True)
+    removed = next(line for line in rerun.stderr.splitlines() if "left by a write that was cut short" in line)
+    assert ".status.json.abcd1234.tmp" in removed and ".model.abcd1234.tmp" in removed, removed
+    client, after = only_run(store)                                          # no orphan: the same run, finished
+    assert after.info.run_id == run.info.run_id and after.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/top1")) == [1, 2, 3, 4, 5, 6]
+    assert not [p for p in run_dir.rglob(".*") if p.name.endswith((".tmp", ".old"))]
+    assert_same_params(final_params(run_dir), uninterrupted)
+
+
+def test_killed_after_the_last_checkpoint_the_rerun_finishes_the_run(tmp_path, store, uninterrupted):
+    env, run_dir = make_env(store), tmp_path / "run"
+    killed = run_tool_killed_at("train.py", SMOKE, "--output", run_dir, *EPOCHS, env=env,
+                                patch=AFTER_THE_LAST_CHECKPOINT)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    client, run = only_run(store)
+    assert 6 not in {m.step for m in client.get_metric_history(run.info.run_id, "val/top1")}
+    assert not (run_dir / "model").exists() and '"status": "running"' in (run_dir / "status.json").read_text()
+
+    rerun = run_tool("train.py", SMOKE, "--output", run_dir, *EPOCHS, env=env, check=True)
+    assert "already holds the finished run" not in rerun.stdout
+    client, after = only_run(store)
+    assert after.info.run_id == run.info.run_id and after.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/top1")) == [1, 2, 3, 4, 5, 6]
+    assert (run_dir / "model" / "lenet-0000.params").is_file()
+    (model,) = client.search_logged_models([run.info.experiment_id])
+    assert model.source_run_id == run.info.run_id
+    assert '"status": "finished"' in (run_dir / "status.json").read_text()
+    assert_same_params(final_params(run_dir), uninterrupted)
+    again = run_tool("train.py", SMOKE, "--output", run_dir, *EPOCHS, env=env, check=True)
+    assert "already holds the finished run (6 epochs)" in again.stdout
+    assert only_run(store)[1].info.end_time == after.info.end_time          # left as it was

@@ -10,6 +10,7 @@ import cv2
 import mxnet as mx
 import numpy as np
 import pytest
+from helpers import run_tool
 from mxnet import gluon
 
 from research.config import load_recipe, recipe_from_dict
@@ -170,3 +171,25 @@ def test_predict_preprocessing_matches_the_val_iterator(small_rec, resize):
     ours = np.concatenate([preprocess(image, recipe) for image in images])
     assert ours.shape == batch.shape
     np.testing.assert_allclose(ours, batch, atol=1e-4)      # same crop, bilinear resize and normalisation
+
+
+def test_a_half_written_model_file_is_one_line_naming_it_everywhere_it_is_loaded(tmp_path, env):
+    """tools/predict.py (exit 2), Run.predict and the MLflow model's load all say which file is damaged."""
+    from types import SimpleNamespace
+
+    import research
+    from research.tracking.logged_model import ImageClassifier
+
+    run_dir = tmp_path / "run"
+    export_model(ready_net("lenet", 10, (1, 28, 28)), run_dir / "model", digits_recipe())
+    (run_dir / "recipe.yaml").write_text((run_dir / "model" / "recipe.yaml").read_text())
+    params = run_dir / "model" / "lenet-0000.params"
+    params.write_bytes(params.read_bytes()[:params.stat().st_size // 2])          # cut short by a copy
+    cv2.imwrite(str(tmp_path / "x.png"), np.zeros((28, 28), np.uint8))
+    proc = run_tool("predict.py", run_dir, tmp_path / "x.png", env=env)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert f"{params} cannot be read" in proc.stderr and "Invalid NDArray file format" in proc.stderr
+    with pytest.raises(UserError, match=f"{params} cannot be read"):
+        research.load_run(run_dir).predict([tmp_path / "x.png"])
+    with pytest.raises(UserError, match=f"{params} cannot be read"):
+        ImageClassifier().load_context(SimpleNamespace(artifacts={"model": str(run_dir / "model")}))
