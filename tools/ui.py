@@ -26,7 +26,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     from research.runs.compare import open_client
-    from research.tracking.ui import experiment_url
+    from research.tracking.ui import SERVER_ENV, experiment_url, server_args
     from research.errors import UserError
     from research.tracking import tracking_uri, ui_command
 
@@ -51,11 +51,8 @@ def main(argv: list[str]) -> int:
     if not args.serve:
         return 0
     sys.stdout.flush()
-    # The light settings of ui_command(): without the job runner, 2 processes instead of 16.
-    env = {"MLFLOW_DISABLE_TELEMETRY": "true", **os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri(),
-               "--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"]
-    os.execve(sys.executable, command, env)
+    env = {"MLFLOW_DISABLE_TELEMETRY": "true", **os.environ, **SERVER_ENV}     # ui_command()'s settings
+    os.execve(sys.executable, [sys.executable, "-m", "mlflow", *server_args(args.port)], env)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,9 @@ def export_model(net: gluon.HybridBlock, folder: str | Path, recipe: Recipe) -> 
     folder = Path(folder)
     with atomic.writing_dir(folder) as tmp:       # never a half-written model folder, even on a full disk
         written = _write_model(net, tmp, recipe)
-    return [folder / path.name for path in written]
+    final = [folder / path.name for path in written]
+    log.info("model exported to %s: %s", folder, ", ".join(path.name for path in final))
+    return final
 
 
 def _write_model(net: gluon.HybridBlock, folder: Path, recipe: Recipe) -> list[Path]:
@@ -65,18 +67,28 @@ def export_onnx(prefix: str | Path, shape: tuple[int, int, int], dtype: str = "f
     import numpy as np
 
     path = Path(f"{prefix}.onnx")
+    root = logging.getLogger()
+    root.addFilter(_drop_mx_onnx_chatter)     # its "Exported ONNX file <temporary folder>/..." line and two more
     try:
         mx.onnx.export_model(f"{prefix}-symbol.json", f"{prefix}-0000.params", [(1, *shape)],
                              [np.dtype(dtype)], str(path), dynamic=True,
                              dynamic_input_shapes=[("batch", *shape)])
         _drop_initializer_inputs(path)
     except Exception as err:  # noqa: BLE001 - ONNX is a convenience; the MXNet files are the model
-        log.warning("ONNX export failed (%s: %s); the MXNet symbol + params in %s are unaffected. "
+        log.warning("ONNX export failed (%s: %s); the MXNet symbol + params are unaffected. "
                     "mx.onnx needs onnx 1.14-1.18 (1.19 fails with a misleading ImportError).",
-                    type(err).__name__, err, Path(prefix).parent)
+                    type(err).__name__, err)
         path.unlink(missing_ok=True)
         return None
+    finally:
+        root.removeFilter(_drop_mx_onnx_chatter)
     return path
+
+
+def _drop_mx_onnx_chatter(record: logging.LogRecord) -> bool:
+    """mx.onnx logs its progress on the root logger, naming the folder being written (export_model writes into
+    a temporary one, renamed at the end): dropped, export_model names the final folder instead."""
+    return "mx2onnx" not in record.pathname or record.levelno >= logging.WARNING
 
 
 def _drop_initializer_inputs(path: Path) -> None:
