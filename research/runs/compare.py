@@ -38,6 +38,7 @@ class RunRow:
     wall_s: float | None             # start to end (to now while running), resumption gaps included
     img_per_s: float | None          # median over epochs: the first epoch's warm-up does not skew it
     devices: str
+    run_dir: str = ""                # where it was trained (the run_dir tag; "" for runs older than the tag)
     params: dict[str, str] = field(default_factory=dict)
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
@@ -126,7 +127,8 @@ def summarize(client, run) -> RunRow:
         final_top1=top1.get(final_epoch), final_top5=top5.get(final_epoch),
         wall_s=(end_ms - info.start_time) / 1000 if info.start_time else None,
         img_per_s=statistics.median(speeds) if speeds else None,
-        devices=data.tags.get("contexts", ""), params=dict(data.params), curves=curves)
+        devices=data.tags.get("contexts", ""), run_dir=data.tags.get("run_dir", ""), params=dict(data.params),
+        curves=curves)
 
 
 def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -151,10 +153,10 @@ def differing_params(rows: list[RunRow]) -> list[str]:
 
 # -- output ------------------------------------------------------------------------------------
 COLUMNS = ("run", "name", "recipe", "status", "epochs", "best top1", "top5", "@epoch",
-           "final top1", "top5", "wall", "img/s", "devices")
+           "final top1", "top5", "wall", "img/s", "devices", "output")
 CSV_COLUMNS = ("run_id", "name", "recipe", "status", "epochs_done", "epochs_planned", "best_val_top1",
                "best_val_top5", "best_epoch", "final_val_top1", "final_val_top5", "wall_s", "img_per_s",
-               "devices")
+               "devices", "run_dir")
 
 
 def format_rows(rows: list[RunRow], fmt: str = "text") -> str:
@@ -185,7 +187,8 @@ def summary_table(rows: list[RunRow]) -> tuple[tuple[str, ...], list[list]]:
     keys = differing_params(rows)
     values = [[row.run_id, row.name, row.recipe, row.status, row.epochs_done, row.epochs_planned, row.best_top1,
                row.best_top5, row.best_epoch, row.final_top1, row.final_top5, row.wall_s and round(row.wall_s, 1),
-               row.img_per_s and round(row.img_per_s, 1), row.devices] + [row.params.get(key) for key in keys]
+               row.img_per_s and round(row.img_per_s, 1), row.devices, row.run_dir or None] +
+              [row.params.get(key) for key in keys]
               for row in rows]
     return CSV_COLUMNS + tuple(keys), values
 
@@ -195,7 +198,7 @@ def _summary_cells(row: RunRow) -> list[str]:
     return [row.run_id[:8], row.name, row.recipe, row.status, f"{row.epochs_done}/{planned}",
             _percent(row.best_top1), _percent(row.best_top5), _or_dash(row.best_epoch),
             _percent(row.final_top1), _percent(row.final_top5), _duration(row.wall_s),
-            _or_dash(row.img_per_s and f"{row.img_per_s:.0f}"), row.devices or "-"]
+            _or_dash(row.img_per_s and f"{row.img_per_s:.0f}"), row.devices or "-", _short_path(row.run_dir)]
 
 
 def _table(header: tuple[str, ...], rows: list[list[str]]) -> str:
@@ -214,6 +217,16 @@ def _percent(value: float | None) -> str:
 
 def _duration(seconds: float | None) -> str:
     return "-" if seconds is None else format_duration(seconds)
+
+
+def _short_path(path: str) -> str:
+    """A run directory as the user would type it: relative to the working directory when inside it."""
+    if not path:
+        return "-"
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
 
 
 def _or_dash(value) -> str:

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import queue
 import threading
 import time
-from datetime import datetime
 from pathlib import Path
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..paths import REPO
+from .names import run_name, tags_from_env
 from .store import get_client, get_experiment_id, tracking_uri
 from .tags import environment_tags
 
@@ -144,7 +143,8 @@ class Tracker:
 
     def start_system_metrics(self, every_s: float, resumed: bool) -> None:
         """MLflow's system metrics (system/cpu_utilization_percentage, ...; GPUs when nvidia-ml-py finds
-        them), one point per metric every `every_s` seconds, on MLflow's own thread until `end`.
+        them), one point per metric every `every_s` seconds, on MLflow's own thread until `end`, and one at
+        the start and at the end: a run shorter than `every_s` has two (MLflow's monitor alone logs none).
 
         Steps continue after the last logged one when `resumed`. Started from the tracker's thread:
         creating the monitor reads the run and probes for GPUs.
@@ -154,14 +154,25 @@ class Tracker:
             self._submit(self._start_monitor, resumed)
 
     def _start_monitor(self, resumed: bool) -> None:
+        import psutil
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
         logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)   # start/stop chatter
         sampling = min(self._monitor_every_s, 15.0)
         self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=sampling,
                                              samples_before_logging=max(1, round(self._monitor_every_s / sampling)),
                                              resume_logging=resumed, tracking_uri=tracking_uri())
+        psutil.cpu_percent()                         # its first call returns 0.0: the start's point is over 0.5 s
+        time.sleep(0.5)
+        self._publish_system_metrics()               # the start's point
         self._monitor.start()
         self._monitor_checked = time.monotonic()
+
+    def _publish_system_metrics(self) -> None:
+        """One point per system metric now: the mean of the samples the monitor holds and one taken now. Only
+        while its thread is not running (before `start`, after `finish`): the samples are not locked."""
+        self._monitor.collect_metrics()
+        self._monitor.publish_metrics(self._monitor.aggregate_metrics())
+        self._monitor.mlflow_logger.flush()
 
     def _keep_monitor_alive(self) -> None:
         """MLflow's monitor thread ends for good at the first failed read of the run (a store locked
@@ -269,7 +280,8 @@ class Tracker:
 
     def _stop_system_metrics(self) -> None:
         if self._monitor is not None:
-            self._monitor.finish()          # writes the points it still holds
+            self._monitor.finish()          # writes the points it still holds, not the samples since the last
+            self._publish_system_metrics()  # the end's point: those samples and one more
             self._monitor = None
 
     def _submit(self, fn: Callable, *args, _retry: bool = False, _after: Future | None = None, **kwargs) -> None:
@@ -303,11 +315,14 @@ class Tracker:
 
 
 def start_run(recipe: Recipe, contexts: list, argv: list[str], tags: dict[str, str] | None = None) -> Tracker:
-    """A new run named "<recipe> <date> <4 hex>" in the recipe's experiment, tagged and described by its
-    command, the recipe's values logged as params."""
-    name = f"{recipe.name} {datetime.now():%Y-%m-%d %H:%M} {os.urandom(2).hex()}"
+    """A new run in the recipe's experiment, named by what differs from its recipe file (research.tracking.names;
+    a sweep's trial: by its values), tagged and described by its command, the recipe's values logged as params.
+
+    `tags`, and those of RESEARCH_RUN_TAGS (a sweep's mlflow.parentRunId), are added to the environment's."""
+    extra = {**tags_from_env(), **(tags or {})}
+    name = extra.pop("mlflow.runName", "") or run_name(recipe)
     tracker = Tracker.start(recipe.tracking.experiment or recipe.name, name,
-                            tags={**environment_tags(contexts, argv), "recipe": recipe.name, **(tags or {})},
+                            tags={**environment_tags(contexts, argv), "recipe": recipe.name, **extra},
                             description=f"`{' '.join(argv)}` on {platform.node()}")
     tracker.log_params(recipe.flat())
     return tracker

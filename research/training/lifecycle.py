@@ -93,6 +93,7 @@ class Lifecycle:
                                 self.run_dir / "run.json")
                 tracker = start_run(self.recipe, ctxs, self.argv, tags)
             self.tracker = tracker
+            self.tracker.set_tags({"run_dir": str(self.run_dir.resolve())})    # where it is now (a column of compare)
         write_run_json(self.run_dir, self.tracker.run_id, self.tracker.experiment_id)
         self.tracker.log_artifact(self.run_dir / "recipe.yaml")
         return self.tracker

@@ -87,7 +87,8 @@ def test_mlflow_server_serves_both_runs(runs):
             assert params["train.lr"] == lr and params["train.epochs"] == "2"
             assert {"val/top1", "val/top5", "train/loss", "speed/img_per_s"} <= set(metrics)
             assert 0.1 < metrics["val/top1"] <= 1
-            assert run["info"]["status"] == "FINISHED" and run["info"]["run_name"].startswith("lenet_digits ")
+            named = "epochs=2" if lr == "0.02" else f"epochs=2 lr={lr}"     # 0.02 is the recipe file's own lr
+            assert run["info"]["status"] == "FINISHED" and run["info"]["run_name"] == named
             assert f"train.lr={lr}" in tags["mlflow.note.content"]       # the description holds the command
             listed = get_json(f"{base}/api/2.0/mlflow/artifacts/list?run_id={run['info']['run_id']}&path=model")
             assert {"model/lenet.onnx", "model/lenet-symbol.json", "model/classes.json"} <= \
@@ -101,6 +102,7 @@ def test_mlflow_server_serves_both_runs(runs):
             server.wait()
     printed = server.stdout.read()
     assert f"--port {port}" in printed and f"#/experiments/{experiment_id}/runs?workflowType=machine_learning" in printed
+    assert '"GET /' not in printed and '"POST /' not in printed         # no access log line per request
 
 
 def test_compare_lists_both_runs_and_the_lr_that_differs(runs, tmp_path):

@@ -18,15 +18,17 @@ def finished_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("train")
     store = tmp / "mlruns"
     env = make_env(store)
-    # System metrics every second, not every minute: the run is over in seconds.
-    proc = run_tool("train.py", SMOKE, "--output", tmp / "run", "--set", "tracking.system_metrics_every_s=1",
-                    env=env, check=True)
+    # System metrics at the default interval (60 s): the run is over in seconds and still has some.
+    proc = run_tool("train.py", SMOKE, "--output", tmp / "run", env=env, check=True)
     return proc, tmp / "run", MlflowClient(f"sqlite:///{store / 'mlflow.db'}"), env
 
 
 def test_run_learns_and_reports(finished_run):
     proc, run_dir, _, _ = finished_run
     assert "val top-1" in proc.stdout and "mlflow server" in proc.stdout
+    link = proc.stdout.strip().splitlines()[-1]         # "then browse <the run in the training-runs view>"
+    assert link.endswith("?workflowType=machine_learning") and "/#/experiments/" in link
+    assert f"model exported to {run_dir / 'model'}: lenet-symbol.json" in proc.stderr and ".tmp" not in proc.stderr
     for name in ("recipe.yaml", "train.log", "curves.png", "status.json", "run.json",
                  "model/lenet-symbol.json", "model/lenet-0000.params"):
         assert (run_dir / name).is_file(), name
@@ -41,7 +43,8 @@ def test_mlflow_reads_the_run_back(finished_run):
     assert run.info.status == "FINISHED"
     assert run.data.params["train.lr"] == "0.02" and run.data.params["net.name"] == "lenet"
     assert run.data.tags["recipe"] == "lenet_digits_tiny" and "git.commit" in run.data.tags
-    assert run.data.tags["contexts"] == "cpu(0)"
+    assert run.data.tags["contexts"] == "cpu(0)" and run.data.tags["run_dir"] == str(run_dir)
+    assert run.info.run_name == "lenet_digits_tiny"        # nothing differs from the recipe file
     history = client.get_metric_history(run.info.run_id, "val/top1")
     assert sorted(m.step for m in history) == [1, 2, 3, 4]
     assert max(m.value for m in history) > 0.5                       # chance is 0.1
@@ -63,8 +66,9 @@ def test_mlflow_ui_has_source_datasets_system_metrics_and_the_model(finished_run
     assert inputs.keys() == {"training", "validation"}
     assert inputs["validation"].name == "digits/val" and json.loads(inputs["validation"].profile)["num_images"] == 360
     assert inputs["training"].digest != inputs["validation"].digest
-    assert any(key.startswith("system/cpu_utilization") for key in run.data.metrics)
-    assert any(key.startswith("system/system_memory_usage") for key in run.data.metrics)
+    # Shorter than the 60 s interval, the run still has a point at its start and at its end.
+    for key in ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"):
+        assert len(client.get_metric_history(run.info.run_id, key)) >= 2, key
     (model,) = client.search_logged_models([experiment.experiment_id])
     assert model.source_run_id == run.info.run_id and str(model.status) == "READY"
     assert [o.model_id for o in run.outputs.model_outputs] == [model.model_id]
@@ -164,4 +168,4 @@ def test_nan_loss_stops_with_a_clear_message_and_a_failed_run(tmp_path, store, e
     assert "train loss is nan" in proc.stderr and "Lower train.lr" in proc.stderr
     client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("lenet_digits_tiny").experiment_id])
-    assert run.info.status == "FAILED"
+    assert run.info.status == "FAILED" and run.info.run_name == "lr=1e+06"       # named by its --set value

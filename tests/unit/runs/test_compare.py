@@ -17,7 +17,7 @@ PARAMS = {"net.name": "lenet", "train.epochs": "3", "train.batch_size": "32"}
 def make_run(experiment: str, lr: str, top1: list[float], finish: bool = True, extra: dict | None = None,
              relogged: dict[int, float] | None = None) -> str:
     tracker = Tracker.start(experiment, f"{experiment} run lr={lr}",
-                            tags={"recipe": experiment, "contexts": "cpu(0),cpu(1)"})
+                            tags={"recipe": experiment, "contexts": "cpu(0),cpu(1)", "run_dir": f"/data/runs/{lr}"})
     tracker.log_params({**PARAMS, "train.lr": lr, **(extra or {})})
     for epoch, value in enumerate(top1, 1):
         tracker.log_metrics({"val/top1": value, "val/top5": min(1.0, value + 0.1), "train/loss": 2.0 / epoch,
@@ -58,6 +58,7 @@ def test_rows_summarise_each_run(uri):
     assert (done.best_epoch, done.best_top1, done.best_top5) == (2, 0.9, 1.0)
     assert done.final_top1 == 0.85                                      # the re-logged value wins
     assert done.img_per_s == 2000.0 and done.devices == "cpu(0),cpu(1)" and done.recipe == "exp_a"
+    assert done.run_dir == "/data/runs/0.05" and "/data/runs/0.05" in format_rows(rows)    # the output column
     info = get_client().get_run(uri["a1"]).info                         # the wall column is start to end
     assert info.end_time > info.start_time and done.wall_s == pytest.approx((info.end_time - info.start_time) / 1000)
     assert done.curves["train/loss"] == [(1, 2.0), (2, 1.0), (3, 2.0 / 3)]
