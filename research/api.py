@@ -92,12 +92,15 @@ class Run:
 
     def predict(self, images: Sequence[str | Path | np.ndarray], top: int = 5) -> list[list[tuple[str, float]]]:
         """For each image (a file, or an HxW / HxWxC uint8 array) the top (class, probability) pairs,
-        most likely first; the exported model and preprocessing of tools/predict.py."""
+        most likely first; the exported model and preprocessing of tools/predict.py. An image far from the
+        training images (a dark-on-white digit for a digits model) gets a research.model.input_check.UnusualInput
+        warning that says so (and to invert it)."""
         from .model.predict import read_image
         predictor = self._predictor_or_load()
         channels = predictor.shape[0]
         pixels = [read_image(image, channels) if isinstance(image, (str, Path)) else image for image in images]
-        return predictor.predict_arrays(pixels, k=top)
+        names = [str(image) if isinstance(image, (str, Path)) else f"image {i}" for i, image in enumerate(images)]
+        return predictor.predict_arrays(pixels, k=top, names=names)
 
     def _predictor_or_load(self) -> Predictor:
         if self._predictor is None:
@@ -230,7 +233,8 @@ def compare(runs_or_experiment: str | Iterable[str | Path | Run] | None = None, 
         last: only the `last` most recent runs (0: all).
 
     The columns are those of `tools/compare.py --format csv`: run_id, name, recipe, status, epochs,
-    best and final val top-1/top-5, wall time, img/s, devices, then the recipe values that differ.
+    best and final val top-1/top-5, wall time, img/s, devices, run_dir (where it trained), then the recipe
+    values that differ.
 
     Raises:
         UserError: no such experiment or run, or no runs yet.

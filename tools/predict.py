@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -14,7 +15,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="Classify images with a model a run exported (symbol + params), preprocessed like the "
                     "recipe's validation data: resize and centre crop, mean/std, grayscale for 1-channel nets.",
         epilog=exit_status_help(ExitCode.OK, (ExitCode.USER_ERROR, "a user error (no model there, unreadable "
-                                                                    "image)")))
+                                                                    "image)"))
+               + " An image far from the training images (their brightness, kept in model/input_stats.json for "
+               "digits and MNIST) gets a warning on stderr, and one light where the training digits were dark is "
+               "told to invert it.")
     parser.add_argument("model", help="a run directory, its model/ folder, or a <prefix>-symbol.json file "
                                       "(params, classes.json and recipe.yaml are looked up beside it)")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
@@ -30,14 +34,19 @@ def main(argv: list[str]) -> int:
         print(f"error: --top {args.top}: print at least 1 class per image, e.g. --top 5", file=sys.stderr)
         return 2
     from research.errors import UserError
+    from research.model.input_check import UnusualInput
     from research.model.predict import Predictor
 
     try:
         predictor = Predictor(args.model, args.recipe)
-        results = predictor.predict(args.images, k=args.top)
+        with warnings.catch_warnings(record=True) as unusual:      # an image unlike the training images
+            warnings.simplefilter("always", UnusualInput)
+            results = predictor.predict(args.images, k=args.top)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    for warning in unusual:
+        print(f"warning: {warning.message}", file=sys.stderr, flush=True)
     width = max(len(name) for name in predictor.classes)
     for image, top in zip(args.images, results):
         print(image)

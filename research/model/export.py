@@ -15,12 +15,14 @@ from mxnet import gluon
 
 from .. import atomic
 from ..config import DigitsData, MnistData, RecordData, Recipe, SyntheticData, dump_recipe
+from .input_check import FILE as INPUT_STATS, training_stats
 
 log = logging.getLogger(__name__)
 
 
 def export_model(net: gluon.HybridBlock, folder: str | Path, recipe: Recipe) -> list[Path]:
-    """Write <net>-symbol.json, <net>-0000.params, <net>.onnx, recipe.yaml and classes.json.
+    """Write <net>-symbol.json, <net>-0000.params, <net>.onnx, recipe.yaml, classes.json and (digits, MNIST)
+    input_stats.json, the training images' brightness.
 
     The net must have run forward once hybridized (the trainer's warm-up does that). ONNX
     export and the class names are best effort: a failure there is logged as a warning and
@@ -47,6 +49,10 @@ def _write_model(net: gluon.HybridBlock, folder: Path, recipe: Recipe) -> list[P
     if names is not None:
         (folder / "classes.json").write_text(json.dumps(names, indent=1))
         written.append(folder / "classes.json")
+    stats = training_stats(recipe)                 # what tools/predict.py compares an image with
+    if stats is not None:
+        (folder / INPUT_STATS).write_text(json.dumps(stats, indent=1))
+        written.append(folder / INPUT_STATS)
     return written
 
 

@@ -12,6 +12,7 @@ import numpy as np
 from ..config import DigitsData, MnistData, Recipe, RecipeError, RecordData, SyntheticData, load_recipe
 from ..errors import UserError
 from .export import deployable_recipe, input_shape
+from .input_check import UnusualInput, read_stats, unusual
 
 
 @dataclass
@@ -181,16 +182,23 @@ class Predictor:
         self.shape = input_shape(self.recipe)
         outputs = self.net(mx.nd.zeros((1, *self.shape))).shape[-1]
         self.classes = load_classes(self.files, outputs)
+        self.input_stats = read_stats(self.files.symbol.parent)
 
     def predict(self, images: list[str | Path], k: int = 5) -> list[list[tuple[str, float]]]:
         """For each image file, the top-k (class name, probability), most likely first."""
-        return self.predict_arrays([read_image(p, self.shape[0]) for p in images], k)
+        return self.predict_arrays([read_image(p, self.shape[0]) for p in images], k, [str(p) for p in images])
 
-    def predict_arrays(self, images: list[np.ndarray], k: int = 5) -> list[list[tuple[str, float]]]:
-        """`predict` for decoded images: HxWxC (or HxW) uint8 RGB, as read_image returns them."""
+    def predict_arrays(self, images: list[np.ndarray], k: int = 5,
+                       names: list[str] | None = None) -> list[list[tuple[str, float]]]:
+        """`predict` for decoded images: HxWxC (or HxW) uint8 RGB, as read_image returns them. An image far from
+        the training images (input_stats.json beside the model) gets a UnusualInput warning, named by `names`."""
         import mxnet as mx
 
-        batch = np.concatenate([preprocess(as_channels(image, self.shape[0]), self.recipe) for image in images])
+        xs = [preprocess(as_channels(image, self.shape[0]), self.recipe) for image in images]
+        for i, x in enumerate(xs):
+            if problem := unusual(x, self.input_stats):
+                warnings.warn(f"{names[i] if names else f'image {i}'}: {problem}", UnusualInput, stacklevel=2)
+        batch = np.concatenate(xs)
         probs = mx.nd.softmax(self.net(mx.nd.array(batch))).asnumpy()
         k = min(k, probs.shape[1])
         tops = np.argsort(-probs, axis=1)[:, :k]

@@ -74,6 +74,7 @@ def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch, store):
     assert top1 and top1[0] > 0.9, text[-3000:]                    # chance is 0.1
     trained = next(kinds for out, kinds in cells if "val top-1" in out)
     assert "application/vnd.jupyter.widget-view+json" in trained, "tqdm.auto draws a widget per epoch"
+    assert any("Invert it" in out for out, _ in cells), "the inverted digit's warning shows under its cell"
     figures = [kinds for _, kinds in cells if "image/png" in kinds]
     assert len(figures) >= 2, "the curves and the predicted digits should show inline"
     compared = cells[-1][0]

@@ -9,6 +9,8 @@ import pytest
 from helpers import make_env, run_tool
 from mlflow.tracking import MlflowClient
 
+import research
+
 SMOKE = "recipes/smoke/lenet_digits_tiny.yaml"
 
 
@@ -99,6 +101,22 @@ def test_logged_model_predicts_like_tools_predict(finished_run, tmp_path):
         assert [[name for name, _ in top] for top in got] == [[name for name, _ in top] for top in expected]
         np.testing.assert_allclose([[p for _, p in top] for top in got], [[p for _, p in top] for top in expected],
                                    atol=1e-4)                              # tools/predict.py prints 4 decimals
+
+
+def test_predict_warns_on_an_inverted_digit(finished_run, tmp_path):
+    _, run_dir, _, env = finished_run
+    from research.data.digits import load_digits
+    from research.model.input_check import UnusualInput
+
+    _, _, x_val, y_val = load_digits()
+    three = np.round(x_val[np.flatnonzero(y_val == 3)[0], 0] * 255).astype(np.uint8)    # light on dark, as trained
+    cv2.imwrite(str(tmp_path / "three.png"), three)
+    cv2.imwrite(str(tmp_path / "scanned.png"), 255 - three)                              # dark on white paper
+    proc = run_tool("predict.py", run_dir, tmp_path / "three.png", tmp_path / "scanned.png", env=env, check=True)
+    (warning,) = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert str(tmp_path / "scanned.png") in warning and "Invert it" in warning and "three.png:" not in warning
+    with pytest.warns(UnusualInput, match="image 0: .*light strokes on a dark background"):
+        research.load_run(run_dir).predict([255 - three])
 
 
 def test_finished_run_is_not_retrained(finished_run):
