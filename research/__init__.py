@@ -4,6 +4,7 @@ The library API (docs/notebook.md), the same code paths as tools/*.py:
     run = research.train("recipes/lenet_digits.yaml", overrides={"train.lr": 0.05})
     run = research.load_run("runs/lenet_digits")    # .recipe .history .run_id .net .plot() .predict()
     table = research.compare("lenet_digits")         # tools/compare.py's table as a DataFrame
+    result = research.sweep("recipes/lenet_digits.yaml", grid={"train.lr": [0.01, 0.02]})   # tools/sweep.py
 
 Importing research is cheap (no mxnet, no mlflow): the tools set MXNet's threads after it.
 """
@@ -13,7 +14,7 @@ if find_spec("mxnet") is None:          # `pip install -e .` without a build ext
     from .builds import missing_mxnet_message
     raise ImportError(missing_mxnet_message())
 
-from .api import Run, compare, load_run, train  # noqa: E402
+from .api import Run, compare, load_run, sweep, train  # noqa: E402
 from .errors import UserError  # noqa: E402
 
-__all__ = ["Run", "UserError", "compare", "load_run", "train"]
+__all__ = ["Run", "UserError", "compare", "load_run", "sweep", "train"]

@@ -1,4 +1,4 @@
-"""The library API for notebooks and scripts: research.train, research.load_run, research.compare.
+"""The library API for notebooks and scripts: research.train, research.sweep, research.load_run, research.compare.
 
 The same code paths as tools/train.py, tools/predict.py and tools/compare.py; user errors raise
 UserError with the message the tools print. Cheap to import: mxnet and mlflow load on first use.
@@ -204,6 +204,53 @@ def train_recipe(recipe: Recipe, gpus: str | None, output: str | Path | None, re
         return run_dir, run_transfer_job(recipe, ctxs, run_dir, argv, fresh=fresh, interactive=interactive)
     from .training.trainer import train as train_run
     return run_dir, train_run(recipe, ctxs, run_dir, resume, fresh, argv, interactive=interactive)
+
+
+def sweep(recipe: str | Path, *, grid: Mapping[str, Sequence[Any]] | None = None,
+          ranges: Mapping[str, str | tuple] | None = None, random: int = 0, seed: int = 0,
+          overrides: Mapping[str, Any] | Iterable[str] | None = None, metric: str = "val/top1",
+          goal: Literal["max", "min"] | None = None, output: str | Path | None = None,
+          gpus: str | Sequence[int] | None = None, gpus_per_trial: int = 1, parallel: int | None = None,
+          fresh: bool = False):
+    """Train the trials of a sweep as tools/sweep.py does (each a tools/train.py process; one MLflow parent run
+    with the trials under it); calling it again with the same arguments continues the sweep.
+
+    Args:
+        recipe: a recipe YAML file (each trial's trainer reads it).
+        grid: {"train.lr": [0.01, 0.02], ...}: every combination (with `random`: a choice per trial).
+        ranges: {"train.lr": (1e-3, 1e-1, "log")} or {"train.lr": "1e-3:1e-1:log"}: drawn for `random` trials.
+        random: trials of a random search (seeded by `seed`); 0 trains the grid.
+        overrides: values for every trial, as in `train`.
+        metric, goal: what ranks the trials (each one's best epoch); goal default min for a loss, else max.
+        output: the sweep's folder; default runs/<recipe>-sweep-<keys>/.
+        gpus, gpus_per_trial, parallel: the devices shared out (--gpus 0,1,2,3 --gpus-per-trial 1: four at
+            once); on the CPU, `parallel` trials at once split the cores.
+
+    Returns a research.runs.sweep_run.SweepResult: `.rows` (one dict per trial: its values, state, best and final
+    metric, run id and directory; `pandas.DataFrame(result.rows)`), `.best`, `.parent_run_id`, `.sweep_dir`.
+
+    Raises:
+        UserError: a bad option or trial recipe (nothing trained).
+        KeyboardInterrupt: interrupted; every running trial checkpointed first. Call again to continue.
+    """
+    from .runs.sweep import make_spec
+    from .runs.sweep_run import run_sweep
+
+    if not isinstance(recipe, (str, Path)):
+        raise UserError("research.sweep takes the recipe's file: each trial is tools/train.py on it "
+                        "(values of its own through overrides=...).")
+    texts = [f"{key}=" + ",".join(v if isinstance(v, str) else json.dumps(v) for v in values)
+             for key, values in (grid or {}).items()]
+    spans = [f"{key}=" + (span if isinstance(span, str) else ":".join(map(str, span)))
+             for key, span in (ranges or {}).items()]
+    spec = make_spec(str(recipe), texts, spans, random, seed, _assignments(overrides), metric, goal)
+    spec_gpus = gpus if isinstance(gpus, str) or gpus is None else ",".join(map(str, gpus))
+    result = run_sweep(spec, output, spec_gpus, gpus_per_trial, parallel, fresh, [f"research.sweep({str(recipe)!r}, ...)"])
+    if result.exit_code > 128:
+        raise KeyboardInterrupt(f"{signal.Signals(result.exit_code - 128).name}: the sweep stopped, its running "
+                                f"trials after a checkpoint; call research.sweep again with the same arguments to "
+                                f"continue it ({result.sweep_dir}).")
+    return result
 
 
 def _load(recipe: str | Path | Recipe, overrides: list[str]) -> Recipe:

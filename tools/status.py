@@ -19,7 +19,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                "dead (status.json says running but its process is gone from this host: kill -9 or a reboot; "
                "rerun the command to resume), stale (running on another host that has not reported for "
                "over two epochs), starting / exited (a tmux session whose trainer has not written status.json "
-               "yet / ended before it did: see RUN_DIR/console.log). RESEARCH_TMUX_SOCKET=NAME looks for "
+               "yet / ended before it did: see RUN_DIR/console.log), waiting (a sweep's trial not started yet). "
+               "A sweep (tools/sweep.py) has a row of its own, trials done of all, above its trials' rows. "
+               "RESEARCH_TMUX_SOCKET=NAME looks for "
                "sessions on the private tmux server `tmux -L NAME`.")
     parser.add_argument("--root", type=Path, default=RUNS,
                         help=f"folder holding run directories (searched 3 levels deep); default {RUNS}")

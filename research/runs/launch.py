@@ -1,4 +1,5 @@
-"""Detached runs: tools/train.py in a new tmux session, its output teed to RUN_DIR/console.log.
+"""Detached runs: tools/train.py (or a sweep, tools/sweep.py) in a new tmux session, its output teed to
+RUN_DIR/console.log.
 
 RESEARCH_TMUX_SOCKET=<name> makes every tmux call use `tmux -L <name>` (a private server,
 as the tests do), so nothing touches the user's own tmux server.
@@ -136,7 +137,7 @@ def pane_script(command: list[str], run_dir: Path, cwd: Path, env: dict[str, str
         "export PYTHONUNBUFFERED=1",       # stdout is a pipe: unbuffered, so the log is live
         f"{shlex.join(command)} 2>&1 | (trap '' HUP INT; exec tee -a {log})",
         "status=${PIPESTATUS[0]}",
-        f'echo "[launch] $(date "+%F %T") tools/train.py exited with status $status" | tee -a {log}',
+        f'echo "[launch] $(date "+%F %T") tools/{Path(command[1]).name} exited with status $status" | tee -a {log}',
         "exit $status"])
 
 
@@ -165,19 +166,34 @@ def launch(recipe_path: str, overrides: list[str] = (), gpus: str | None = None,
     recipe = load_recipe(recipe_path, list(overrides))
     parse_gpus(gpus)
     name = session_name(name or recipe.name)
+    check_session_free(name, socket)
+    from ..training.run_dir import default_run_dir, prepare_run_dir   # imports mxnet: after the cheap checks
+    run_dir = Path(output).resolve() if output else default_run_dir(recipe)
+    check_run_dir_free(run_dir)
+    prepare_run_dir(run_dir, recipe, resume, fresh)
+    return start_session(name, run_dir, train_command(recipe_path, run_dir, gpus, list(overrides), resume), socket)
+
+
+def check_session_free(name: str, socket: str | None = None) -> None:
+    """UserError if a tmux session `name` is running (one whose command has ended may be replaced)."""
     existing = next((s for s in list_sessions(socket) if s.name == name), None)
     if existing is not None and existing.alive:
         attach = shlex.join(tmux("attach", "-t", name, socket=socket))
         raise UserError(f"a tmux session named '{name}' is already running: attach with `{attach}`, "
                         f"or pass --name for another session.")
-    from ..training.run_dir import default_run_dir, prepare_run_dir   # imports mxnet: after the cheap checks
-    run_dir = Path(output).resolve() if output else default_run_dir(recipe)
-    check_run_dir_free(run_dir)
-    prepare_run_dir(run_dir, recipe, resume, fresh)
+
+
+def start_session(name: str, run_dir: Path, command: list[str], socket: str | None = None) -> Launch:
+    """`command` (a tools/*.py) in a new detached tmux session `name`, its output teed to run_dir/console.log,
+    the session tagged with `run_dir` for tools/status.py; a dead session of that name is replaced.
+
+    Raises:
+        UserError: a live session of that name, or tmux could not start one.
+    """
+    check_session_free(name, socket)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if existing is not None:         # the previous run's pane, kept open to show its exit status
+    if any(s.name == name for s in list_sessions(socket)):     # the previous run's pane, kept to show its exit status
         subprocess.run(tmux("kill-session", "-t", f"={name}", socket=socket), capture_output=True)
-    command = train_command(recipe_path, run_dir, gpus, list(overrides), resume)
     with open(run_dir / "console.log", "a") as log:
         log.write(f"[launch] {datetime.now():%Y-%m-%d %H:%M:%S} tmux session '{name}': {shlex.join(command)}\n")
     script = pane_script(command, run_dir, Path.cwd(), passed_env())

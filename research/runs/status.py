@@ -35,7 +35,7 @@ class RunStatus:
     """One row of tools/status.py; fields the trainer did not write yet are None."""
     name: str
     run_dir: str
-    state: str              # running, finished, killed, failed, dead, stale, starting, exited, unreadable
+    state: str              # running, finished, killed, failed, dead, stale, starting, exited, unreadable, waiting
     epoch: int | None = None           # epochs done
     epochs: int | None = None
     batch: int | None = None           # batches done in the epoch under way, of `batches`
@@ -49,6 +49,9 @@ class RunStatus:
     pid: int | None = None
     run_id: str | None = None
     session: str | None = None
+    kind: str = "run"                  # "sweep": a sweep's own row (tools/sweep.py), its trials' rows below it
+    trials: int | None = None          # a sweep: its trials, and those done (finished or failed)
+    trials_done: int | None = None
 
 
 def read_status(run_dir: Path) -> dict | None:
@@ -141,7 +144,8 @@ def collect(root: Path, sessions: dict[Path, SessionInfo] | None = None,
             batch=info.get("batch"), batches=info.get("batches"), train_loss=info.get("train_loss"),
             val_top1=info.get("val_top1"), img_per_s=info.get("img_per_s"), eta_s=info.get("eta_s"),
             age_s=now - info["updated"] if info.get("updated") else None, host=info.get("host"),
-            pid=info.get("pid"), run_id=info.get("run_id"), session=session and session.name))
+            pid=info.get("pid"), run_id=info.get("run_id"), session=session and session.name,
+            kind=info.get("kind", "run"), trials=info.get("trials"), trials_done=info.get("trials_done")))
     listed = {Path(run.run_dir) for run in runs}
     for run_dir, session in sorted(sessions.items()):
         if run_dir not in listed and (run_dir == root or root in run_dir.parents):
@@ -172,7 +176,9 @@ def format_table(runs: list[RunStatus]) -> str:
 
 
 def format_epoch(run: RunStatus) -> str:
-    """'12/80' epochs done, with how far the next one has got while it runs: '12/80 +43%'."""
+    """'12/80' epochs done, with how far the next one has got while it runs: '12/80 +43%'; a sweep: '3/4 trials'."""
+    if run.kind == "sweep":
+        return f"{run.trials_done}/{run.trials} trials" if run.trials is not None else "-"
     if run.epochs is None:
         return "-"
     text = f"{run.epoch}/{run.epochs}"

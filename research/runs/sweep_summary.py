@@ -1,0 +1,168 @@
+"""A sweep's summary: one row per trial (its values, outcome and the chosen metric's best epoch, read from its
+MLflow run), the best trial, the table (summary.md, summary.csv), the metric against each swept value
+(sweep.png), all of it on the parent MLflow run as artifacts, tags and metrics."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+from tabulate import tabulate
+
+from .. import atomic
+from ..tracking import Tracker, compare_url, experiment_url
+from ..tracking.sweeps import metric_history, remove_strays
+from .sweep import SweepSpec, Trial
+
+
+def history(parent: Tracker, entry: dict, metric: str) -> list[tuple[int, float]]:
+    """The metric per epoch of the trial `entry` (sweep.json's record) names, from its MLflow run."""
+    return metric_history(parent, entry.get("run_id") or "", metric)
+
+
+def best_of(points: list[tuple[int, float]], goal: str) -> tuple[int, float] | None:
+    """(epoch, value) of the best epoch, the earliest of equals; None without points."""
+    if not points:
+        return None
+    sign = 1 if goal == "max" else -1
+    return max(points, key=lambda point: (sign * point[1], -point[0]))
+
+
+def summary_rows(spec: SweepSpec, trials: list[Trial], entries: dict[str, dict], parent: Tracker,
+                 sweep_dir: Path) -> list[dict]:
+    """One row per trial, in the sweep's order: values, state ('waiting' if never started), best and final metric."""
+    rows = []
+    for trial in trials:
+        entry = entries.get(trial.name, {})
+        points = history(parent, entry, spec.metric)
+        best = best_of(points, spec.goal)
+        rows.append({"trial": trial.name, "state": entry.get("state", "waiting"), "values": trial.values,
+                     "best": best[1] if best else None, "epoch": best[0] if best else None,
+                     "final": points[-1][1] if points else None, "epochs": len(points),
+                     "run_id": entry.get("run_id"), "run_dir": str(sweep_dir / trial.folder),
+                     "reason": entry.get("reason", "")})
+    return rows
+
+
+def best_row(rows: list[dict], goal: str) -> dict | None:
+    """The finished trial with the best value (max or min by `goal`); None if none finished with one."""
+    done = [row for row in rows if row["state"] == "finished" and row["best"] is not None]
+    if not done:
+        return None
+    return max(done, key=lambda row: row["best"] if goal == "max" else -row["best"])
+
+
+def table(spec: SweepSpec, rows: list[dict], fmt: str = "simple") -> str:
+    """The trials as a table (tabulate's `fmt`: simple for the console, github for summary.md)."""
+    header = ["trial", "state", f"best {spec.metric}", "@epoch", "final", "epochs", "run", "note"]
+    cells = [[row["trial"], row["state"], _figure(row["best"]), row["epoch"] or "-", _figure(row["final"]),
+              row["epochs"], (row["run_id"] or "-")[:8], row["reason"] or ""] for row in rows]
+    return tabulate(cells, headers=header, tablefmt=fmt, disable_numparse=True)
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def csv_text(spec: SweepSpec, rows: list[dict]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["trial", "state", *spec.keys, f"best {spec.metric}", "best_epoch", f"final {spec.metric}",
+                     "epochs", "run_id", "run_dir", "note"])
+    for row in rows:
+        writer.writerow([row["trial"], row["state"], *row["values"].values(), _blank(row["best"]),
+                         _blank(row["epoch"]), _blank(row["final"]), row["epochs"], row["run_id"] or "",
+                         row["run_dir"], row["reason"]])
+    return out.getvalue()
+
+
+def _blank(value) -> str:
+    return "" if value is None else str(value)
+
+
+def format_summary(spec: SweepSpec, rows: list[dict], best: dict | None, parent: Tracker, port: int = 5000) -> str:
+    """What the sweep prints at its end: the table, which trials failed and why, the best one, the links."""
+    lines = ["", table(spec, rows), ""]
+    failed = [row for row in rows if row["state"] == "failed"]
+    if failed:
+        lines += [f"{len(failed)} failed:"] + [f"  {row['trial']}: {row['reason']}" for row in failed] + [""]
+    if best:
+        lines.append(f"best: {best['trial']} ({spec.metric} {best['best']:.4f} at epoch {best['epoch']}), "
+                     f"{best['run_dir']}")
+    if parent.enabled:
+        children = [row["run_id"] for row in rows if row["run_id"]]
+        lines += [f"In the MLflow UI (python tools/ui.py --serve), the sweep's runs: "
+                  f"{experiment_url(parent.experiment_id, port)}",
+                  f"its trials side by side: {compare_url(children, [parent.experiment_id], port)}"]
+    return "\n".join(lines)
+
+
+def publish(spec: SweepSpec, rows: list[dict], best: dict | None, parent: Tracker, sweep_dir: Path,
+            final: bool) -> None:
+    """summary.md, summary.csv and sweep.png in the sweep's folder and on the parent run, with the best trial
+    as tags and metrics; `final` (not stopped): the children no trial names are removed."""
+    atomic.write_text(sweep_dir / "summary.md", table(spec, rows, "github") + "\n")
+    atomic.write_text(sweep_dir / "summary.csv", csv_text(spec, rows))
+    plot_sweep(spec, rows, best, sweep_dir / "sweep.png")
+    for name in ("summary.md", "summary.csv", "sweep.png"):
+        parent.log_artifact(sweep_dir / name)
+    failed = [row for row in rows if row["state"] == "failed"]
+    finished = [row for row in rows if row["state"] == "finished"]
+    tags = {"sweep.failed": "; ".join(f"{row['trial']}: {row['reason']}" for row in failed)[:5000] or "none"}
+    metrics = {"trials/finished": len(finished), "trials/failed": len(failed)}
+    if best:
+        tags |= {"best.trial": best["trial"], "best.run_id": best["run_id"] or "", "best.run_dir": best["run_dir"]}
+        metrics[f"best/{spec.metric}"] = best["best"]
+        metrics |= {f"best/{key}": float(value) for key, value in best["values"].items() if _number(value) is not None}
+    parent.set_tags(tags)
+    parent.log_metrics(metrics, step=len(finished) + len(failed))
+    if final:
+        parent.flush()
+        remove_strays(parent, {row["run_id"] for row in rows if row["run_id"]})
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def plot_sweep(spec: SweepSpec, rows: list[dict], best: dict | None, path: Path) -> None:
+    """The metric's best epoch against each swept value, one panel per key; the best trial starred. Numeric values
+    on a log axis when the key was log-uniform or spans two decades; other values as categories."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    keys = spec.keys
+    fig = Figure(figsize=(4.2 * len(keys) + 0.8, 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(keys), squeeze=False)[0]
+    scored = [row for row in rows if row["best"] is not None]
+    for ax, key in zip(axes, keys):
+        texts = [row["values"][key] for row in scored]
+        numbers = [_number(text) for text in texts]
+        if scored and all(n is not None for n in numbers):
+            xs = numbers
+            spread = max(xs) / min(xs) if min(xs) > 0 else 0
+            if (key in spec.ranges and spec.ranges[key].log) or spread >= 100:
+                ax.set_xscale("log")
+        else:
+            order = list(dict.fromkeys(spec.grid.get(key, texts)))
+            xs = [order.index(text) for text in texts]
+            ax.set_xticks(range(len(order)), order)
+        ax.scatter(xs, [row["best"] for row in scored], color="tab:blue", zorder=2)
+        if best is not None and best in scored:
+            i = scored.index(best)
+            ax.scatter([xs[i]], [best["best"]], marker="*", s=220, color="tab:orange", zorder=3, label="best")
+            ax.legend(fontsize="small", loc="best")
+        ax.set(xlabel=key, ylabel=f"best {spec.metric}")
+        ax.grid(alpha=0.3)
+    failed = sum(row["state"] == "failed" for row in rows)
+    fig.suptitle(f"{len(scored)} trial(s) with a {spec.metric}" + (f", {failed} failed" if failed else ""),
+                 fontsize="medium")
+    fig.tight_layout()
+    with atomic.writing(path) as tmp:
+        fig.savefig(tmp, format="png")

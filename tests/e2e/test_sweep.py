@@ -1,0 +1,126 @@
+"""tools/sweep.py as a user runs it: a 2 x 2 grid, two trials at a time, grouped in MLflow; a trial whose head
+dies is reported failed while the others finish; kill -9 of a detached sweep, then the same command continues it."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from helpers import make_env, run_tool
+from mlflow.tracking import MlflowClient
+
+import research
+
+SMOKE = "recipes/smoke/lenet_digits_tiny.yaml"
+
+
+def sweep_runs(store: Path) -> tuple[MlflowClient, object, list]:
+    """The parent run and its children: every run of the experiment is one or the other."""
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("lenet_digits_tiny").experiment_id])
+    (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) + 1 == len(runs), [run.info.run_name for run in runs]
+    return client, parent, children
+
+
+def test_grid_of_four_two_at_a_time_with_a_dead_head(tmp_path, store, env, monkeypatch):
+    # lr 2 kills LeNet's head in its first epoch (every output constant): those two trials fail, the others finish.
+    args = [SMOKE, "--grid", "train.lr=0.02,2", "--grid", "train.momentum=0.9,0.8", "--set", "train.epochs=2",
+            "--set", "train.lr_steps=[1]", "--parallel", "2", "--output", tmp_path / "sweep"]
+    proc = run_tool("sweep.py", *args, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 at a time" in proc.stdout
+    assert "2 failed:" in proc.stdout and proc.stdout.count("dead head (rule: every output constant)") >= 2      # which, and why
+
+    client, parent, children = sweep_runs(store)
+    assert len(children) == 4 and parent.info.status == "FINISHED"
+    by_name = {run.info.run_name: run for run in children}
+    assert set(by_name) == {f"lr={lr} momentum={m}" for lr in ("0.02", "2") for m in ("0.9", "0.8")}
+    for name, run in by_name.items():
+        lr, momentum = (part.split("=")[1] for part in name.split())
+        assert (float(run.data.params["train.lr"]), float(run.data.params["train.momentum"])) == \
+            (float(lr), float(momentum))                                 # the params are the recipe's floats
+        assert run.info.status == ("FAILED" if lr == "2" else "FINISHED"), name
+        assert run.data.tags["run_dir"].startswith(str(tmp_path / "sweep"))
+    learned = {name: max(m.value for m in client.get_metric_history(run.info.run_id, "val/top1"))
+               for name, run in by_name.items() if name.startswith("lr=0.02")}
+    best = max(learned, key=learned.get)
+    assert parent.data.tags["best.trial"] == best and parent.data.tags["best.run_id"] == by_name[best].info.run_id
+    assert parent.data.metrics["best/val/top1"] == learned[best] > 0.3          # chance is 0.1
+    assert parent.data.params["sweep.grid.train.lr"] == "0.02,2" and "dead head" in parent.data.tags["sweep.failed"]
+    assert {"summary.md", "summary.csv", "sweep.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert f"best: {best}" in proc.stdout and "workflowType=machine_learning" in proc.stdout
+
+    rows = {row["name"]: row for row in json.loads(run_tool("status.py", "--root", tmp_path, "--format", "json",
+                                                            env=env, check=True).stdout)}
+    assert (rows["sweep"]["kind"], rows["sweep"]["trials_done"], rows["sweep"]["state"]) == ("sweep", 4, "finished")
+    assert rows["sweep/lr=2,momentum=0.9"]["state"] == "failed"
+
+    # The same command again trains nothing: the finished trials are kept, the dead heads not retried.
+    again = run_tool("sweep.py", *args, env=env, timeout=120, check=True)
+    assert "2 finished, 2 failed (stopped by the guard: not retried), 0 to train" in again.stdout
+    _, parent_again, children_again = sweep_runs(store)
+    assert parent_again.info.run_id == parent.info.run_id and len(children_again) == 4
+    # research.sweep is the same from a notebook: the same spec finds the same sweep.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
+    result = research.sweep(SMOKE, grid={"train.lr": [0.02, 2], "train.momentum": [0.9, 0.8]},
+                            overrides={"train.epochs": 2, "train.lr_steps": [1]}, parallel=2, output=tmp_path / "sweep")
+    assert result.best["trial"] == best and result.parent_run_id == parent.info.run_id
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+@pytest.mark.slow          # about 90 s: four trials of 6 epochs, two at a time, stopped once
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (apt-get install tmux)")
+def test_detached_sweep_killed_with_9_continues_with_the_same_command(tmp_path):
+    socket_name = f"research-test-{uuid.uuid4().hex[:10]}"
+    env = make_env(tmp_path / "mlruns", RESEARCH_TMUX_SOCKET=socket_name)
+    sweep_dir = tmp_path / "sweep"
+    args = [SMOKE, "--grid", "train.lr=0.02,0.05", "--grid", "train.momentum=0.9,0.8", "--set", "train.epochs=6",
+            "--parallel", "2", "--output", sweep_dir]
+    try:
+        started = run_tool("sweep.py", *args, "--detach", env=env, timeout=120, check=True)
+        assert f"tmux -L {socket_name} attach -t sweep" in started.stdout
+        # The grid's order: lr 0.02 with momentum 0.9 then 0.8, then lr 0.05. Kill the sweep once the first two
+        # have finished and the last two have a checkpoint.
+        trials = {f"lr=0.05 momentum={m}": sweep_dir / f"lr=0.05,momentum={m}" for m in ("0.9", "0.8")}
+        deadline = time.monotonic() + 240
+        while not all(any((d / "checkpoints").glob("step-*.ckpt")) for d in trials.values()):
+            assert time.monotonic() < deadline, (sweep_dir / "console.log").read_text()[-3000:]
+            time.sleep(0.2)
+        sweep_pid = read_json(sweep_dir / "status.json")["pid"]
+        os.kill(sweep_pid, signal.SIGKILL)
+        state = read_json(sweep_dir / "sweep.json")
+        finished_before = {name: entry["run_id"] for name, entry in state["trials"].items()
+                           if entry.get("state") == "finished"}
+        assert len(finished_before) == 2, state["trials"]
+    finally:
+        subprocess.run(["tmux", "-L", socket_name, "kill-server"], capture_output=True)
+
+    # The same command again (in the foreground now): the trials killed mid-run resume, the finished ones stay.
+    proc = run_tool("sweep.py", *args, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 finished, 2 to train" in proc.stdout
+    client, parent, children = sweep_runs(tmp_path / "mlruns")
+    assert parent.info.run_id == state["parent_run_id"] and parent.info.status == "FINISHED"
+    assert len(children) == 4 and all(run.info.status == "FINISHED" for run in children)
+    by_name = {run.info.run_name: run for run in children}
+    for name, run_id in finished_before.items():
+        assert by_name[name].info.run_id == run_id
+    for run_dir in trials.values():
+        assert "resuming from" in (run_dir / "train.log").read_text()
+    for run in children:               # every epoch logged once, resumed or not
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/top1")) == [1, 2, 3, 4, 5, 6]
+    assert parent.data.tags["best.trial"] in by_name

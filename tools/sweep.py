@@ -1,0 +1,87 @@
+"""Train the trials of a sweep: python tools/sweep.py recipes/lenet_digits.yaml --grid train.lr=0.01,0.02 ..."""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from research.errors import ExitCode, exit_status_help  # noqa: E402
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Train a recipe over a grid of values (--grid, repeatable: every combination) or a random "
+                    "search (--random N over --range), each trial a tools/train.py run in its own folder under the "
+                    "sweep's, several at once; in MLflow one parent run with the trials under it. The same command "
+                    "again continues the sweep: finished trials are kept, stopped ones resume, the rest start.",
+        epilog=exit_status_help(
+            (ExitCode.OK, "the sweep ran to its end (the summary names any trial that failed, and why)"),
+            ExitCode.FAILED, (ExitCode.USER_ERROR, "a user error (a bad option, a trial's recipe, the folder in "
+                                                   "use or holding another sweep)"), ExitCode.SIGNAL)
+               + " A stop signal reaches every running trial, which checkpoints first. A trial stopped by the guard "
+               "(NaN, dead head) is not trained again by the same command: delete its folder to retry it.")
+    parser.add_argument("recipe", help="recipe YAML file, e.g. recipes/lenet_digits.yaml")
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                        help="values of one recipe key, as --set takes them (lists in [...]); repeatable: the "
+                             "sweep trains every combination (with --random: a choice per trial)")
+    parser.add_argument("--random", type=int, default=0, metavar="N",
+                        help="a random search of N trials over --range (and --grid) values instead of the grid")
+    parser.add_argument("--range", dest="ranges", action="append", default=[], metavar="KEY=LOW:HIGH[:log]",
+                        help="values drawn uniformly between LOW and HIGH (:log log-uniform; integers if both "
+                             "are), for --random; floats drawn to 3 significant digits")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random search's draws (default 0)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a recipe value for every trial, as tools/train.py --set")
+    parser.add_argument("--metric", default="val/top1",
+                        help="per-epoch metric the trials are ranked by, its best epoch (default val/top1)")
+    parser.add_argument("--goal", choices=("max", "min"), default=None,
+                        help="maximise or minimise --metric (default: min for a loss, else max)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="the sweep's folder, each trial's run directory inside it; default "
+                             "runs/<recipe>-sweep-<keys>/ (a random search: -random-)")
+    parser.add_argument("--gpus", default=None, help="GPU ids shared out to the trials, e.g. 0,1,2,3; omit for "
+                                                   "the CPU")
+    parser.add_argument("--gpus-per-trial", type=int, default=1, metavar="K",
+                        help="GPUs each trial trains on (data-parallel); --gpus 0,1,2,3 --gpus-per-trial 1 runs "
+                             "four trials at once")
+    parser.add_argument("--parallel", type=int, default=None, metavar="N",
+                        help="trials at once (default: one per GPU group, 1 on the CPU); the cores are split "
+                             "between them (each trial's OMP_NUM_THREADS)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start over: move the sweep's folder aside (to <dir>.old-<time>) first")
+    parser.add_argument("--detach", action="store_true",
+                        help="run the sweep in a new detached tmux session, as tools/launch.py does a run "
+                             "(RESEARCH_TMUX_SOCKET=NAME: a private tmux server)")
+    parser.add_argument("--name", default=None, help="with --detach: the tmux session; default the sweep's folder")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    from research.errors import UserError
+    from research.runs.launch import SOCKET_ENV
+    from research.runs.sweep import make_spec
+    from research.runs.sweep_run import launch_sweep, run_sweep
+
+    try:
+        spec = make_spec(args.recipe, args.grid, args.ranges, args.random, args.seed, args.overrides, args.metric,
+                         args.goal)
+        if args.detach:
+            inner = [a for i, a in enumerate(argv) if a != "--detach" and a != "--name" and argv[i - 1:i] != ["--name"]
+                     and not a.startswith("--name=")]
+            started = launch_sweep(spec, inner, args.output, args.fresh, args.name, os.environ.get(SOCKET_ENV) or None)
+            print(started.instructions(shlex.join(["python", "tools/sweep.py", *[a for a in argv if a != "--fresh"]])))
+            return 0
+        result = run_sweep(spec, args.output, args.gpus, args.gpus_per_trial, args.parallel, args.fresh,
+                           ["tools/sweep.py", *argv])
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
