@@ -17,13 +17,14 @@ import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import mxnet as mx
 import numpy as np
-from mxnet import gluon
 
 from .. import atomic
+
+if TYPE_CHECKING:      # mxnet is imported where it is used: the keep-alive supervisor (research/runs/supervise.py)
+    from mxnet import gluon   # lists checkpoints all run long, and importing mxnet costs it seconds and 300 MB
 
 MAGIC = b"RSRCHCK1"
 NAME = re.compile(r"^step-(\d{10})\.ckpt$")
@@ -55,6 +56,7 @@ def net_arrays(net: gluon.Block) -> dict[str, np.ndarray]:
 
 
 def load_net_arrays(net: gluon.Block, arrays: dict[str, np.ndarray]) -> None:
+    import mxnet as mx
     params = net._collect_params_with_prefix()
     missing = sorted(set(params) - set(arrays))
     if missing:
@@ -97,6 +99,7 @@ def load_trainer_states(trainer: gluon.Trainer, states: bytes | None) -> None:
 
 def snapshot(state: TrainState, net: gluon.Block, trainer: gluon.Trainer) -> dict[str, Any]:
     """Everything a checkpoint holds, copied off the devices now (a sync point)."""
+    import mxnet as mx
     return {
         "state": copy.deepcopy(state.__dict__),
         "params": net_arrays(net),
