@@ -69,9 +69,13 @@ def read_status(run_dir: Path) -> dict | None:
 
 
 def pid_alive(pid: int, since: float) -> bool:
-    """True if process `pid` exists and started before time `since` (else the pid was reused)."""
+    """True if process `pid` runs and started before time `since` (else the pid was reused); a zombie (killed,
+    not yet reaped: its parent died too, e.g. the tmux pane's shell) is not alive."""
     try:
-        started = psutil.Process(pid).create_time()
+        process = psutil.Process(pid)
+        started = process.create_time()
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
     except (psutil.NoSuchProcess, ValueError):
         return False
     except psutil.AccessDenied:

@@ -278,6 +278,12 @@ class Tracker:
                         "missing and its status may still read RUNNING", timeout)
         self._queue.put(None)
 
+    def close(self, timeout: float = 60.0) -> None:
+        """Flush and stop the worker thread, leaving the run's status alone (a run `attach` opened)."""
+        if not self.flush(timeout) and self.enabled:
+            log.warning("MLflow: the store did not answer within %.0f s; the last records may be missing", timeout)
+        self._queue.put(None)
+
     def _stop_system_metrics(self) -> None:
         if self._monitor is not None:
             self._monitor.finish()          # writes the points it still holds, not the samples since the last
