@@ -1,7 +1,9 @@
 """Shared fixtures: a temporary MLflow store and the subprocess environment pointing at it."""
 from __future__ import annotations
 
+import os
 import subprocess
+import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -66,3 +68,19 @@ def small_disk(tmp_path: Path) -> Path:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip() or mounted.returncode}")
     yield disk
     subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+@pytest.fixture
+def tmux_env(tmp_path: Path) -> dict[str, str]:
+    """Environment with a private tmux server (tmux -L), MLflow store and HOME (a stand-in crontab on PATH);
+    the server and any trainer left are torn down after."""
+    socket_name = f"research-test-{uuid.uuid4().hex[:10]}"
+    env = helpers.make_env(tmp_path / "mlruns", RESEARCH_TMUX_SOCKET=socket_name,
+                           **helpers.temporary_home(tmp_path / "home"))
+    try:
+        yield env
+    finally:
+        subprocess.run(["tmux", "-L", socket_name, "kill-server"], capture_output=True)
+        helpers.stop_trainers(tmp_path)
+        tmux_dir = Path(os.environ.get("TMUX_TMPDIR", "/tmp")) / f"tmux-{os.getuid()}"
+        (tmux_dir / socket_name).unlink(missing_ok=True)       # kill-server leaves the socket file

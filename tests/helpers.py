@@ -4,11 +4,16 @@ Importable from any test module as `import helpers` (setup.cfg puts tests/ on th
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import psutil
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -107,3 +112,76 @@ def run_tool_killed_at(tool: str, *args, env: dict[str, str], patch: str, timeou
         f"sys.argv = [{str(REPO / 'tools' / tool)!r}] + {[str(a) for a in args]!r}",
         f"runpy.run_path({str(REPO / 'tools' / tool)!r}, run_name='__main__')"])
     return subprocess.run([PYTHON, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+# -- detached runs: a private tmux server, and a temporary HOME with a stand-in crontab ------------------
+needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None,
+                                reason="tmux is not installed (apt-get install tmux); tools/launch.py needs it")
+
+FAKE_CRONTAB = """#!/bin/sh
+# A stand-in for crontab(1) that keeps the user's table in $HOME/crontab.txt.
+table="$HOME/crontab.txt"
+case "$1" in
+  -l) if [ -f "$table" ]; then cat "$table"; else echo "no crontab for $(id -un)" >&2; exit 1; fi ;;
+  -r) rm -f "$table" ;;
+  -) cat > "$table" ;;
+  *) cat "$1" > "$table" ;;
+esac
+"""
+
+
+def temporary_home(folder: Path) -> dict[str, str]:
+    """Environment entries for a HOME at `folder` with a stand-in `crontab` first on PATH (its table is
+    `folder`/crontab.txt), so that --keep-alive never touches the user's crontab, units or state."""
+    bin_dir = folder / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    (bin_dir / "crontab").write_text(FAKE_CRONTAB)
+    (bin_dir / "crontab").chmod(0o755)
+    return {"HOME": str(folder), "PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+            "RESEARCH_KEEP_ALIVE_BOOT": "cron"}
+
+
+def stop_trainers(root: Path) -> None:
+    """Trainers and their keep-alive supervisors outlive their tmux server for a moment (they checkpoint on
+    SIGHUP): wait, then kill."""
+    found = [(path, json.loads(path.read_text()).get("pid"), "train.py") for path in root.rglob("status.json")]
+    found += [(path, (json.loads(path.read_text()).get("supervisor") or {}).get("pid"), "supervise.py")
+              for path in root.rglob("keep-alive.json")]
+    for _, pid, script in found:
+        if not pid:
+            continue
+        try:
+            process = psutil.Process(pid)
+            if script in " ".join(process.cmdline()):
+                process.wait(30)
+        except psutil.TimeoutExpired:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def tmux(env: dict, *args: str) -> str:
+    return subprocess.run(["tmux", "-L", env["RESEARCH_TMUX_SOCKET"], *args],
+                          capture_output=True, text=True).stdout.strip()
+
+
+def wait_for(condition, timeout: float, what: str, run_dir: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            log = run_dir / "console.log"
+            tail = log.read_text()[-3000:] if log.exists() else "(no console.log)"
+            pytest.fail(f"timed out after {timeout} s waiting for {what}; console.log ends:\n{tail}")
+        time.sleep(0.2)
+
+
+def read_status(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "status.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def statuses(env: dict, root: Path) -> dict[str, dict]:
+    proc = run_tool("status.py", "--root", root, "--format", "json", env=env, check=True)
+    return {run["name"]: run for run in json.loads(proc.stdout)}

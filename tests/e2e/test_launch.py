@@ -2,77 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import time
-import uuid
-from pathlib import Path
 
 import psutil
 import pytest
-from helpers import make_env, run_tool
+from helpers import needs_tmux, read_status, run_tool, statuses, tmux, wait_for
 
 RECIPE = "recipes/lenet_digits.yaml"
-needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None,
-                                reason="tmux is not installed (apt-get install tmux); tools/launch.py needs it")
-
-
-@pytest.fixture
-def tmux_env(tmp_path):
-    """Environment with a private tmux server (tmux -L) and MLflow store; both torn down after."""
-    socket_name = f"research-test-{uuid.uuid4().hex[:10]}"
-    env = make_env(tmp_path / "mlruns", RESEARCH_TMUX_SOCKET=socket_name)
-    try:
-        yield env
-    finally:
-        subprocess.run(["tmux", "-L", socket_name, "kill-server"], capture_output=True)
-        stop_trainers(tmp_path)
-        tmux_dir = Path(os.environ.get("TMUX_TMPDIR", "/tmp")) / f"tmux-{os.getuid()}"
-        (tmux_dir / socket_name).unlink(missing_ok=True)       # kill-server leaves the socket file
-
-
-def stop_trainers(root: Path) -> None:
-    """Trainers outlive their tmux server for a moment (they checkpoint on SIGHUP): wait, then kill."""
-    for status in root.rglob("status.json"):
-        pid = json.loads(status.read_text()).get("pid")
-        if not pid:
-            continue
-        try:
-            process = psutil.Process(pid)
-            if "train.py" in " ".join(process.cmdline()):
-                process.wait(30)
-        except psutil.TimeoutExpired:
-            process.kill()
-        except psutil.NoSuchProcess:
-            pass
-
-
-def tmux(env: dict, *args: str) -> str:
-    return subprocess.run(["tmux", "-L", env["RESEARCH_TMUX_SOCKET"], *args],
-                          capture_output=True, text=True).stdout.strip()
-
-
-def wait_for(condition, timeout: float, what: str, run_dir: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            log = run_dir / "console.log"
-            tail = log.read_text()[-3000:] if log.exists() else "(no console.log)"
-            pytest.fail(f"timed out after {timeout} s waiting for {what}; console.log ends:\n{tail}")
-        time.sleep(0.2)
-
-
-def read_status(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / "status.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-
-
-def statuses(env: dict, root: Path) -> dict[str, dict]:
-    proc = run_tool("status.py", "--root", root, "--format", "json", env=env, check=True)
-    return {run["name"]: run for run in json.loads(proc.stdout)}
 
 
 @needs_tmux
