@@ -5,9 +5,10 @@ import argparse
 from pathlib import Path
 
 
-def add_run_options(parser: argparse.ArgumentParser) -> None:
+def add_run_options(parser: argparse.ArgumentParser, recipe_required: bool = True) -> None:
     """RECIPE, --gpus, --set, --output and --resume/--fresh, worded alike in every tool."""
-    parser.add_argument("recipe", help="recipe YAML file, e.g. recipes/lenet_digits.yaml")
+    parser.add_argument("recipe", nargs=None if recipe_required else "?",
+                        help="recipe YAML file, e.g. recipes/lenet_digits.yaml")
     parser.add_argument("--gpus", default=None, help="comma-separated GPU ids, e.g. 0,1 (data-parallel); "
                                                    "omit to train on the CPU")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -1,4 +1,4 @@
-"""Start a training run detached in tmux: python tools/launch.py recipes/lenet_digits.yaml [--gpus 0,1]."""
+"""Start a training run detached in tmux: python tools/launch.py recipes/lenet_digits.yaml [--gpus 0,1] [--keep-alive]."""
 from __future__ import annotations
 
 import argparse
@@ -10,33 +10,68 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from research.cli import add_run_options  # noqa: E402
 from research.errors import ExitCode, exit_status_help  # noqa: E402
+from research.runs.notify import EVENTS, NOTIFY_ENV  # noqa: E402
+from research.runs.supervise import MAX_RESTARTS, policy_help  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Run tools/train.py RECIPE in a new detached tmux session named after the run, its output "
                     "teed to RUN_DIR/console.log, so it survives logging out. Running the same command again "
-                    "after a stop, crash or reboot resumes the run (same run directory, same MLflow run).",
+                    "after a stop, crash or reboot resumes the run (same run directory, same MLflow run). "
+                    "With --keep-alive nobody has to: the run is restarted after kill -9, the OOM killer, a crash "
+                    "or a reboot (docs/long-runs.md).",
         epilog="The session stays open after the run ends and shows the trainer's exit status. Trainer's "
                + exit_status_help(ExitCode.OK, ExitCode.FAILED, ExitCode.USER_ERROR, ExitCode.UNHEALTHY,
                                   ExitCode.SAVE_FAILED, ExitCode.SIGNAL)
+               + f" Under --keep-alive, by that status: {policy_help()}."
                + " This tool itself exits 0 once the session is started, 2 if it cannot start it. Set "
                  "RESEARCH_TMUX_SOCKET=NAME to use a private tmux server (tmux -L NAME) instead of your default one.")
-    add_run_options(parser)
+    add_run_options(parser, recipe_required=False)
     parser.add_argument("--name", default=None,
                         help="tmux session name; default the recipe name (characters other than letters, digits, "
                              "'-' and '_' become '_': tmux forbids '.' and ':')")
-    return parser.parse_args(argv)
+    keep = parser.add_argument_group("keep-alive")
+    keep.add_argument("--keep-alive", action="store_true",
+                      help="supervise the run: restart it after kill -9, the OOM killer or a crash (resuming into "
+                           "the same run directory and MLflow run), and after a reboot through one @reboot line in "
+                           "your crontab or a systemd --user unit (installed now, removed with the last "
+                           "supervised run); Ctrl-C, SIGTERM and tmux kill-session stop it for good")
+    keep.add_argument("--max-restarts", type=int, default=MAX_RESTARTS, metavar="N",
+                      help=f"give up after N restarts in a row without a new checkpoint (a crash loop); "
+                           f"default {MAX_RESTARTS}")
+    keep.add_argument("--notify", default=os.environ.get(NOTIFY_ENV) or None, metavar="CMD",
+                      help=f"shell command run on each event ({', '.join(EVENTS)}) with RESEARCH_EVENT, "
+                           f"RESEARCH_RUN_NAME, RESEARCH_RUN_DIR, RESEARCH_MLFLOW_URL, RESEARCH_EPOCH, RESEARCH_EPOCHS, "
+                           f"RESEARCH_VAL_TOP1, RESEARCH_EXIT_STATUS, RESEARCH_MESSAGE set and a one-line summary on "
+                           f"stdin, e.g. 'mail -s \"run news\" me@example.com'; at most 30 s a call; default "
+                           f"${NOTIFY_ENV}")
+    keep.add_argument("--list", action="store_true", help="show the supervised runs and the boot entry, then exit")
+    keep.add_argument("--forget", type=Path, metavar="RUN_DIR",
+                      help="drop RUN_DIR from the supervised runs: a reboot no longer starts it")
+    keep.add_argument("--boot", action="store_true",
+                      help="start again every supervised run that is not running (what the boot entry runs)")
+    args = parser.parse_args(argv)
+    if not (args.recipe or args.list or args.forget or args.boot):
+        parser.error("the following arguments are required: recipe")
+    return args
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     from research.errors import UserError
-    from research.runs.launch import SOCKET_ENV, launch
+    from research.runs.launch import SOCKET_ENV, KeepAlive, launch
 
     try:
+        if args.list or args.forget or args.boot:
+            from research.runs import keep_alive
+            print(keep_alive.format_list() if args.list else keep_alive.forget(args.forget) if args.forget
+                  else "\n".join(keep_alive.boot()) or "no supervised runs")
+            return 0
+        supervised = KeepAlive(args.max_restarts, args.notify) if args.keep_alive else None
         started = launch(args.recipe, args.overrides, gpus=args.gpus, name=args.name, output=args.output,
-                         fresh=args.fresh, resume=args.resume, socket=os.environ.get(SOCKET_ENV) or None)
+                         fresh=args.fresh, resume=args.resume, socket=os.environ.get(SOCKET_ENV) or None,
+                         keep_alive=supervised)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

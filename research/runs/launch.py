@@ -1,5 +1,6 @@
 """Detached runs: tools/train.py (or a sweep, tools/sweep.py) in a new tmux session, its output teed to
-RUN_DIR/console.log.
+RUN_DIR/console.log; with keep-alive, the pane runs the supervisor (research/runs/supervise.py), which
+runs the command.
 
 RESEARCH_TMUX_SOCKET=<name> makes every tmux call use `tmux -L <name>` (a private server,
 as the tests do), so nothing touches the user's own tmux server.
@@ -19,7 +20,9 @@ from pathlib import Path
 from ..errors import UserError
 from ..durations import format_duration
 from ..paths import RUNS, TOOLS
-from .status import SessionInfo, classify, read_status
+from . import registry
+from .status import SessionInfo, classify, read_keep_alive, read_status, supervisor_alive
+from .supervise import FINAL, MAX_RESTARTS, supervise_command
 
 SOCKET_ENV = "RESEARCH_TMUX_SOCKET"
 RUN_DIR_OPTION = "@research_run_dir"       # a tmux user option: which run a session trains
@@ -75,7 +78,13 @@ def sessions_by_run_dir(socket: str | None = None) -> dict[Path, SessionInfo]:
 
 
 def check_run_dir_free(run_dir: Path) -> None:
-    """UserError if a trainer is still writing to `run_dir` (status.json says so and it is alive)."""
+    """UserError if a trainer is still writing to `run_dir` (status.json says so and it is alive), or a
+    keep-alive supervisor still watches it (it may be between two trainers)."""
+    record = read_keep_alive(run_dir)
+    if supervisor_alive(record) and record.get("state") not in FINAL:
+        raise UserError(f"{run_dir} is supervised by a keep-alive supervisor that is still running (pid "
+                        f"{record['supervisor']['pid']}, tmux session '{record.get('name')}'). Stop it with Ctrl-C in "
+                        f"that session or tmux kill-session, or use --output for another folder.")
     try:
         info = read_status(run_dir)
     except ValueError:
@@ -89,11 +98,20 @@ def check_run_dir_free(run_dir: Path) -> None:
 
 
 @dataclass
+class KeepAlive:
+    """--keep-alive: restarts after a crash or kill -9, and after a reboot (research/runs/supervise.py)."""
+    max_restarts: int = MAX_RESTARTS
+    notify: str | None = None            # a shell command run on each event (research/runs/notify.py)
+
+
+@dataclass
 class Launch:
     session: str
     run_dir: Path
     command: list[str]
     socket: str | None = None
+    keep_alive: KeepAlive | None = None
+    after_reboot: str = ""              # how a supervised run comes back after a reboot (registry.add says)
 
     def instructions(self, relaunch: str) -> str:
         t = "tmux" + (f" -L {self.socket}" if self.socket else "")
@@ -101,16 +119,25 @@ class Launch:
         status = "python tools/status.py"
         if self.run_dir.parent != RUNS:
             status += f" --root {shlex.quote(str(self.run_dir.parent))}"
-        return "\n".join([
+        lines = [
             f"started tmux session '{self.session}': {shlex.join(self.command)}",
             f"run directory: {self.run_dir}",
             f"  attach (detach again with Ctrl-b d):  {t} attach -t {self.session}",
             f"  follow the log:                       tail -f {log}",
             f"  stop after this batch, checkpointed:  {t} send-keys -t {self.session} C-c",
             f"  all runs:                             {status}",
-            f"  resume after a stop, crash or reboot: {relaunch}",
-            f"The session stays open after the run ends, showing its exit status; "
-            f"close it with: {t} kill-session -t {self.session}"])
+            f"  resume after a stop, crash or reboot: {relaunch}"]
+        if self.keep_alive is not None:
+            lines += [
+                f"keep-alive: restarted after kill -9, the OOM killer or a crash (gives up after "
+                f"{self.keep_alive.max_restarts} restarts in a row without a new checkpoint); Ctrl-C, SIGTERM and "
+                f"tmux kill-session stop it for good",
+                f"  {self.after_reboot}",
+                "  supervised runs: python tools/launch.py --list"]
+            lines += [f"  notify: {self.keep_alive.notify}"] if self.keep_alive.notify else []
+        lines.append(f"The session stays open after the run ends, showing its exit status; "
+                     f"close it with: {t} kill-session -t {self.session}")
+        return "\n".join(lines)
 
 
 def train_command(recipe_path: str, run_dir: Path, gpus: str | None, overrides: list[str], resume: bool) -> list[str]:
@@ -130,15 +157,44 @@ def pane_script(command: list[str], run_dir: Path, cwd: Path, env: dict[str, str
     The script exits with the trainer's status, which the dead pane shows (remain-on-exit).
     """
     log = shlex.quote(str(run_dir / "console.log"))
-    exports = [f"export {key}={shlex.quote(value)}" for key, value in sorted(env.items())]
     return "\n".join([
-        f"cd {shlex.quote(str(cwd))} || exit 2",
-        *exports,
-        "export PYTHONUNBUFFERED=1",       # stdout is a pipe: unbuffered, so the log is live
-        f"{shlex.join(command)} 2>&1 | (trap '' HUP INT; exec tee -a {log})",
+        *_pane_setup(cwd, env),
+        f"{shlex.join(command)} 2>&1 | {_TEE.format(log=log)}",
         "status=${PIPESTATUS[0]}",
         f'echo "[launch] $(date "+%F %T") tools/{Path(command[1]).name} exited with status $status" | tee -a {log}',
         "exit $status"])
+
+
+def supervised_pane_script(supervisor: list[str], run_dir: Path, cwd: Path, env: dict[str, str],
+                           restart_cause: str | None = None) -> str:
+    """The pane script under keep-alive: it runs the supervisor, and runs it again if it is killed (137:
+    kill -9 or the OOM killer). The pipe to tee ends only when the orphaned trainer has exited too (the
+    supervisor's death sends it SIGTERM: it checkpoints first), so two trainers never overlap."""
+    log = shlex.quote(str(run_dir / "console.log"))
+    again = "the keep-alive supervisor was killed (SIGKILL: kill -9 or the OOM killer)"
+    return "\n".join([
+        *_pane_setup(cwd, env),
+        f"cause={shlex.quote(restart_cause or '')}",
+        "while :; do",
+        f'  {shlex.join(supervisor[:2])} ${{cause:+--restart-cause "$cause"}} {shlex.join(supervisor[2:])} 2>&1 '
+        f"| {_TEE.format(log=log)}",
+        "  status=${PIPESTATUS[0]}",
+        '  [ "$status" = 137 ] || break',
+        f"  cause={shlex.quote(again)}",
+        f'  echo "[launch] $(date "+%F %T") $cause: starting it again in 1 s" | tee -a {log}',
+        "  sleep 1",
+        "done",
+        f'echo "[launch] $(date "+%F %T") the keep-alive supervisor exited with status $status" | tee -a {log}',
+        "exit $status"])
+
+
+_TEE = "(trap '' HUP INT; exec tee -a {log})"
+
+
+def _pane_setup(cwd: Path, env: dict[str, str]) -> list[str]:
+    return [f"cd {shlex.quote(str(cwd))} || exit 2",
+            *[f"export {key}={shlex.quote(value)}" for key, value in sorted(env.items())],
+            "export PYTHONUNBUFFERED=1"]      # stdout is a pipe: unbuffered, so the log is live
 
 
 def passed_env() -> dict[str, str]:
@@ -148,8 +204,9 @@ def passed_env() -> dict[str, str]:
 
 def launch(recipe_path: str, overrides: list[str] = (), gpus: str | None = None, name: str | None = None,
            output: Path | None = None, fresh: bool = False, resume: bool = False,
-           socket: str | None = None) -> Launch:
-    """Start tools/train.py for `recipe_path` in a new detached tmux session.
+           socket: str | None = None, keep_alive: KeepAlive | None = None) -> Launch:
+    """Start tools/train.py for `recipe_path` in a new detached tmux session (supervised with `keep_alive`:
+    registered for the boot entry, which is installed if the machine has cron or systemd --user).
 
     Checks first what would make the run fail or collide: tmux, the recipe and --gpus, a live
     session of that name, a trainer still writing to the run directory, and the trainer's own
@@ -171,7 +228,8 @@ def launch(recipe_path: str, overrides: list[str] = (), gpus: str | None = None,
     run_dir = Path(output).resolve() if output else default_run_dir(recipe)
     check_run_dir_free(run_dir)
     prepare_run_dir(run_dir, recipe, resume, fresh)
-    return start_session(name, run_dir, train_command(recipe_path, run_dir, gpus, list(overrides), resume), socket)
+    return start_session(name, run_dir, train_command(recipe_path, run_dir, gpus, list(overrides), resume), socket,
+                         keep_alive)
 
 
 def check_session_free(name: str, socket: str | None = None) -> None:
@@ -183,9 +241,12 @@ def check_session_free(name: str, socket: str | None = None) -> None:
                         f"or pass --name for another session.")
 
 
-def start_session(name: str, run_dir: Path, command: list[str], socket: str | None = None) -> Launch:
+def start_session(name: str, run_dir: Path, command: list[str], socket: str | None = None,
+                  keep_alive: KeepAlive | None = None) -> Launch:
     """`command` (a tools/*.py) in a new detached tmux session `name`, its output teed to run_dir/console.log,
-    the session tagged with `run_dir` for tools/status.py; a dead session of that name is replaced.
+    the session tagged with `run_dir` for tools/status.py; a dead session of that name is replaced. With
+    `keep_alive` the pane runs the supervisor, which runs `command`, and the run is registered for the boot
+    entry (installed if the machine has cron or systemd --user).
 
     Raises:
         UserError: a live session of that name, or tmux could not start one.
@@ -196,7 +257,26 @@ def start_session(name: str, run_dir: Path, command: list[str], socket: str | No
         subprocess.run(tmux("kill-session", "-t", f"={name}", socket=socket), capture_output=True)
     with open(run_dir / "console.log", "a") as log:
         log.write(f"[launch] {datetime.now():%Y-%m-%d %H:%M:%S} tmux session '{name}': {shlex.join(command)}\n")
-    script = pane_script(command, run_dir, Path.cwd(), passed_env())
+    if keep_alive is None:
+        new_session(name, pane_script(command, run_dir, Path.cwd(), passed_env()), run_dir, socket)
+        return Launch(name, run_dir, command, socket)
+    supervisor = supervise_command(run_dir, command, name, keep_alive.max_restarts, keep_alive.notify)
+    entry = registry.Entry(str(run_dir), name, socket, supervisor, str(Path.cwd()), passed_env())
+    after_reboot = registry.add(entry)        # before the session: a run that ends at once drops its entry
+    try:
+        new_session(name, supervised_pane_script(supervisor, run_dir, Path.cwd(), entry.env), run_dir, socket)
+    except UserError:
+        registry.remove(run_dir)
+        raise
+    return Launch(name, run_dir, command, socket, keep_alive, after_reboot)
+
+
+def new_session(name: str, script: str, run_dir: Path, socket: str | None) -> None:
+    """A detached tmux session `name` running the bash `script` for `run_dir`, kept open after it ends.
+
+    Raises:
+        UserError: tmux could not start it.
+    """
     # One tmux invocation: remain-on-exit is set before a fast-failing command could end the session.
     target = f"={name}:"            # '=': exact name, not the first session it is a prefix of
     out = subprocess.run(tmux("new-session", "-d", "-s", name, "-x", "200", "-y", "50", "--", "bash", "-c", script,
@@ -206,4 +286,3 @@ def start_session(name: str, run_dir: Path, command: list[str], socket: str | No
     if out.returncode != 0:
         subprocess.run(tmux("kill-session", "-t", target, socket=socket), capture_output=True)
         raise UserError(f"tmux could not start session '{name}': {out.stderr.strip()}")
-    return Launch(name, run_dir, command, socket)

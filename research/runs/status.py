@@ -1,7 +1,8 @@
 """The state of every run under an output root, read from each RUN_DIR/status.json.
 
 The trainer writes status.json atomically at start, every train.log_every batches, after every
-epoch and at the end; a run it says is running whose process is gone (kill -9, reboot) shows as "dead".
+epoch and at the end; a run it says is running whose process is gone (kill -9, reboot) shows as "dead",
+or "restarting" while its keep-alive supervisor (RUN_DIR/keep-alive.json) is about to start it again.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from ..durations import format_duration
 SKIP_DIRS = {"checkpoints", "model", "__pycache__"}     # a run's own subfolders hold no runs
 CLOCK_SLACK_S = 2.0          # psutil's create_time is derived from the boot time in whole seconds
 STALE_AFTER_S = 6 * 3600     # no update for this long from another host, epoch length unknown
+KEEP_ALIVE = "keep-alive.json"   # the keep-alive supervisor's record of a run (research/runs/supervise.py)
 
 
 class SessionInfo(NamedTuple):
@@ -52,6 +54,8 @@ class RunStatus:
     kind: str = "run"                  # "sweep": a sweep's own row (tools/sweep.py), its trials' rows below it
     trials: int | None = None          # a sweep: its trials, and those done (finished or failed)
     trials_done: int | None = None
+    restarts: int | None = None        # a supervised run (--keep-alive): restarts so far, and the last one's cause
+    last_restart: str | None = None
 
 
 def read_status(run_dir: Path) -> dict | None:
@@ -66,6 +70,22 @@ def read_status(run_dir: Path) -> dict | None:
     if not isinstance(info, dict):
         raise ValueError(f"{path}: expected a JSON object")
     return info
+
+
+def read_keep_alive(run_dir: Path) -> dict:
+    """RUN_DIR/keep-alive.json, {} if the run was never supervised (or the file is unreadable)."""
+    try:
+        content = json.loads((Path(run_dir) / KEEP_ALIVE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return content if isinstance(content, dict) else {}
+
+
+def supervisor_alive(record: dict) -> bool:
+    """True if the keep-alive record's supervisor process still runs on this host."""
+    info = record.get("supervisor") or {}
+    return (info.get("host") == socket.gethostname() and bool(info.get("pid")) and
+            pid_alive(int(info["pid"]), float(info.get("started") or 0)))
 
 
 def pid_alive(pid: int, since: float) -> bool:
@@ -143,13 +163,19 @@ def collect(root: Path, sessions: dict[Path, SessionInfo] | None = None,
         state = classify(info, now)
         if session and session.alive and float(info.get("updated") or 0) < session.created:
             state = "starting"
+        record = read_keep_alive(run_dir)
+        if state == "dead" and record.get("state") in ("restarting", "watching") and supervisor_alive(record):
+            state = "restarting"
+        restarts = record.get("restarts") if record else None
         runs.append(RunStatus(
             name, str(run_dir), state, epoch=info.get("epoch"), epochs=info.get("epochs"),
             batch=info.get("batch"), batches=info.get("batches"), train_loss=info.get("train_loss"),
             val_top1=info.get("val_top1"), img_per_s=info.get("img_per_s"), eta_s=info.get("eta_s"),
             age_s=now - info["updated"] if info.get("updated") else None, host=info.get("host"),
             pid=info.get("pid"), run_id=info.get("run_id"), session=session and session.name,
-            kind=info.get("kind", "run"), trials=info.get("trials"), trials_done=info.get("trials_done")))
+            kind=info.get("kind", "run"), trials=info.get("trials"), trials_done=info.get("trials_done"),
+            restarts=len(restarts) if restarts is not None else None,
+            last_restart=restarts[-1].get("cause") if restarts else None))
     listed = {Path(run.run_dir) for run in runs}
     for run_dir, session in sorted(sessions.items()):
         if run_dir not in listed and (run_dir == root or root in run_dir.parents):
@@ -166,6 +192,7 @@ def as_json(runs: list[RunStatus]) -> str:
 def format_table(runs: list[RunStatus]) -> str:
     """A fixed-width table, one run per line; '-' where a figure is not known yet."""
     header = ("run", "state", "epoch", "val top-1", "img/s", "ETA", "updated", "tmux")
+    supervised = any(run.restarts is not None for run in runs)      # a column only when a run has a supervisor
     rows = []
     for run in runs:
         running = run.state == "running"
@@ -175,8 +202,18 @@ def format_table(runs: list[RunStatus]) -> str:
             f"{run.img_per_s:.0f}" if run.img_per_s is not None else "-",
             format_duration(run.eta_s) if running and run.eta_s is not None else "-",
             f"{format_duration(run.age_s)} ago" if run.age_s is not None else "-",
-            run.session or "-"))
-    return tabulate(rows, headers=header, tablefmt="plain", disable_numparse=True)
+            run.session or "-") + ((format_restarts(run),) if supervised else ()))
+    return tabulate(rows, headers=header + (("restarts",) if supervised else ()), tablefmt="plain",
+                    disable_numparse=True)
+
+
+def format_restarts(run: RunStatus) -> str:
+    """'2, last: killed by SIGKILL' for a supervised run: the count and the last cause's first words."""
+    if run.restarts is None:
+        return "-"
+    if not run.restarts or not run.last_restart:
+        return str(run.restarts)
+    return f"{run.restarts}, last: {run.last_restart.split(' (')[0].split(':')[0]}"
 
 
 def format_epoch(run: RunStatus) -> str:
