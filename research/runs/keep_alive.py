@@ -26,9 +26,13 @@ def boot() -> list[str]:
     for entry in registry.entries():
         run_dir = Path(entry.run_dir)
         record = read_keep_alive(run_dir)
-        if not run_dir.is_dir() or record.get("state") in FINAL:
+        if not run_dir.is_dir():            # deleted, or on a disk not mounted yet at boot: not dropped on a guess
+            said.append(f"{run_dir}: not found (a disk not mounted yet?); still registered, `python tools/launch.py "
+                        f"--forget {run_dir}` drops it")
+            continue
+        if record.get("state") in FINAL:
             registry.remove(run_dir)
-            said.append(f"{run_dir}: {'gone' if not run_dir.is_dir() else record['state']}; no longer supervised")
+            said.append(f"{run_dir}: {record['state']} already; no longer supervised")
             continue
         if supervisor_alive(record) or _trainer_alive(run_dir):
             said.append(f"{run_dir}: still running; left alone")

@@ -52,10 +52,17 @@ def test_one_crontab_line_serves_every_supervised_run_and_goes_with_the_last(hom
     assert oct((home / ".local/state/research/keep-alive").stat().st_mode & 0o777) == "0o700"   # env may hold secrets
     registry.remove(tmp_path / "a")
     assert len(crontab(home)) == 2
-    # The boot line, run as cron runs it: b's folder is gone, so it is dropped, and the line with it.
+    # The boot line, run as cron runs it: b had finished (its record says so), so it is dropped, and the line
+    # with it; c's folder is missing (a disk not mounted yet?), so it is kept, and started by a later --boot.
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "keep-alive.json").write_text(json.dumps({"state": "finished"}))
     run_as_cron_would(home, ours[0])
-    assert "b: gone; no longer supervised" in (home / ".local/state/research/boot.log").read_text()
+    assert "b: finished already; no longer supervised" in (home / ".local/state/research/boot.log").read_text()
     assert registry.entries() == [] and crontab(home) == ["0 3 * * * backup.sh"]
+    registry.add(entry(tmp_path / "c"))
+    run_as_cron_would(home, crontab(home)[-1])
+    assert "c: not found (a disk not mounted yet?)" in (home / ".local/state/research/boot.log").read_text()
+    assert [e.run_dir for e in registry.entries()] == [str(tmp_path / "c")]
 
 
 def test_systemd_user_unit_where_there_is_no_crontab(home, tmp_path, monkeypatch):
