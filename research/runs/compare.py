@@ -16,6 +16,7 @@ from tabulate import tabulate
 from ..durations import format_duration
 from ..errors import UserError
 from ..tracking import get_client, tracking_uri
+from ..tracking.sweeps import is_sweep_parent
 
 CURVE_KEYS = ("val/top1", "val/top5", "train/loss", "speed/img_per_s")
 
@@ -81,6 +82,7 @@ def select_runs(client, experiment: str | None = None, run_ids: list[str] = (), 
                                 f"({tracking_uri()}). {found}.")
             experiment, scope = used[0].name, [used[0].experiment_id]
         runs = client.search_runs(scope, order_by=["attributes.start_time ASC"], max_results=50000)
+        runs = [run for run in runs if not is_sweep_parent(run)]     # its trials are rows; it trained nothing
     if not runs:
         raise UserError(f"experiment '{experiment}' has no runs yet in {tracking_uri()}: "
                         f"train one with python tools/train.py recipes/{experiment}.yaml.")

@@ -12,6 +12,7 @@ from tabulate import tabulate
 
 from .. import atomic
 from ..tracking import Tracker, compare_url, experiment_url
+from ..tracking.names import label
 from ..tracking.sweeps import metric_history, remove_strays
 from .sweep import SweepSpec, Trial
 
@@ -131,38 +132,57 @@ def _number(text: str) -> float | None:
 
 
 def plot_sweep(spec: SweepSpec, rows: list[dict], best: dict | None, path: Path) -> None:
-    """The metric's best epoch against each swept value, one panel per key; the best trial starred. Numeric values
-    on a log axis when the key was log-uniform or spans two decades; other values as categories."""
+    """The metric's best epoch against each swept value, one panel per key, the best trial starred. In a grid, a
+    line joins the trials that share the other keys' values (legend: those values), so trials that scored alike
+    are told apart; coinciding points are marked xN. Numeric values on a log axis when the key was
+    log-uniform or spans two decades; other values as categories."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     keys = spec.keys
-    fig = Figure(figsize=(4.2 * len(keys) + 0.8, 3.6), dpi=100)
+    fig = Figure(figsize=(4.6 * len(keys) + 0.8, 3.8), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(keys), squeeze=False)[0]
     scored = [row for row in rows if row["best"] is not None]
     for ax, key in zip(axes, keys):
-        texts = [row["values"][key] for row in scored]
-        numbers = [_number(text) for text in texts]
-        if scored and all(n is not None for n in numbers):
-            xs = numbers
-            spread = max(xs) / min(xs) if min(xs) > 0 else 0
-            if (key in spec.ranges and spec.ranges[key].log) or spread >= 100:
-                ax.set_xscale("log")
-        else:
-            order = list(dict.fromkeys(spec.grid.get(key, texts)))
-            xs = [order.index(text) for text in texts]
-            ax.set_xticks(range(len(order)), order)
-        ax.scatter(xs, [row["best"] for row in scored], color="tab:blue", zorder=2)
+        position = _axis(ax, spec, key, [row["values"][key] for row in scored])
+        others = [k for k in keys if k != key]
+        series: dict[str, list[dict]] = {}
+        for row in scored:
+            series.setdefault(label({k: row["values"][k] for k in others}) if not spec.random else "", []).append(row)
+        for name, members in series.items():
+            members.sort(key=lambda row: position(row["values"][key]))
+            ax.plot([position(row["values"][key]) for row in members], [row["best"] for row in members],
+                    marker="o", linestyle="-" if name and len(members) > 1 else "none", label=name or None)
+        counts: dict[tuple, int] = {}
+        for row in scored:
+            spot = (position(row["values"][key]), round(row["best"], 6))
+            counts[spot] = counts.get(spot, 0) + 1
+        for (x, y), count in counts.items():
+            if count > 1:
+                ax.annotate(f"x{count}", (x, y), textcoords="offset points", xytext=(6, -10), fontsize="small")
         if best is not None and best in scored:
-            i = scored.index(best)
-            ax.scatter([xs[i]], [best["best"]], marker="*", s=220, color="tab:orange", zorder=3, label="best")
-            ax.legend(fontsize="small", loc="best")
+            ax.scatter([position(best["values"][key])], [best["best"]], marker="*", s=240, color="gold",
+                       edgecolors="black", zorder=3, label=f"best: {best['trial']}")
         ax.set(xlabel=key, ylabel=f"best {spec.metric}")
         ax.grid(alpha=0.3)
+        ax.legend(fontsize="x-small", loc="best")
     failed = sum(row["state"] == "failed" for row in rows)
     fig.suptitle(f"{len(scored)} trial(s) with a {spec.metric}" + (f", {failed} failed" if failed else ""),
                  fontsize="medium")
     fig.tight_layout()
     with atomic.writing(path) as tmp:
         fig.savefig(tmp, format="png")
+
+
+def _axis(ax, spec: SweepSpec, key: str, texts: list[str]):
+    """Set up `key`'s x axis; returns text value -> x position (the number, or the category's index)."""
+    numbers = [_number(text) for text in texts]
+    if texts and all(n is not None for n in numbers):
+        spread = max(numbers) / min(numbers) if min(numbers) > 0 else 0
+        if (key in spec.ranges and spec.ranges[key].log) or spread >= 100:
+            ax.set_xscale("log")
+        return lambda text: _number(text)
+    order = list(dict.fromkeys(spec.grid.get(key, []) + texts))
+    ax.set_xticks(range(len(order)), order)
+    return order.index

@@ -11,18 +11,23 @@ from .tags import git_state, source_tags
 from .tracker import Tracker
 
 PARENT_TAG = "mlflow.parentRunId"
-__all__ = ["PARENT_TAG", "RUN_TAGS_ENV", "child_tags", "continue_parent", "metric_history", "remove_strays",
-           "start_parent"]
+__all__ = ["PARENT_TAG", "RUN_TAGS_ENV", "child_tags", "continue_parent", "is_sweep_parent", "metric_history",
+           "remove_strays", "start_parent"]
 
 
 def start_parent(experiment: str, name: str, params: dict[str, str], argv: list[str]) -> Tracker:
     """A new parent run in `experiment`, tagged with where it came from (no MXNet: the sweep trains nothing)."""
     git = git_state()
-    tags = {**git, "host": platform.node(), "command": " ".join(argv), "sweep": "parent",
+    tags = {**git, "host": platform.node(), "command": " ".join(argv), "sweep": "parent",   # is_sweep_parent
             **source_tags(argv[0] if argv else "", git["git.commit"])}
     tracker = Tracker.start(experiment, name, tags=tags, description=f"`{' '.join(argv)}` on {platform.node()}")
     tracker.log_params(params)
     return tracker
+
+
+def is_sweep_parent(run) -> bool:
+    """An MLflow run (entity) that is a sweep's parent run: it trained nothing itself."""
+    return run.data.tags.get("sweep") == "parent"
 
 
 def continue_parent(run_id: str, argv: list[str]) -> Tracker:

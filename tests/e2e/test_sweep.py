@@ -2,6 +2,8 @@
 dies is reported failed while the others finish; kill -9 of a detached sweep, then the same command continues it."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -58,6 +60,9 @@ def test_grid_of_four_two_at_a_time_with_a_dead_head(tmp_path, store, env, monke
     assert {"summary.md", "summary.csv", "sweep.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert f"best: {best}" in proc.stdout and "workflowType=machine_learning" in proc.stdout
 
+    table = run_tool("compare.py", "--experiment", "lenet_digits_tiny", "--format", "csv", env=env, check=True).stdout
+    compared = list(csv.DictReader(io.StringIO(table)))            # the trials, not the parent that trained nothing
+    assert sorted(row["name"] for row in compared) == sorted(by_name) and compared[0]["run_dir"].startswith(str(tmp_path))
     rows = {row["name"]: row for row in json.loads(run_tool("status.py", "--root", tmp_path, "--format", "json",
                                                             env=env, check=True).stdout)}
     assert (rows["sweep"]["kind"], rows["sweep"]["trials_done"], rows["sweep"]["state"]) == ("sweep", 4, "finished")
