@@ -6,15 +6,12 @@ import csv
 import io
 import json
 import os
-import shutil
 import signal
 import subprocess
-import time
-import uuid
 from pathlib import Path
 
 import pytest
-from helpers import make_env, run_tool
+from helpers import needs_tmux, read_status, run_tool, wait_for
 from mlflow.tracking import MlflowClient
 
 import research
@@ -80,39 +77,25 @@ def test_grid_of_four_two_at_a_time_with_a_dead_head(tmp_path, store, env, monke
     assert result.best["trial"] == best and result.parent_run_id == parent.info.run_id
 
 
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-@pytest.mark.slow          # about 90 s: four trials of 6 epochs, two at a time, stopped once
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (apt-get install tmux)")
-def test_detached_sweep_killed_with_9_continues_with_the_same_command(tmp_path):
-    socket_name = f"research-test-{uuid.uuid4().hex[:10]}"
-    env = make_env(tmp_path / "mlruns", RESEARCH_TMUX_SOCKET=socket_name)
-    sweep_dir = tmp_path / "sweep"
+@pytest.mark.slow          # about 50-70 s: four trials of 6 epochs, two at a time, stopped once
+@needs_tmux
+def test_detached_sweep_killed_with_9_continues_with_the_same_command(tmp_path, tmux_env):
+    env, sweep_dir = tmux_env, tmp_path / "sweep"
     args = [SMOKE, "--grid", "train.lr=0.02,0.05", "--grid", "train.momentum=0.9,0.8", "--set", "train.epochs=6",
             "--parallel", "2", "--output", sweep_dir]
-    try:
-        started = run_tool("sweep.py", *args, "--detach", env=env, timeout=120, check=True)
-        assert f"tmux -L {socket_name} attach -t sweep" in started.stdout
-        # The grid's order: lr 0.02 with momentum 0.9 then 0.8, then lr 0.05. Kill the sweep once the first two
-        # have finished and the last two have a checkpoint.
-        trials = {f"lr=0.05 momentum={m}": sweep_dir / f"lr=0.05,momentum={m}" for m in ("0.9", "0.8")}
-        deadline = time.monotonic() + 240
-        while not all(any((d / "checkpoints").glob("step-*.ckpt")) for d in trials.values()):
-            assert time.monotonic() < deadline, (sweep_dir / "console.log").read_text()[-3000:]
-            time.sleep(0.2)
-        sweep_pid = read_json(sweep_dir / "status.json")["pid"]
-        os.kill(sweep_pid, signal.SIGKILL)
-        state = read_json(sweep_dir / "sweep.json")
-        finished_before = {name: entry["run_id"] for name, entry in state["trials"].items()
-                           if entry.get("state") == "finished"}
-        assert len(finished_before) == 2, state["trials"]
-    finally:
-        subprocess.run(["tmux", "-L", socket_name, "kill-server"], capture_output=True)
+    started = run_tool("sweep.py", *args, "--detach", env=env, timeout=120, check=True)
+    assert f"tmux -L {env['RESEARCH_TMUX_SOCKET']} attach -t sweep" in started.stdout
+    # The grid's order: lr 0.02 with momentum 0.9 then 0.8, then lr 0.05. Kill the sweep once the first two
+    # have finished and the last two have a checkpoint.
+    trials = {f"lr=0.05 momentum={m}": sweep_dir / f"lr=0.05,momentum={m}" for m in ("0.9", "0.8")}
+    wait_for(lambda: all(any((d / "checkpoints").glob("step-*.ckpt")) for d in trials.values()), 240,
+             "the last two trials' first checkpoints", sweep_dir)
+    os.kill(read_status(sweep_dir)["pid"], signal.SIGKILL)
+    state = json.loads((sweep_dir / "sweep.json").read_text())
+    finished_before = {name: entry["run_id"] for name, entry in state["trials"].items()
+                       if entry.get("state") == "finished"}
+    assert len(finished_before) == 2, state["trials"]
+    subprocess.run(["tmux", "-L", env["RESEARCH_TMUX_SOCKET"], "kill-server"], capture_output=True)
 
     # The same command again (in the foreground now): the trials killed mid-run resume, the finished ones stay.
     proc = run_tool("sweep.py", *args, env=env, timeout=300)
