@@ -19,7 +19,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     "count (model speed, without data). 'data': the recipe's RecordIO train pipeline (decode + "
                     "augment) against a bare ImageRecordIter, per decode-thread count: compare with the "
                     "images/s the GPUs train at to know whether they will starve. 'checkpoint': seconds an "
-                    "epoch end spends on checkpoints and MLflow for the recipe's net.",
+                    "epoch end spends on checkpoints and MLflow for the recipe's net. 'rec': tools/build_rec.py against "
+                    "MXNet's tools/im2rec.py packing the same folder, alternating.",
         epilog="Exit status: 0 done, 2 a user error (bad recipe, missing .rec). Figures on a shared or "
                "busy machine are noisy: run twice.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -56,6 +57,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ckpt.add_argument("--repeats", type=int, default=5, help="measurements per figure (default 5)")
     ckpt.add_argument("--epoch-seconds", type=float, default=0.0,
                       help="an epoch's duration to express the cost as a share of (e.g. 1680 for SqueezeNet on a V100)")
+    rec = commands.add_parser("rec", help="tools/build_rec.py vs MXNet's im2rec.py on a folder: seconds and ratio")
+    rec.add_argument("src", help="folder of class sub-folders of images (as tools/build_rec.py --layout folders)")
+    rec.add_argument("--resize", type=int, default=256, help="shorter side, as both tools' --resize (default 256)")
+    rec.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
+    rec.add_argument("--workers", type=int, default=2, help="our --workers and im2rec's --num-thread (default 2)")
+    rec.add_argument("--repeats", type=int, default=2, help="runs of each tool, alternating (default 2)")
     return parser.parse_args(argv)
 
 
@@ -128,12 +135,29 @@ def run_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_rec(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from research.bench.rec import benchmark_rec
+
+    result = benchmark_rec(args.src, args.resize, args.quality, args.workers, args.repeats)
+    rows = [[name, ", ".join(f"{t:.1f}" for t in result[f"{key}_s"]), ", ".join(f"{t:.1f}" for t in result[f"{key}_cpu_s"]),
+             result[f"{key}_images"], f"{result[f'{key}_mb']:.1f}"]
+            for name, key in (("im2rec.py (MXNet)", "im2rec"), ("tools/build_rec.py", "ours"))]
+    print(tabulate(rows, headers=["packer", "seconds", "CPU seconds", "images", "MB"]))
+    print(f"ours / im2rec speed: {result['ratio']:.2f} wall, {result['cpu_ratio']:.2f} CPU (medians; > 1: ours is "
+          f"faster). --resize {args.resize} --quality {args.quality}, {args.workers} workers; im2rec's time leaves "
+          f"out its --list step.")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     from research.errors import UserError
 
     try:
-        commands = {"plan": run_plan, "data": run_data, "train": run_train, "checkpoint": run_checkpoint}
+        commands = {"plan": run_plan, "data": run_data, "train": run_train, "checkpoint": run_checkpoint,
+                    "rec": run_rec}
         return commands[args.command](args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -113,3 +113,13 @@ def test_benchmark_data_reports_both_pipelines(tmp_path, run_tool, env, repo):
     assert all(float(row[4]) > 0 for row in rows)
     wrong = run_tool("benchmark.py", "data", repo / "recipes" / "smoke" / "lenet_digits_tiny.yaml", env=env)
     assert wrong.returncode == 2 and "not 'recordio'" in wrong.stderr
+
+
+def test_benchmark_rec_runs_im2rec_and_ours_on_the_same_folder(tmp_path, run_tool, env):
+    src = colour_folders(tmp_path / "src", per_class=12, size=(48, 64))
+    proc = run_tool("benchmark.py", "rec", src, "--resize", 32, "--workers", 2, "--repeats", 1, env=env, check=True)
+    rows = {line.split("  ")[0]: line.split() for line in proc.stdout.splitlines() if line.startswith(("im2rec", "tools"))}
+    assert rows["im2rec.py (MXNet)"][-2] == rows["tools/build_rec.py"][-2] == "24"      # images each packed
+    assert "ours / im2rec speed:" in proc.stdout
+    missing = run_tool("benchmark.py", "rec", tmp_path / "nowhere", env=env)
+    assert missing.returncode == 2 and "is not a folder" in missing.stderr

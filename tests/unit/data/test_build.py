@@ -98,6 +98,23 @@ def test_bad_files_are_converted_or_skipped_and_reported(tmp_path):
     assert np.abs(images["b/png.jpg"].astype(int) - (10, 200, 30)).max() <= 4
 
 
+@pytest.mark.parametrize("height, width, resize", [(120, 160, 64), (600, 800, 64), (48, 64, 0)])
+def test_fast_and_checked_decoders_give_the_same_image(tmp_path, height, width, resize):
+    """A whole RGB JPEG goes through cv2, anything else through PIL's checks: the same pixels either way
+    (a few bytes after the end-of-image marker send the same image down the PIL path). 600x800 to 64 is
+    decoded at 1/8 scale in the DCT by both."""
+    y, x = np.mgrid[0:height, 0:width]
+    rgb = np.stack([x * 255 // width, y * 255 // height, (x + y) % 256], -1).astype(np.uint8)
+    write_jpeg(tmp_path / "whole.jpg", rgb)
+    (tmp_path / "tail.jpg").write_bytes((tmp_path / "whole.jpg").read_bytes() + b"\0\0")
+    fast, checked = (build.prepare_image(tmp_path / name, resize) for name in ("whole.jpg", "tail.jpg"))
+    assert fast.problem == checked.problem == "" and (fast.height, fast.width) == (checked.height, checked.width)
+    assert min(fast.height, fast.width) == (resize or height)
+    a, b = (cv2.imdecode(np.frombuffer(p.jpeg, np.uint8), cv2.IMREAD_COLOR).astype(int) for p in (fast, checked))
+    assert np.abs(a - b).mean() < 1.0
+    np.testing.assert_allclose(fast.sums[:3] / fast.pixels, checked.sums[:3] / checked.pixels, atol=1.0)
+
+
 def test_interrupted_build_leaves_old_outputs_and_no_new_ones(tmp_path, monkeypatch):
     src = class_folders(tmp_path / "src", per_class=4)
     prefix = tmp_path / "train"
