@@ -85,7 +85,7 @@ def _decode(path: Path, data: bytes, resize: int) -> tuple[np.ndarray | None, st
     else (other formats, CMYK, grayscale, a file cut short, data cv2 refuses) goes through PIL, which tells
     what is wrong. PIL reads the header in both cases (format, mode, size: ~0.04 ms).
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageFile, UnidentifiedImageError
     try:
         with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as img:
             warnings.simplefilter("ignore")            # EXIF and size warnings: not our concern
@@ -98,7 +98,13 @@ def _decode(path: Path, data: bytes, resize: int) -> tuple[np.ndarray | None, st
             if resize > 0 and fmt == "JPEG":
                 scale = resize / min(size)
                 img.draft("RGB", (int(size[0] * scale) + 1, int(size[1] * scale) + 1))  # DCT-domain downscale
-            img.load()                                 # raises on truncated or corrupt data
+            # raises on truncated or corrupt data, unless PIL was told to load cut files: importing gluoncv does
+            # that for the whole process (gluoncv/data/mhp.py sets ImageFile.LOAD_TRUNCATED_IMAGES = True)
+            allowed, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+            try:
+                img.load()
+            finally:
+                ImageFile.LOAD_TRUNCATED_IMAGES = allowed
             rgb = np.asarray(img.convert("RGB"))       # handles CMYK (Adobe inverted too), L, P, RGBA
     except UnidentifiedImageError:
         return None, "not an image -> skipped", ""

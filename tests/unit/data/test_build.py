@@ -74,7 +74,14 @@ def test_records_are_read_by_mxnet_iterators(tmp_path):
     assert labels == expected
 
 
-def test_bad_files_are_converted_or_skipped_and_reported(tmp_path):
+@pytest.fixture(params=[False, True], ids=["pil-default", "after-gluoncv-import"])
+def truncated_images_allowed(request, monkeypatch):
+    """PIL's process-wide LOAD_TRUNCATED_IMAGES, which importing gluoncv sets to True."""
+    from PIL import ImageFile
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", request.param)
+
+
+def test_bad_files_are_converted_or_skipped_and_reported(tmp_path, truncated_images_allowed):
     src = class_folders(tmp_path / "src", classes=("a", "b"), per_class=3)
     rng = np.random.RandomState(1)
     (src / "a" / "text.jpg").write_text("not an image at all")
