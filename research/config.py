@@ -113,6 +113,9 @@ class TrainConfig:
     frozen_epochs: int = 0           # train only net.output for this many epochs (fine-tuning)
     kvstore: Literal["local", "device", "nccl", "dist_sync", "dist_device_sync", "dist_async"] = "device"
     dtype: Literal["float32", "float16"] = "float32"    # float16: GPU only; multi-precision master weights
+    # mixed precision through mxnet.contrib.amp: convolutions and dense layers in float16 (GPUs) or bfloat16
+    # (CPUs), float32 weights, a dynamic loss scale (kept in checkpoints); use instead of dtype: float16
+    amp: Literal["off", "float16", "bfloat16"] = "off"
     hybridize: bool = True
     log_every: int = 50              # batches between progress reports: log line, status.json, MLflow iter/ (each a device sync)
     chance_epochs: int = 0           # stop if val top-1 is still at chance (the data's labels) after this many; 0: off
@@ -206,6 +209,8 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if origin is Literal:             # a recipe choice: the field's annotation lists the valid values
         options = typing.get_args(tp)
+        if value is False and "off" in options:
+            value = "off"             # YAML 1.1 reads a bare off (and no) as false: take it as the choice meant
         if isinstance(value, str) and value in options:
             return value
         hint = _closest(str(value), list(options)).replace("Valid keys", "Valid values")
@@ -324,6 +329,15 @@ def _validate_semantics(recipe: Recipe, origin: str) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise RecipeError(f"{origin}: {key} must be positive, got {value}.")
+    if train.amp != "off" and train.dtype != "float32":
+        raise RecipeError(f"{origin}: train.amp {train.amp} with train.dtype {train.dtype}: choose one. train.amp keeps "
+                          f"float32 weights and casts each convolution and dense layer (with a loss scale); "
+                          f"train.dtype float16 casts the whole net. Set train.dtype: float32.")
+    if train.amp != "off" and (train.kvstore.startswith("dist") or train.kvstore == "nccl"):
+        raise RecipeError(f"{origin}: train.amp with train.kvstore {train.kvstore} is not supported: AMP needs the "
+                          f"weights updated on each worker (update_on_kvstore=False), which gave wrong results on "
+                          f"dist kvstores in 10 of 25 runs here, and users report nccl failing with AMP "
+                          f"(gluon-cv#959). Use train.kvstore: device.")
     net = recipe.net
     if not net.name.startswith("squeezenet") and (net.activation, net.init) != ("relu", "caffe"):
         raise RecipeError(f"{origin}: net.activation and net.init apply to SqueezeNet only; "

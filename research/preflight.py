@@ -19,6 +19,12 @@ def check_recipe(recipe: Recipe, ctxs: list) -> None:
     if recipe.train.dtype == "float16" and on_cpu:
         raise UserError(f"{recipe.source}: train.dtype float16 needs GPUs: MXNet has no float16 "
                         f"convolution on the CPU. Pass --gpus, or --set train.dtype=float32.")
+    if recipe.train.amp == "float16" and on_cpu:
+        raise UserError(f"{recipe.source}: train.amp float16 needs GPUs: MXNet has no float16 convolution on the "
+                        f"CPU. Pass --gpus, or --set train.amp=bfloat16 (CPUs with oneDNN).")
+    if recipe.train.amp == "bfloat16" and not on_cpu:
+        raise UserError(f"{recipe.source}: train.amp bfloat16 runs on CPUs only in MXNet 1.9 (oneDNN); on GPUs "
+                        f"use --set train.amp=float16.")
     if recipe.train.kvstore.startswith("dist") and "DMLC_ROLE" not in os.environ:
         raise UserError(f"{recipe.source}: train.kvstore {recipe.train.kvstore} needs the distributed "
                         f"launcher: python tools/launch_dist.py --hosts HOSTS -- python tools/train.py ...")

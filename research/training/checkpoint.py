@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import atomic
+from . import precision
 
 if TYPE_CHECKING:      # mxnet is imported where it is used: the keep-alive supervisor (research/runs/supervise.py)
     from mxnet import gluon   # lists checkpoints all run long, and importing mxnet costs it seconds and 300 MB
@@ -104,6 +105,7 @@ def snapshot(state: TrainState, net: gluon.Block, trainer: gluon.Trainer) -> dic
         "state": copy.deepcopy(state.__dict__),
         "params": net_arrays(net),
         "trainer": trainer_states(trainer),
+        "loss_scaler": precision.scaler_state(trainer),     # train.amp: AMP's dynamic loss scale; else None
         "numpy_rng": np.random.get_state(),
         "mxnet": mx.__version__,
     }
@@ -219,5 +221,6 @@ def restore(content: dict[str, Any], net: gluon.Block, trainer: gluon.Trainer) -
     """Load weights and optimizer state into an initialised net/trainer on any number of devices."""
     load_net_arrays(net, content["params"])
     load_trainer_states(trainer, content["trainer"])
+    precision.load_scaler_state(trainer, content.get("loss_scaler"))    # absent from checkpoints before train.amp
     np.random.set_state(content["numpy_rng"])
     return content["state"]

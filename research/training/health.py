@@ -30,6 +30,16 @@ class DeadHead(Unhealthy):
     """The net's outputs stopped carrying information, or it stalled at chance."""
 
 
+class Overflowing(Unhealthy):
+    """train.amp: step after step had inf/NaN gradients and was skipped by the loss scaler."""
+
+
+# train.amp: updates skipped in a row before the run stops. AMP halves the loss scale at each: 20 take it from
+# 2**16 to 1/16, where gradients that still overflow float16 (or are NaN in bfloat16, float32's range) will not
+# come back by scaling; usually the weights or the data already hold NaN, and every later step would be skipped.
+MAX_SKIPPED_IN_A_ROW = 20
+
+
 def dead_fraction(low: list[float], high: list[float]) -> float:
     """Share of output units whose value was the same for every validation image.
 
@@ -93,6 +103,17 @@ def check(history: list[dict[str, float]], classes: int, labels: int | None, cha
                     f"{min(top1):.4f}-{max(top1):.4f} over epochs {window[1]['epoch']}-{last['epoch']}, at chance for "
                     f"the {labels} labels the data holds (<= {ceiling:.4f}), and {loss}")
     return ""
+
+
+def check_overflows(skipped_in_a_row: int, loss_scale: float, step: int) -> str:
+    """Why the run should stop ("" if it should go on) after `skipped_in_a_row` updates in a row that AMP's
+    loss scaler skipped for inf/NaN gradients (one such step is normal: it is how the scale is found)."""
+    if skipped_in_a_row < MAX_SKIPPED_IN_A_ROW:
+        return ""
+    return (f"the last {skipped_in_a_row} steps (to step {step}) all had inf/NaN gradients and were skipped by "
+            f"AMP's loss scaler, whose scale is down to {loss_scale:g}: the gradients are not finite at any scale "
+            f"(weights or data holding NaN, or a diverged run). Lower train.lr, add train.clip_gradient, or use "
+            f"train.amp: bfloat16 (float32's range) or off; the last good checkpoint is kept")
 
 
 def advice(head_activation: str | None) -> str:

@@ -13,10 +13,10 @@ import mxnet as mx
 from mxnet import autograd, gluon
 
 from ..config import Recipe
-from . import health
+from . import health, precision
 from .checkpoint import FOLDER, CheckpointWriter, TrainState
 from .evaluate import evaluate
-from .health import DeadHead, NonFiniteLoss
+from .health import DeadHead, NonFiniteLoss, Overflowing
 from .plots import CurvesWriter
 from .report import Report
 from .schedules import lr_at
@@ -59,6 +59,8 @@ def fit(setup: Setup, state: TrainState, run, stop, steps: int | None = None) ->
 
     Raises:
         NonFiniteLoss: the loss became NaN/inf; the last good checkpoint is kept.
+        Overflowing: train.amp: health.MAX_SKIPPED_IN_A_ROW steps in a row had inf/NaN gradients (a step
+            AMP's scaler skips is not counted in the loss, so one does not stop the run).
         DeadHead: the net's outputs stopped carrying information (research/training/health.py);
             the epoch that showed it is not checkpointed.
         CheckpointError: a checkpoint could not be written (full disk, permissions): training stops at
@@ -77,13 +79,13 @@ def fit(setup: Setup, state: TrainState, run, stop, steps: int | None = None) ->
     labels = getattr(setup.train_iter, "labels_in_data", recipe.net.classes)       # chance, for the guard
     head_activation = recipe.net.activation if recipe.net.name.startswith("squeezenet") else None
     random_layers = _has_dropout(net)
-    last_save = time.monotonic()
+    last_save, skipped_in_a_row = time.monotonic(), 0
     try:
         for epoch in range(state.epoch, train.epochs):
             start_epoch(setup, epoch)
             skip, state.batch_in_epoch = state.batch_in_epoch, 0
             sums = [[mx.nd.zeros(1, ctx=c), mx.nd.zeros(1, ctx=c)] for c in ctxs]   # loss, correct: on the devices
-            seen, tic, previous = 0, time.monotonic(), None
+            seen, counted, tic, previous = 0, 0, time.monotonic(), None     # counted: images whose loss is in sums
             report.start_epoch(epoch)
             for batch in setup.train_iter:
                 report.batch_arrived()
@@ -94,15 +96,22 @@ def fit(setup: Setup, state: TrainState, run, stop, steps: int | None = None) ->
                     mx.random.seed((train.seed * 1_000_003 + state.step) % 2 ** 31)   # per step, a resume draws alike
                 lr = lr_at(state.step / steps_per_epoch, setup.base_lr, train)
                 loss = train_step(setup, batch, lr, loss_fn, sums)
-                if previous is not None:
-                    # Sync on the previous batch: the loop is back in Python every batch, so a stop signal is
-                    # acted on within two, while this batch keeps the devices busy.
-                    previous.wait_to_read()
-                previous, state.step, state.batch_in_epoch = loss, state.step + 1, state.batch_in_epoch + 1
+                if loss is None:                           # train.amp: inf/NaN gradients, the update skipped
+                    skipped_in_a_row += 1
+                    problem = health.check_overflows(skipped_in_a_row, precision.loss_scale(trainer), state.step + 1)
+                    if problem:
+                        raise Overflowing(problem)
+                else:
+                    if previous is not None:
+                        # Sync on the previous batch: the loop is back in Python every batch, so a stop signal
+                        # is acted on within two, while this batch keeps the devices busy.
+                        previous.wait_to_read()
+                    previous, skipped_in_a_row, counted = loss, 0, counted + batch.data[0].shape[0]
+                state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + 1
                 seen += batch.data[0].shape[0]
                 report.advance()
                 if state.batch_in_epoch % train.log_every == 0:
-                    train_loss = _total(sums, 0) / seen              # sync: the epoch's loss sums
+                    train_loss = _total(sums, 0) / max(counted, 1)    # sync: the epoch's loss sums
                     if not math.isfinite(train_loss):
                         raise NonFiniteLoss(f"train loss is {train_loss} at epoch {epoch + 1}, step {state.step}. "
                                             f"Lower train.lr or check the data.")
@@ -132,20 +141,23 @@ def fit(setup: Setup, state: TrainState, run, stop, steps: int | None = None) ->
             # it is on disk), report (log line, status.json, pace), curves.
             mx.nd.waitall()
             train_seconds = time.monotonic() - tic
-            train_loss = _total(sums, 0) / max(seen, 1)
+            train_loss = _total(sums, 0) / max(counted, 1)
             if not math.isfinite(train_loss):
                 raise NonFiniteLoss(f"train loss is {train_loss} at the end of epoch {epoch + 1}. "
                                 f"Lower train.lr or check the data.")
             val = evaluate(net, setup.val_iter, ctxs, loss_fn, train.dtype)
             epoch_seconds = time.monotonic() - tic
             metrics = {
-                "train/loss": train_loss, "train/top1": _total(sums, 1) / max(seen, 1),
+                "train/loss": train_loss, "train/top1": _total(sums, 1) / max(counted, 1),
                 "val/loss": val["loss"], "val/top1": val["top1"], "val/top5": val["top5"],
                 "lr": lr,                                      # the last lr this epoch trained with
                 "speed/img_per_s": seen / train_seconds * setup.num_workers, "time/epoch_s": epoch_seconds,
                 "time/data_wait": report.epoch_wait_share(),   # the devices' estimated idle share, waiting on data
                 "health/dead_fraction": val["dead_fraction"],
             }
+            if precision.has_scaler(trainer):              # train.amp: the scale now, and the updates it skipped
+                metrics.update({"amp/loss_scale": precision.loss_scale(trainer),
+                                "amp/skipped_steps": (seen - counted) // setup.local_batch})
             entry = {"epoch": epoch + 1, **metrics}
             problem = health.check(state.history + [entry], recipe.net.classes, labels, train.chance_epochs,
                                    train.stall_epochs, head_activation)
@@ -183,10 +195,11 @@ def start_epoch(setup: Setup, epoch: int) -> None:
 
 
 def train_step(setup: Setup, batch: mx.io.DataBatch, lr: float, loss_fn: gluon.loss.Loss,
-               sums: list[list[mx.nd.NDArray]]) -> mx.nd.NDArray:
+               sums: list[list[mx.nd.NDArray]]) -> mx.nd.NDArray | None:
     """One update at `lr`: forward and backward on every device, the gradients reduced and the weights
     stepped; the batch's loss and correct counts are added to `sums` on the devices. Queued, not waited
-    for: returns the first device's loss, to sync on later."""
+    for: returns the first device's loss, to sync on later. With train.amp, None when the loss scaler found
+    inf/NaN gradients: the weights are unchanged and the batch is left out of `sums`."""
     if not setup.lr_on_servers:
         setup.trainer.set_learning_rate(lr)
     dtype = setup.recipe.train.dtype
@@ -195,8 +208,11 @@ def train_step(setup: Setup, batch: mx.io.DataBatch, lr: float, loss_fn: gluon.l
     with autograd.record():
         outs = [setup.net(x.astype(dtype, copy=False)).astype("float32", copy=False) for x in xs]
         losses = [loss_fn(out, y) for out, y in zip(outs, ys)]
-    autograd.backward(losses)
-    setup.trainer.step(setup.global_batch)      # divides the summed gradients by the global batch
+        scaled = precision.scale(losses, setup.trainer)     # train.amp: times the loss scale; else the losses
+    autograd.backward(scaled)
+    setup.trainer.step(setup.global_batch)      # divides the summed gradients by the global batch (and the scale)
+    if precision.skipped(setup.trainer):        # train.amp: the scaler's check synced on the gradients here
+        return None
     for (loss_sum, correct), out, y, loss in zip(sums, outs, ys, losses):
         loss_sum += loss.sum()
         correct += (out.argmax(axis=1) == y).sum()

@@ -14,7 +14,7 @@ from ..data import get_iterators
 from ..data.describe import describe_datasets
 from ..nets import build_net
 from ..tracking import run_url, ui_command
-from . import checkpoint, kvstore
+from . import checkpoint, kvstore, precision
 from .lifecycle import Lifecycle
 from .loop import Setup, fit
 from .run_dir import find_resume, read_status
@@ -114,6 +114,7 @@ def build_setup(recipe: Recipe, ctxs: list, run_dir: Path, kv) -> Setup:
                  global_batch, train.base_batch_size or train.batch_size, base_lr, train.lr)
 
     mx.random.seed(train.seed)                     # every worker and device starts from the same weights
+    precision.init(train.amp)                      # before the net is built: AMP casts inside its graph
     net = build_net(recipe.net)
     net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2), ctx=ctxs)
     if recipe.net.pretrained:
@@ -127,14 +128,21 @@ def build_setup(recipe: Recipe, ctxs: list, run_dir: Path, kv) -> Setup:
     per_device = (shape[0] // len(ctxs),) + tuple(shape[1:])
     for ctx in ctxs:                               # finishes deferred init and builds the cached graph
         net(mx.nd.zeros(per_device, ctx=ctx, dtype=train.dtype))
-    optimizer_params = {"learning_rate": base_lr, "wd": train.wd, "multi_precision": train.dtype == "float16"}
-    if train.optimizer in ("sgd", "nag"):
-        optimizer_params["momentum"] = train.momentum
-    if train.clip_gradient > 0:        # a guard against loss spikes; the reference run used none
-        optimizer_params["clip_gradient"] = train.clip_gradient
-    trainer = gluon.Trainer(net.collect_params(), train.optimizer, optimizer_params, kvstore=kv)
+    trainer = gluon.Trainer(net.collect_params(), train.optimizer, optimizer_params(train, base_lr), kvstore=kv,
+                            update_on_kvstore=False if train.amp != "off" else None)
+    precision.attach_scaler(trainer, train.amp)
     return Setup(recipe, net, trainer, train_iter, val_iter, ctxs, global_batch, base_lr, run_dir,
                  num_workers=num_workers, rank=rank)
+
+
+def optimizer_params(train: TrainConfig, base_lr: float) -> dict:
+    """The Trainer's optimizer arguments from the recipe (tools/benchmark.py gives its GluonCV peer the same)."""
+    params = {"learning_rate": base_lr, "wd": train.wd, "multi_precision": train.dtype == "float16"}
+    if train.optimizer in ("sgd", "nag"):
+        params["momentum"] = train.momentum
+    if train.clip_gradient > 0:        # a guard against loss spikes; the reference run used none
+        params["clip_gradient"] = train.clip_gradient
+    return params
 
 
 def _restore(content: dict, setup: Setup, run_dir: Path) -> checkpoint.TrainState:

@@ -1,4 +1,4 @@
-"""The paths only a GPU machine has: float16, the nccl kvstore, and --gpus 0,1 training like the two CPU
+"""The paths only a GPU machine has: float16 (cast and AMP), the nccl kvstore, and --gpus 0,1 training like the two CPU
 contexts the rest of the suite uses. Marked `gpu`: tests/conftest.py skips them without a CUDA build and a
 GPU; on a GPU box run them with `python -m pytest -m gpu`."""
 from __future__ import annotations
@@ -25,6 +25,14 @@ def test_float16_learns_on_a_gpu(tmp_path, env):
     run_tool("train.py", SMOKE, "--gpus", "0", "--output", tmp_path / "fp16", *SHORT, "--set", "train.dtype=float16",
              env=env, check=True)
     assert final_state(tmp_path / "fp16")["state"].history[-1]["val/top1"] > 0.5     # chance is 0.1
+
+
+def test_float16_amp_learns_on_a_gpu_and_keeps_its_loss_scaler(tmp_path, env):
+    run_tool("train.py", SMOKE, "--gpus", "0", "--output", tmp_path / "amp", *SHORT, "--set", "train.amp=float16",
+             env=env, check=True)
+    content = final_state(tmp_path / "amp")
+    assert content["state"].history[-1]["val/top1"] > 0.5                 # chance is 0.1
+    assert content["loss_scaler"]["loss_scale"] <= 2.0 ** 16              # float16 overflows lower it, never NaN
 
 
 def test_nccl_kvstore_on_two_gpus_matches_device(tmp_path, env):

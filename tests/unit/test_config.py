@@ -153,3 +153,25 @@ def test_net_activation_and_init_are_squeezenet_choices(recipe_file):
         load_recipe(recipe_file, ["net.name=squeezenet1.0", "net.activation=gelu"])
     with pytest.raises(RecipeError, match="apply to SqueezeNet only.*'lenet'"):
         load_recipe(recipe_file, ["net.activation=elu"])
+
+
+def test_train_amp_reads_a_bare_off_and_refuses_what_it_cannot_run(recipe_file):
+    import mxnet as mx
+
+    from research.errors import UserError
+    from research.preflight import check_recipe
+
+    recipe_file.write_text(MINIMAL.replace("lr_steps: [5]", "lr_steps: [5], amp: off"))   # YAML 1.1: off is false
+    assert load_recipe(recipe_file).train.amp == "off"
+    assert load_recipe(recipe_file, ["train.amp=off"]).train.amp == "off"
+    assert load_recipe(recipe_file, ["train.amp=bfloat16"]).train.amp == "bfloat16"
+    with pytest.raises(RecipeError, match="train.amp = 'bf16' is not one of off, float16, bfloat16. Did you mean 'bfloat16'"):
+        load_recipe(recipe_file, ["train.amp=bf16"])
+    with pytest.raises(RecipeError, match="train.amp float16 with train.dtype float16: choose one"):
+        load_recipe(recipe_file, ["train.amp=float16", "train.dtype=float16"])
+    with pytest.raises(RecipeError, match="train.amp with train.kvstore dist_sync is not supported"):
+        load_recipe(recipe_file, ["train.amp=bfloat16", "train.kvstore=dist_sync"])
+    with pytest.raises(UserError, match="train.amp float16 needs GPUs"):
+        check_recipe(load_recipe(recipe_file, ["train.amp=float16"]), [mx.cpu()])
+    with pytest.raises(UserError, match="train.amp bfloat16 runs on CPUs only"):
+        check_recipe(load_recipe(recipe_file, ["train.amp=bfloat16"]), [mx.gpu(0)])
