@@ -16,7 +16,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="Measure speed. 'plan': before a long run, the recipe's data alone, model alone and both "
                     "together on these devices, the bottleneck, epoch and run time and cost (docs/long-runs.md). "
                     "'train': the trainer against a bare hybridized forward/backward/step loop on synthetic data at the recipe's shape and batch, per device "
-                    "count (model speed, without data). 'data': the recipe's RecordIO train pipeline (decode + "
+                    "count (model speed, without data), and GluonCV's model-zoo net of the same architecture in that loop. 'data': the recipe's RecordIO train pipeline (decode + "
                     "augment) against a bare ImageRecordIter, per decode-thread count: compare with the "
                     "images/s the GPUs train at to know whether they will starve. 'checkpoint': seconds an "
                     "epoch end spends on checkpoints and MLflow for the recipe's net. 'rec': tools/build_rec.py against "
@@ -42,7 +42,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     data.add_argument("--seconds", type=float, default=10.0, help="seconds measured per row (default 10)")
     data.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a recipe value, e.g. --set train.batch_size=64; repeatable")
-    train = commands.add_parser("train", help="trainer vs bare loop images/s per device count, synthetic data")
+    train = commands.add_parser("train", help="trainer vs bare loop vs GluonCV's net, images/s per device count, "
+                                              "synthetic data")
     train.add_argument("recipe", help="recipe YAML (its net, batch and data_shape are used; its data is not read)")
     train.add_argument("--gpus", default=None, help="GPU ids, e.g. 0,1: measures 1, then 2 ... devices; "
                                                   "omit for the CPU")
