@@ -72,6 +72,8 @@ def add(entry: Entry) -> str:
 
 def remove(run_dir: str | Path) -> bool:
     """Drop the run's entry (no-op if none); the boot entry goes with the last one. True if there was one."""
+    if not entry_path(run_dir).exists():         # nothing to drop: leave HOME as it is (an unregistered run)
+        return False
     with _locked():
         path = entry_path(run_dir)
         existed = path.exists()

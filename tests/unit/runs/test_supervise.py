@@ -221,6 +221,7 @@ def test_stall_is_told_once_while_the_command_lives(run_dir):
                poll_s=0.1).run()
     assert time.monotonic() - started < 10
     assert [e["RESEARCH_EVENT"] for e in events(log)] == ["stalled", "finished"]
+    assert not (Path(os.environ["HOME"]) / ".local").exists()     # never registered: nothing written to HOME
 
 
 @pytest.fixture
