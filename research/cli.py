@@ -4,6 +4,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+# The command that resumes a run, when it is not tools/train.py's own (tools/launch.py sets it in the tmux
+# pane): the trainer names it when it tells how to resume after a stop or a full disk.
+RESUME_COMMAND_ENV = "RESEARCH_RESUME_COMMAND"
+
 
 def add_run_options(parser: argparse.ArgumentParser, recipe_required: bool = True) -> None:
     """RECIPE, --gpus, --set, --output and --resume/--fresh, worded alike in every tool."""

@@ -69,13 +69,13 @@ def main(argv: list[str]) -> int:
                   else "\n".join(keep_alive.boot()) or "no supervised runs")
             return 0
         supervised = KeepAlive(args.max_restarts, args.notify) if args.keep_alive else None
+        relaunch = shlex.join(["python", "tools/launch.py", *[a for a in argv if a != "--fresh"]])
         started = launch(args.recipe, args.overrides, gpus=args.gpus, name=args.name, output=args.output,
                          fresh=args.fresh, resume=args.resume, socket=os.environ.get(SOCKET_ENV) or None,
-                         keep_alive=supervised)
+                         keep_alive=supervised, resume_command=relaunch)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    relaunch = shlex.join(["python", "tools/launch.py", *[a for a in argv if a != "--fresh"]])
     print(started.instructions(relaunch))
     return 0
 

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from ..errors import UserError
+from ..cli import RESUME_COMMAND_ENV
 from ..durations import format_duration
+from ..errors import UserError
 from ..paths import RUNS, TOOLS
 from . import registry
 from .status import SessionInfo, classify, read_keep_alive, read_status, supervisor_alive
@@ -204,9 +205,11 @@ def passed_env() -> dict[str, str]:
 
 def launch(recipe_path: str, overrides: list[str] = (), gpus: str | None = None, name: str | None = None,
            output: Path | None = None, fresh: bool = False, resume: bool = False,
-           socket: str | None = None, keep_alive: KeepAlive | None = None) -> Launch:
+           socket: str | None = None, keep_alive: KeepAlive | None = None,
+           resume_command: str | None = None) -> Launch:
     """Start tools/train.py for `recipe_path` in a new detached tmux session (supervised with `keep_alive`:
     registered for the boot entry, which is installed if the machine has cron or systemd --user).
+    `resume_command` (the launch command again) is what the trainer names when it tells how to resume.
 
     Checks first what would make the run fail or collide: tmux, the recipe and --gpus, a live
     session of that name, a trainer still writing to the run directory, and the trainer's own
@@ -229,7 +232,7 @@ def launch(recipe_path: str, overrides: list[str] = (), gpus: str | None = None,
     check_run_dir_free(run_dir)
     prepare_run_dir(run_dir, recipe, resume, fresh)
     return start_session(name, run_dir, train_command(recipe_path, run_dir, gpus, list(overrides), resume), socket,
-                         keep_alive)
+                         keep_alive, resume_command)
 
 
 def check_session_free(name: str, socket: str | None = None) -> None:
@@ -242,7 +245,7 @@ def check_session_free(name: str, socket: str | None = None) -> None:
 
 
 def start_session(name: str, run_dir: Path, command: list[str], socket: str | None = None,
-                  keep_alive: KeepAlive | None = None) -> Launch:
+                  keep_alive: KeepAlive | None = None, resume_command: str | None = None) -> Launch:
     """`command` (a tools/*.py) in a new detached tmux session `name`, its output teed to run_dir/console.log,
     the session tagged with `run_dir` for tools/status.py; a dead session of that name is replaced. With
     `keep_alive` the pane runs the supervisor, which runs `command`, and the run is registered for the boot
@@ -257,11 +260,12 @@ def start_session(name: str, run_dir: Path, command: list[str], socket: str | No
         subprocess.run(tmux("kill-session", "-t", f"={name}", socket=socket), capture_output=True)
     with open(run_dir / "console.log", "a") as log:
         log.write(f"[launch] {datetime.now():%Y-%m-%d %H:%M:%S} tmux session '{name}': {shlex.join(command)}\n")
+    env = {**passed_env(), **({RESUME_COMMAND_ENV: resume_command} if resume_command else {})}
     if keep_alive is None:
-        new_session(name, pane_script(command, run_dir, Path.cwd(), passed_env()), run_dir, socket)
+        new_session(name, pane_script(command, run_dir, Path.cwd(), env), run_dir, socket)
         return Launch(name, run_dir, command, socket)
     supervisor = supervise_command(run_dir, command, name, keep_alive.max_restarts, keep_alive.notify)
-    entry = registry.Entry(str(run_dir), name, socket, supervisor, str(Path.cwd()), passed_env())
+    entry = registry.Entry(str(run_dir), name, socket, supervisor, str(Path.cwd()), env)
     after_reboot = registry.add(entry)        # before the session: a run that ends at once drops its entry
     try:
         new_session(name, supervised_pane_script(supervisor, run_dir, Path.cwd(), entry.env), run_dir, socket)

@@ -253,6 +253,8 @@ class Supervisor:
     def _give_up(self, status: int | None) -> int:
         why = self.record["crash_loop"]
         self._say(f"giving up: {why}. Read console.log, fix the cause, then launch again")
+        from ..training.lifecycle import settle_abandoned
+        settle_abandoned(self.run_dir, f"{why}; the supervisor gave up")     # not RUNNING for ever in MLflow
         self._finish("crash-loop", why, exit_status=status)
         return 1
 

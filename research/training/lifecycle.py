@@ -14,17 +14,19 @@ kept in RUN_DIR/traceback.txt, and the lock and the file log are released (a not
 from __future__ import annotations
 
 import logging
+import os
 import traceback
 from pathlib import Path
 
 from .. import atomic
+from ..cli import RESUME_COMMAND_ENV
 from ..config import Recipe, dump_recipe
 from ..errors import ExitCode, UserError
 from ..tracking import Tracker, resume_run, start_run
 from . import checkpoint
 from .health import DeadHead, Unhealthy
 from .logs import add_file_log, flush_logs, remove_file_log, setup_logging
-from .run_dir import RunDirLock, read_run_json, remove_leftovers, set_aside, write_run_json, write_status
+from .run_dir import RunDirLock, read_run_json, read_status, remove_leftovers, set_aside, write_run_json, write_status
 from .signals import on_stop_signal_even_if_blocked
 
 log = logging.getLogger("research.training")
@@ -42,6 +44,22 @@ def status_figures(state: checkpoint.TrainState, epochs: int) -> dict:
     last = state.history[-1] if state.history else {}
     return {"epoch": state.epoch, "epochs": epochs, "val_top1": last.get("val/top1"),
             "img_per_s": last.get("speed/img_per_s")}
+
+
+def settle_abandoned(run_dir: Path, why: str) -> None:
+    """A run whose process died unsettled (kill -9) and that nothing will restart (a supervisor gave up):
+    status.json "failed" with `why`, its MLflow run FAILED with `why` as the failure tag. A later rerun of
+    the same command resumes it as usual."""
+    info = read_status(run_dir)
+    if info.get("status") != "running":
+        return
+    kept = {k: v for k, v in info.items() if k not in ("status", "run_id", "pid", "host", "updated")}
+    write_status(run_dir, "failed", info.get("run_id"), **kept, failure=why)
+    run = read_run_json(run_dir)
+    if run.get("run_id"):
+        tracker = Tracker.attach(run["run_id"], run.get("tracking_uri"))
+        tracker.set_tags({"failure": why[:500]})
+        tracker.end("FAILED")
 
 
 class Lifecycle:
@@ -210,7 +228,10 @@ class Lifecycle:
                 f"({self.resume_command()}); --fresh starts over.")
 
     def resume_command(self) -> str:
-        """How the user resumes this run: the same command (--resume, not --fresh), or the Python call."""
+        """How the user resumes this run: the command that started it (tools/launch.py's, which it passes as
+        RESEARCH_RESUME_COMMAND), the same tools/train.py command (--resume, not --fresh), or the Python call."""
+        if os.environ.get(RESUME_COMMAND_ENV):
+            return os.environ[RESUME_COMMAND_ENV]
         if not self.argv[0].endswith(".py"):                 # research.train(...) from Python
             return f"{self.argv[0]} again (resume='auto' continues from the checkpoint)"
         args = [a for a in self.argv if a not in ("--fresh", "--resume")]
