@@ -72,6 +72,15 @@ def install_command(build: Build, replacing: list[Build] = ()) -> str:
     return f"{remove}{pip} install -e '{REPO}[{build.extra}]'"
 
 
+# gluoncv is installed with --no-deps (README, .ci/run): it requires opencv-python, the GUI build of cv2, which
+# needs libGL and would be a second package writing the cv2/ folder of our opencv-python-headless.
+GLUONCV = "gluoncv==0.10.5.post0"
+
+
+def gluoncv_install_command() -> str:
+    return f"{sys.executable} -m pip install --no-deps {GLUONCV}"
+
+
 def missing_mxnet_message() -> str:
     """What `import research` says when `pip install -e .` (no extra) left MXNet out."""
     cuda = driver_cuda_version()

@@ -16,6 +16,7 @@ from mxnet import autograd, gluon
 from ..config import NetConfig, Recipe, SyntheticData
 from ..errors import UserError
 from ..model.export import input_shape
+from ..nets import gluoncv_zoo
 from ..preflight import check_recipe
 from ..training import precision
 from ..training.checkpoint import TrainState
@@ -94,9 +95,8 @@ def build_peer(name: str, setup: Setup) -> tuple[Setup | None, str]:
     """GluonCV's `name` as our Setup's twin: same classes, devices, initialiser, dtype, hybridization,
     optimizer, kvstore and loss scaler (under train.amp the process-wide amp.init casts it as it casts
     ours). (None, why) when it cannot take the recipe's input shape."""
-    from gluoncv.model_zoo import get_model
     recipe, train = setup.recipe, setup.recipe.train
-    net = get_model(name, classes=recipe.net.classes)
+    net = gluoncv_zoo().get_model(name, classes=recipe.net.classes)
     net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2), ctx=setup.ctxs)
     if train.dtype == "float16":
         net.cast("float16")

@@ -6,14 +6,32 @@ from typing import Callable
 from mxnet.gluon import HybridBlock
 
 from ..config import NetConfig
+from ..errors import UserError
 from .lenet import LeNet
 from .squeezenet import squeezenet1_0, squeezenet1_1
 
 
+def gluoncv_zoo():
+    """gluoncv.model_zoo (imported on first use: gluoncv takes ~1 s to import).
+
+    Raises:
+        UserError: gluoncv is not installed, with the command that installs it.
+    """
+    try:
+        from gluoncv import model_zoo
+    except ModuleNotFoundError as err:
+        if err.name != "gluoncv":
+            raise
+        from ..builds import gluoncv_install_command
+        raise UserError(f"gluoncv is not installed (its model zoo builds ResNet-50 and serves pretrained weights): "
+                        f"{gluoncv_install_command()}. --no-deps: it would otherwise bring opencv-python, a second "
+                        f"cv2 beside opencv-python-headless.") from None
+    return model_zoo
+
+
 def resnet50_v1(classes: int = 1000, **kwargs) -> HybridBlock:
     """ResNet-50 v1 (He et al. 2016), gluoncv's model; parameter names match its model-zoo weights."""
-    from gluoncv.model_zoo import resnet50_v1 as build   # imported here: gluoncv takes ~1 s to import
-    return build(classes=classes, **kwargs)
+    return gluoncv_zoo().resnet50_v1(classes=classes, **kwargs)
 
 
 # name -> constructor taking `classes`. A literal dict: grep a recipe's net.name to find its code.

@@ -26,8 +26,9 @@ class PretrainedError(UserError):
 
 def zoo_weights_file(name: str) -> Path:
     """Where gluoncv looks for `name`'s weights: $MXNET_HOME/models/{name}-{sha1[:8]}.params."""
-    from gluoncv.model_zoo.model_store import short_hash
+    from . import gluoncv_zoo
 
+    short_hash = gluoncv_zoo().model_store.short_hash
     root = Path(os.environ["MXNET_HOME"], "models") if "MXNET_HOME" in os.environ else Path("~/.mxnet/models")
     try:
         return root.expanduser() / f"{name}-{short_hash(name)}.params"
@@ -42,8 +43,9 @@ def get_zoo_pretrained(name: str, ctx=None) -> HybridBlock:
     Raises:
         PretrainedError: offline and the file is absent (the message names the file to put where).
     """
-    from gluoncv.model_zoo import get_model
+    from . import gluoncv_zoo
 
+    get_model = gluoncv_zoo().get_model
     path = zoo_weights_file(name)
     try:
         return get_model(name, pretrained=True, ctx=ctx or mx.cpu())

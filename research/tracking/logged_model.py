@@ -91,16 +91,9 @@ def model_requirements() -> list[str]:
     CPU build of mxnet serves it whichever build trained it."""
     from importlib.metadata import PackageNotFoundError, version
     pins = ["mxnet==1.9.1"]
-    for package in ("mlflow", "numpy", "pyyaml", "pandas"):
+    for package in ("mlflow", "numpy", "opencv-python-headless", "pyyaml", "pandas"):
         try:
             pins.append(f"{package}=={version(package)}")
         except PackageNotFoundError:
             pins.append(package)
-    # cv2 without a GUI for a scoring server (no libGL needed there), at the version trained with: the repo
-    # installs opencv-python because gluoncv requires it, and the two builds share version numbers.
-    for package in ("opencv-python", "opencv-python-headless"):
-        try:
-            return pins + [f"opencv-python-headless=={version(package)}"]
-        except PackageNotFoundError:
-            continue
-    return pins + ["opencv-python-headless"]
+    return pins

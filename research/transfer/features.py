@@ -23,7 +23,7 @@ from ..data.recordio import (RecordEvalIter, check_data_shape, cpu_cores, image_
                              open_record_files, read_record_headers)
 from ..durations import format_duration
 from ..errors import UserError
-from ..nets import NETS, get_net
+from ..nets import NETS, get_net, gluoncv_zoo
 from ..nets.pretrained import is_weights_file, load_pretrained, zoo_weights_file
 from ..progress import ProgressBar
 
@@ -47,13 +47,12 @@ def build_backbone(backbone: str, classes: int = 2) -> HybridBlock:
     """An uninitialised net by name: research.nets.NETS first, then gluoncv's model zoo."""
     if backbone in NETS:
         return get_net(backbone, classes=classes)
-    from gluoncv.model_zoo import get_model, get_model_list
-
-    if backbone.lower() not in get_model_list():
+    zoo = gluoncv_zoo()
+    if backbone.lower() not in zoo.get_model_list():
         raise TransferError(f"net.name '{backbone}' is neither in research.nets.NETS "
                             f"({', '.join(sorted(NETS))}) nor a gluoncv model-zoo name (such as resnet50_v1; "
                             f"all: gluoncv.model_zoo.get_model_list()).")
-    return get_model(backbone, classes=classes, pretrained=False)
+    return zoo.get_model(backbone, classes=classes, pretrained=False)
 
 
 def weights_id(pretrained: str) -> str:

@@ -92,3 +92,14 @@ def test_gluoncv_squeezenet_weights_give_gluoncv_outputs(tmp_path, version):
     assert len(loaded) == len(theirs.collect_params().keys())       # the head too: the same 1,000 classes
     assert np.abs(expected).max() > 1e-2                       # dead logits would match trivially
     np.testing.assert_allclose(ours(x).asnumpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_without_gluoncv_the_error_says_how_to_install_it(monkeypatch):
+    import sys
+
+    from research.errors import UserError
+    from research.nets import get_net
+
+    monkeypatch.setitem(sys.modules, "gluoncv", None)          # as in a venv where it was not installed
+    with pytest.raises(UserError, match=r"gluoncv is not installed .*pip install --no-deps gluoncv==0.10.5.post0"):
+        get_net("resnet50_v1", classes=2)
