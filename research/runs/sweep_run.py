@@ -10,7 +10,6 @@ import shlex
 import signal
 import sys
 import subprocess
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from ..tracking import Tracker
 from ..tracking.names import label
 from ..tracking.sweeps import child_tags, continue_parent, start_parent
 from ..training.run_dir import RunDirBusy, RunDirLock, read_run_json, read_status, set_aside, write_status
+from ..training.signals import StopSignals
 from . import sweep_summary
 from .launch import Launch, check_session_free, require_tmux, session_name, start_session
 from .sweep import (Slot, SweepSpec, Trial, check_same_sweep, default_sweep_dir, device_slots, make_trials,
@@ -43,34 +43,17 @@ class SweepResult:
     exit_code: int
 
 
-class SweepStop:
+class SweepStop(StopSignals):
     """SIGINT, SIGTERM, SIGHUP: the first stops the sweep (every trial sent SIGTERM: it checkpoints); a
     second SIGINT ends the trials at once (SIGINT again, which a trainer takes as 'exit now')."""
 
     def __init__(self):
-        self.signal_name: str | None = None
+        super().__init__()
         self.hard = False
-        self._previous: dict = {}
-
-    def install(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                self._previous[sig] = signal.signal(sig, self._handle)
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
 
     def _handle(self, signum: int, frame) -> None:
-        if self.signal_name is None:
-            self.signal_name = signal.Signals(signum).name
-        elif signum == signal.SIGINT:
+        if not self._first(signum) and signum == signal.SIGINT:
             self.hard = True
-
-    @property
-    def exit_code(self) -> int:
-        return ExitCode.SIGNAL + signal.Signals[self.signal_name].value if self.signal_name else 0
 
 
 def run_sweep(spec: SweepSpec, output: str | Path | None = None, gpus: str | None = None, gpus_per_trial: int = 1,

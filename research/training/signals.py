@@ -16,21 +16,24 @@ log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-class StopRequest:
-    """Set by a signal; the loop reads `requested` after every batch. A second SIGINT exits at once, or
-    raises KeyboardInterrupt when `interactive` (a notebook kernel must survive it)."""
+class StopSignals:
+    """SIGINT, SIGTERM and SIGHUP taken over between `install` and `restore`; the first one's name and time
+    are kept (`requested`, `exit_code`). Subclasses say what a signal does in `_handle`."""
 
     SIGNALS = STOP_SIGNALS
 
-    def __init__(self, interactive: bool = False):
+    def __init__(self):
         self.signal_name: str | None = None
-        self.received_at: float | None = None      # time.monotonic() when the signal arrived
-        self.interactive = interactive
+        self.received_at: float | None = None      # time.monotonic() when the first signal arrived
         self._previous: dict[int, object] = {}
 
     @property
     def requested(self) -> bool:
         return self.signal_name is not None
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + signal.Signals[self.signal_name].value if self.signal_name else 0
 
     def install(self) -> None:
         """Take over the stop signals (main thread only: Python delivers signals there) until `restore`."""
@@ -45,8 +48,26 @@ class StopRequest:
             signal.signal(sig, handler)
         self._previous.clear()
 
+    def _first(self, signum: int) -> bool:
+        """Note `signum` if it is the first; True then."""
+        if self.signal_name is not None:
+            return False
+        self.signal_name, self.received_at = signal.Signals(signum).name, time.monotonic()
+        return True
+
     def _handle(self, signum: int, frame) -> None:
-        name = signal.Signals(signum).name
+        self._first(signum)
+
+
+class StopRequest(StopSignals):
+    """Set by a signal; the loop reads `requested` after every batch. A second SIGINT exits at once, or
+    raises KeyboardInterrupt when `interactive` (a notebook kernel must survive it)."""
+
+    def __init__(self, interactive: bool = False):
+        super().__init__()
+        self.interactive = interactive
+
+    def _handle(self, signum: int, frame) -> None:
         if signum == signal.SIGHUP:
             _detach_terminal()
         if self.signal_name is not None and signum == signal.SIGINT:
@@ -55,15 +76,10 @@ class StopRequest:
                 raise KeyboardInterrupt("second interrupt: stopped without a checkpoint")
             log.error("second SIGINT: exiting now without a checkpoint")
             os._exit(130)
-        if self.signal_name is None:
-            self.signal_name, self.received_at = name, time.monotonic()
-            log.warning("%s received: stopping after this batch and writing a checkpoint (%s again to %s)", name,
-                        *(("interrupt", "stop at once, without it") if self.interactive
-                          else ("press Ctrl-C", "exit at once")))
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + signal.Signals[self.signal_name].value if self.signal_name else 0
+        if self._first(signum):
+            log.warning("%s received: stopping after this batch and writing a checkpoint (%s again to %s)",
+                        self.signal_name, *(("interrupt", "stop at once, without it") if self.interactive
+                                            else ("press Ctrl-C", "exit at once")))
 
 
 class FollowerStop:
