@@ -84,8 +84,7 @@ def fit(setup: Setup, state: TrainState, run, stop, steps: int | None = None) ->
         for epoch in range(state.epoch, train.epochs):
             start_epoch(setup, epoch)
             skip, state.batch_in_epoch = state.batch_in_epoch, 0
-            sums = [[mx.nd.zeros(1, ctx=c), mx.nd.zeros(1, ctx=c)] for c in ctxs]   # loss, correct: on the devices
-            seen, counted, tic, previous = 0, 0, time.monotonic(), None     # counted: images whose loss is in sums
+            totals, tic, previous = EpochTotals(ctxs), time.monotonic(), None
             report.start_epoch(epoch)
             for batch in setup.train_iter:
                 report.batch_arrived()
@@ -93,9 +92,10 @@ def fit(setup: Setup, state: TrainState, run, stop, steps: int | None = None) ->
                     skip, state.batch_in_epoch = skip - 1, state.batch_in_epoch + 1
                     continue
                 if random_layers:    # Dropout draws from MXNet's RNG, whose state no checkpoint can hold: seeded
-                    mx.random.seed((train.seed * 1_000_003 + state.step) % 2 ** 31)   # per step, a resume draws alike
+                    for ctx in ctxs:     # per step on the training devices, a resume draws alike
+                        mx.random.seed((train.seed * 1_000_003 + state.step) % 2 ** 31, ctx=ctx)
                 lr = lr_at(state.step / steps_per_epoch, setup.base_lr, train)
-                loss = train_step(setup, batch, lr, loss_fn, sums)
+                loss = train_step(setup, batch, lr, loss_fn, totals)
                 if loss is None:                           # train.amp: inf/NaN gradients, the update skipped
                     skipped_in_a_row += 1
                     problem = health.check_overflows(skipped_in_a_row, precision.loss_scale(trainer), state.step + 1)
@@ -106,26 +106,19 @@ def fit(setup: Setup, state: TrainState, run, stop, steps: int | None = None) ->
                         # Sync on the previous batch: the loop is back in Python every batch, so a stop signal
                         # is acted on within two, while this batch keeps the devices busy.
                         previous.wait_to_read()
-                    previous, skipped_in_a_row, counted = loss, 0, counted + batch.data[0].shape[0]
+                    previous, skipped_in_a_row = loss, 0
                 state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + 1
-                seen += batch.data[0].shape[0]
                 report.advance()
                 if state.batch_in_epoch % train.log_every == 0:
-                    train_loss = _total(sums, 0) / max(counted, 1)    # sync: the epoch's loss sums
-                    if not math.isfinite(train_loss):
-                        raise NonFiniteLoss(f"train loss is {train_loss} at epoch {epoch + 1}, step {state.step}. "
-                                            f"Lower train.lr or check the data.")
-                    report.interval(seen, time.monotonic() - tic, train_loss, lr)
+                    train_loss = totals.loss(f"at epoch {epoch + 1}, step {state.step}")   # sync: the loss sums
+                    report.interval(totals.seen, time.monotonic() - tic, train_loss, lr)
                     mx.nd.waitall()      # sync: every device idle now, so the wait for the next batch is data alone
                     report.synced()
                 if writer.failed:                          # written in the background: seen after the next batch
                     raise writer.failed
                 if stop.requested:
                     if setup.rank0:
-                        writer.save(state, net, trainer)
-                        writer.wait()
-                        if writer.failed:
-                            raise writer.failed
+                        checkpoint_now(writer, state, setup)
                         log.warning("stopped %.1f s after %s, at epoch %d batch %d (step %d): checkpoint written",
                                     time.monotonic() - stop.received_at, stop.signal_name, epoch + 1,
                                     state.batch_in_epoch, state.step)
@@ -141,46 +134,85 @@ def fit(setup: Setup, state: TrainState, run, stop, steps: int | None = None) ->
             # it is on disk), report (log line, status.json, pace), curves.
             mx.nd.waitall()
             train_seconds = time.monotonic() - tic
-            train_loss = _total(sums, 0) / max(counted, 1)
-            if not math.isfinite(train_loss):
-                raise NonFiniteLoss(f"train loss is {train_loss} at the end of epoch {epoch + 1}. "
-                                f"Lower train.lr or check the data.")
             val = evaluate(net, setup.val_iter, ctxs, loss_fn, train.dtype)
-            epoch_seconds = time.monotonic() - tic
-            metrics = {
-                "train/loss": train_loss, "train/top1": _total(sums, 1) / max(counted, 1),
-                "val/loss": val["loss"], "val/top1": val["top1"], "val/top5": val["top5"],
-                "lr": lr,                                      # the last lr this epoch trained with
-                "speed/img_per_s": seen / train_seconds * setup.num_workers, "time/epoch_s": epoch_seconds,
-                "time/data_wait": report.epoch_wait_share(),   # the devices' estimated idle share, waiting on data
-                "health/dead_fraction": val["dead_fraction"],
-            }
-            if precision.has_scaler(trainer):              # train.amp: the scale now, and the updates it skipped
-                metrics.update({"amp/loss_scale": precision.loss_scale(trainer),
-                                "amp/skipped_steps": (seen - counted) // setup.local_batch})
+            metrics = epoch_metrics(setup, totals, val, lr, train_seconds, time.monotonic() - tic, report, epoch)
             entry = {"epoch": epoch + 1, **metrics}
             problem = health.check(state.history + [entry], recipe.net.classes, labels, train.chance_epochs,
                                    train.stall_epochs, head_activation)
             if problem:                                    # before the epoch is kept or checkpointed
                 raise DeadHead(f"{problem}. {health.advice(head_activation)}")
-            state.epoch, state.batch_in_epoch, state.elapsed_s = epoch + 1, 0, state.elapsed_s + epoch_seconds
+            state.epoch, state.batch_in_epoch = epoch + 1, 0
+            state.elapsed_s += metrics["time/epoch_s"]
             state.history.append(entry)
             is_best = metrics["val/top1"] > state.best_top1
             state.best_top1 = max(state.best_top1, metrics["val/top1"])
             if setup.rank0:
                 saved = writer.save(state, net, trainer, is_best)
                 tracker.log_metrics(metrics, step=state.epoch, after=saved)
-                report.end_epoch(metrics, epoch_seconds)
+                report.end_epoch(metrics, metrics["time/epoch_s"])
                 tracker.log_artifact(curves.path, after=curves.update(state.history))
             last_save = time.monotonic()
-        writer.wait()
-        if writer.failed:
-            raise writer.failed
+        if setup.rank0:
+            checkpoint_now(writer)                 # the last epoch's file on disk before the run is called done
         return "finished"
     finally:
         report.close()
         writer.close()                             # a checkpoint being written is finished, even on error
         curves.close()
+
+
+class EpochTotals:
+    """The epoch's running loss and correct counts, summed on the devices (no sync until read), over the
+    images whose update ran (`counted`: train.amp skips some), and every image trained on (`seen`)."""
+
+    def __init__(self, ctxs: list[mx.Context]):
+        self.sums = [[mx.nd.zeros(1, ctx=c), mx.nd.zeros(1, ctx=c)] for c in ctxs]
+        self.seen = self.counted = 0
+
+    def add(self, outs: list[mx.nd.NDArray], ys: list[mx.nd.NDArray], losses: list[mx.nd.NDArray]) -> None:
+        for (loss_sum, correct), out, y, loss in zip(self.sums, outs, ys, losses):
+            loss_sum += loss.sum()
+            correct += (out.argmax(axis=1) == y).sum()
+        self.counted += sum(y.shape[0] for y in ys)
+
+    def loss(self, where: str) -> float:
+        """The mean train loss so far (a sync); NonFiniteLoss if it is NaN or infinite."""
+        value = self._total(0) / max(self.counted, 1)
+        if not math.isfinite(value):
+            raise NonFiniteLoss(f"train loss is {value} {where}. Lower train.lr or check the data.")
+        return value
+
+    def top1(self) -> float:
+        return self._total(1) / max(self.counted, 1)
+
+    def _total(self, index: int) -> float:
+        return float(sum(device_sums[index].asscalar() for device_sums in self.sums))
+
+
+def epoch_metrics(setup: Setup, totals: EpochTotals, val: dict[str, float], lr: float, train_seconds: float,
+                  epoch_seconds: float, report: Report, epoch: int) -> dict[str, float]:
+    """What the epoch logs (MLflow, the history, the guard); NonFiniteLoss if its train loss is not finite."""
+    metrics = {
+        "train/loss": totals.loss(f"at the end of epoch {epoch + 1}"), "train/top1": totals.top1(),
+        "val/loss": val["loss"], "val/top1": val["top1"], "val/top5": val["top5"],
+        "lr": lr,                                      # the last lr this epoch trained with
+        "speed/img_per_s": totals.seen / train_seconds * setup.num_workers, "time/epoch_s": epoch_seconds,
+        "time/data_wait": report.epoch_wait_share(),   # the devices' estimated idle share, waiting on data
+        "health/dead_fraction": val["dead_fraction"],
+    }
+    if precision.has_scaler(setup.trainer):            # train.amp: the scale now, and the updates it skipped
+        metrics.update({"amp/loss_scale": precision.loss_scale(setup.trainer),
+                        "amp/skipped_steps": (totals.seen - totals.counted) // setup.local_batch})
+    return metrics
+
+
+def checkpoint_now(writer: CheckpointWriter, state: TrainState | None = None, setup: Setup | None = None) -> None:
+    """Save `state` (when given) and wait until every queued checkpoint is on disk; the first failure raised."""
+    if state is not None:
+        writer.save(state, setup.net, setup.trainer)
+    writer.wait()
+    if writer.failed:
+        raise writer.failed
 
 
 def start_epoch(setup: Setup, epoch: int) -> None:
@@ -195,16 +227,17 @@ def start_epoch(setup: Setup, epoch: int) -> None:
 
 
 def train_step(setup: Setup, batch: mx.io.DataBatch, lr: float, loss_fn: gluon.loss.Loss,
-               sums: list[list[mx.nd.NDArray]]) -> mx.nd.NDArray | None:
+               totals: EpochTotals) -> mx.nd.NDArray | None:
     """One update at `lr`: forward and backward on every device, the gradients reduced and the weights
-    stepped; the batch's loss and correct counts are added to `sums` on the devices. Queued, not waited
+    stepped; the batch's loss and correct counts are added to `totals` on the devices. Queued, not waited
     for: returns the first device's loss, to sync on later. With train.amp, None when the loss scaler found
-    inf/NaN gradients: the weights are unchanged and the batch is left out of `sums`."""
+    inf/NaN gradients: the weights are unchanged and the batch is left out of the loss sums."""
     if not setup.lr_on_servers:
         setup.trainer.set_learning_rate(lr)
     dtype = setup.recipe.train.dtype
     xs = gluon.utils.split_and_load(batch.data[0], setup.ctxs, even_split=False)
     ys = gluon.utils.split_and_load(batch.label[0], setup.ctxs, even_split=False)
+    totals.seen += batch.data[0].shape[0]
     with autograd.record():
         outs = [setup.net(x.astype(dtype, copy=False)).astype("float32", copy=False) for x in xs]
         losses = [loss_fn(out, y) for out, y in zip(outs, ys)]
@@ -213,9 +246,7 @@ def train_step(setup: Setup, batch: mx.io.DataBatch, lr: float, loss_fn: gluon.l
     setup.trainer.step(setup.global_batch)      # divides the summed gradients by the global batch (and the scale)
     if precision.skipped(setup.trainer):        # train.amp: the scaler's check synced on the gradients here
         return None
-    for (loss_sum, correct), out, y, loss in zip(sums, outs, ys, losses):
-        loss_sum += loss.sum()
-        correct += (out.argmax(axis=1) == y).sum()
+    totals.add(outs, ys, losses)
     return losses[0]
 
 
@@ -231,7 +262,3 @@ def _set_frozen(net: gluon.Block, frozen: bool) -> None:
     for name, param in net.collect_params().items():
         if name not in head:
             param.lr_mult = 0.0 if frozen else 1.0
-
-
-def _total(sums: list[list[mx.nd.NDArray]], index: int) -> float:
-    return float(sum(device_sums[index].asscalar() for device_sums in sums))
