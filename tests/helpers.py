@@ -95,23 +95,35 @@ def change_setup(monkeypatch, change) -> None:
     monkeypatch.setattr(trainer, "build_setup", build_and_change)
 
 
-def run_tool_killed_at(tool: str, *args, env: dict[str, str], patch: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """python tools/<tool> args..., killed with SIGKILL at the instant `patch` chooses.
-
-    `patch` is Python run in the tool's process before the tool, after the tool's own thread setup:
-    it wraps a function of research/ and calls `die()` (os.kill(os.getpid(), SIGKILL)) inside it, so a
-    test hits one window on purpose (between a checkpoint's rename and MLflow's write, inside a write)
-    instead of by luck. The result's returncode is -9 when the patch fired.
-    """
-    script = "\n".join([
+def patched_tool(tool: str, patch: str, args: list | None = None) -> str:
+    """Python source that runs tools/<tool> with `patch` run first in its process (after the tool's own thread
+    setup): Python that wraps a function of research/ to strike at the instant it chooses, counted in batches
+    or epochs, not seconds. It may call `die()` (SIGKILL to itself) or `send(signal.SIGTERM)` (as a user's
+    kill would, delivered before the next line runs). The tool gets `args`, or the script's own arguments."""
+    argv = f"{[str(a) for a in args]!r}" if args is not None else "sys.argv[1:]"
+    return "\n".join([
         "import os, runpy, signal, sys",
         f"sys.path.insert(0, {str(REPO)!r})",
         "from research.devices import set_cpu_threads; set_cpu_threads()   # as the tool does, before mxnet",
         "def die(): os.kill(os.getpid(), signal.SIGKILL)",
+        "def send(sig): os.kill(os.getpid(), sig)",
         patch,
-        f"sys.argv = [{str(REPO / 'tools' / tool)!r}] + {[str(a) for a in args]!r}",
+        f"sys.argv = [{str(REPO / 'tools' / tool)!r}] + {argv}",
         f"runpy.run_path({str(REPO / 'tools' / tool)!r}, run_name='__main__')"])
-    return subprocess.run([PYTHON, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_tool_patched(tool: str, *args, env: dict[str, str], patch: str,
+                     timeout: float = 600) -> subprocess.CompletedProcess:
+    """python tools/<tool> args..., with `patch` run in its process first (patched_tool)."""
+    return subprocess.run([PYTHON, "-c", patched_tool(tool, patch, list(args))], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run_tool_killed_at(tool: str, *args, env: dict[str, str], patch: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """python tools/<tool> args..., killed with SIGKILL at the instant `patch` chooses: it wraps a function of
+    research/ and calls `die()` inside it, so a test hits one window on purpose (between a checkpoint's rename
+    and MLflow's write, inside a write) instead of by luck. The result's returncode is -9 when the patch fired."""
+    return run_tool_patched(tool, *args, env=env, patch=patch, timeout=timeout)
 
 
 # -- detached runs: a private tmux server, and a temporary HOME with a stand-in crontab ------------------

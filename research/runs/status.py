@@ -56,6 +56,7 @@ class RunStatus:
     trials_done: int | None = None
     restarts: int | None = None        # a supervised run (--keep-alive): restarts so far, and the last one's cause
     last_restart: str | None = None
+    went_back: str | None = None       # resumed from a checkpoint older than MLflow's record: from which epoch, why
 
 
 def read_status(run_dir: Path) -> dict | None:
@@ -175,7 +176,7 @@ def collect(root: Path, sessions: dict[Path, SessionInfo] | None = None,
             pid=info.get("pid"), run_id=info.get("run_id"), session=session and session.name,
             kind=info.get("kind", "run"), trials=info.get("trials"), trials_done=info.get("trials_done"),
             restarts=len(restarts) if restarts is not None else None,
-            last_restart=restarts[-1].get("cause") if restarts else None))
+            last_restart=restarts[-1].get("cause") if restarts else None, went_back=info.get("went_back")))
     listed = {Path(run.run_dir) for run in runs}
     for run_dir, session in sorted(sessions.items()):
         if run_dir not in listed and (run_dir == root or root in run_dir.parents):
@@ -203,8 +204,10 @@ def format_table(runs: list[RunStatus]) -> str:
             format_duration(run.eta_s) if running and run.eta_s is not None else "-",
             f"{format_duration(run.age_s)} ago" if run.age_s is not None else "-",
             run.session or "-") + ((format_restarts(run),) if supervised else ()))
-    return tabulate(rows, headers=header + (("restarts",) if supervised else ()), tablefmt="plain",
-                    disable_numparse=True)
+    table = tabulate(rows, headers=header + (("restarts",) if supervised else ()), tablefmt="plain",
+                     disable_numparse=True)
+    notes = [f"{run.name} resumed {run.went_back}" for run in runs if run.went_back]
+    return "\n".join([table, *notes])
 
 
 def format_restarts(run: RunStatus) -> str:

@@ -49,6 +49,10 @@ class TrainState:
     best_top1: float = -1.0
     recipe: dict[str, Any] = field(default_factory=dict)
     elapsed_s: float = 0.0         # training seconds over all sessions of this run
+    # The epoch under way's train sums up to batch_in_epoch (loop.EpochTotals.carried_on), so that a run resumed
+    # mid-epoch reports the epoch's loss and top-1 over all its batches; None at an epoch's end, and in
+    # checkpoints written before it was kept (the resumed epoch's figures then cover its batches after the resume).
+    epoch_totals: dict[str, float] | None = None
 
 
 def net_arrays(net: gluon.Block) -> dict[str, np.ndarray]:
@@ -215,6 +219,19 @@ def find_latest(folder: str | Path) -> tuple[Path, dict[str, Any]] | None:
         except CheckpointError as err:
             log.warning("skipping checkpoint: %s", err)
     return None
+
+
+def unusable_after(folder: str | Path, step: int) -> str:
+    """Why no checkpoint newer than `step` could be resumed from: each newer file's problem, or that there
+    is none (deleted, or lost with a disk)."""
+    problems = []
+    for path in list_checkpoints(folder):
+        if int(NAME.match(path.name).group(1)) > step:
+            try:
+                load_checkpoint(path)
+            except CheckpointError as err:
+                problems.append(str(err))
+    return "; ".join(problems) or f"no checkpoint after step {step} in {folder}"
 
 
 def restore(content: dict[str, Any], net: gluon.Block, trainer: gluon.Trainer) -> TrainState:

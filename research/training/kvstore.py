@@ -97,6 +97,8 @@ def prepare_workers(kv, setup: Setup, state: TrainState) -> None:
                     " Unless that is --fresh, rank 0's machine lacks this run's newest checkpoint: stop the job and "
                     "put the run directory on a shared filesystem (docs/distributed.md)" if step < state.step else "")
         state.epoch, state.batch_in_epoch, state.step = epoch, batch, step
+        state.epoch_totals = None    # its own checkpoint's sums belong to another position (this worker's
+                                     # train figures are not logged: rank 0's are)
     local_batch = setup.local_batch
     updates_per_step = setup.num_workers if "async" in kv.type else 1
     optimizer = trainer.optimizer

@@ -112,9 +112,26 @@ class Lifecycle:
                 tracker = start_run(self.recipe, ctxs, self.argv, tags)
             self.tracker = tracker
             self.tracker.set_tags({"run_dir": str(self.run_dir.resolve())})    # where it is now (a column of compare)
+            self._note_went_back(len(history))
         write_run_json(self.run_dir, self.tracker.run_id, self.tracker.experiment_id)
         self.tracker.log_artifact(self.run_dir / "recipe.yaml")
         return self.tracker
+
+    def _note_went_back(self, epochs: int) -> None:
+        """A resume from a checkpoint older than MLflow's record (the newer ones damaged or gone): the epochs
+        MLflow has are trained again but not logged twice (loop.fit), and the MLflow tag `resume.went_back`
+        and status.json's `went_back` say from which epoch to which, and why."""
+        logged = self.tracker.last_step("val/top1") or 0
+        if logged <= epochs:
+            return
+        step = self.state.step if self.state is not None else 0
+        why = checkpoint.unusable_after(self.run_dir / checkpoint.FOLDER, step)
+        text = f"from epoch {logged} back to epoch {epochs}: {why}"
+        log.warning("MLflow has this run's epochs up to %d, but the newest usable checkpoint is at epoch %d (%s). "
+                    "Epochs %d-%d are trained again; MLflow keeps the figures it has for them.",
+                    logged, epochs, why, epochs + 1, logged)
+        self.tracker.set_tags({"resume.went_back": text[:5000]})
+        self.figures["went_back"] = text
 
     def write_status(self, status: str, **figures) -> None:
         """status.json with the run's figures (its state's, the job's own, then these); `started` from now."""

@@ -2,6 +2,7 @@
 checkpoint) is plain `if` blocks in the order it runs, then the epoch's end in one block."""
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -75,6 +76,8 @@ def fit(setup: Setup, state: TrainState, run, stop, steps: int | None = None) ->
     report = Report(run, tracker, state, train.epochs, steps_per_epoch, setup.local_batch, setup.num_workers,
                     logged_until=tracker.last_step("iter/loss"), enabled=setup.rank0,
                     warn_data_wait=recipe.data.kind == "recordio")
+    logged_epochs = tracker.last_step("val/top1") or 0    # MLflow's record, ahead of the checkpoint's after a
+                                                           # resume from an older one (a newer one was damaged)
     until = None if steps is None else state.step + steps
     labels = getattr(setup.train_iter, "labels_in_data", recipe.net.classes)       # chance, for the guard
     head_activation = recipe.net.activation if recipe.net.name.startswith("squeezenet") else None
@@ -83,14 +86,10 @@ def fit(setup: Setup, state: TrainState, run, stop, steps: int | None = None) ->
     try:
         for epoch in range(state.epoch, train.epochs):
             start_epoch(setup, epoch)
-            skip, state.batch_in_epoch = state.batch_in_epoch, 0
-            totals, tic, previous = EpochTotals(ctxs), time.monotonic(), None
+            totals, tic, previous = EpochTotals(ctxs, state.epoch_totals), time.monotonic(), None
             report.start_epoch(epoch)
-            for batch in setup.train_iter:
+            for batch in batches_left(setup.train_iter, state.batch_in_epoch, steps_per_epoch):
                 report.batch_arrived()
-                if skip:                                   # resuming mid-epoch: these were trained on
-                    skip, state.batch_in_epoch = skip - 1, state.batch_in_epoch + 1
-                    continue
                 if random_layers:    # Dropout draws from MXNet's RNG, whose state no checkpoint can hold: seeded
                     for ctx in ctxs:     # per step on the training devices, a resume draws alike
                         mx.random.seed((train.seed * 1_000_003 + state.step) % 2 ** 31, ctx=ctx)
@@ -117,6 +116,7 @@ def fit(setup: Setup, state: TrainState, run, stop, steps: int | None = None) ->
                 if writer.failed:                          # written in the background: seen after the next batch
                     raise writer.failed
                 if stop.requested:
+                    state.epoch_totals = totals.carried_on()      # sync: the epoch's sums go into the checkpoint
                     if setup.rank0:
                         checkpoint_now(writer, state, setup)
                         log.warning("stopped %.1f s after %s, at epoch %d batch %d (step %d): checkpoint written",
@@ -124,9 +124,11 @@ def fit(setup: Setup, state: TrainState, run, stop, steps: int | None = None) ->
                                     state.batch_in_epoch, state.step)
                     return "stopped"
                 if state.step == until:
+                    state.epoch_totals = totals.carried_on()      # the next fit goes on with the epoch's sums
                     return "paused"
                 if setup.rank0 and recipe.checkpoint.every_minutes and \
                         time.monotonic() - last_save > 60 * recipe.checkpoint.every_minutes:
+                    state.epoch_totals = totals.carried_on()
                     writer.save(state, net, trainer)
                     last_save = time.monotonic()
 
@@ -135,20 +137,22 @@ def fit(setup: Setup, state: TrainState, run, stop, steps: int | None = None) ->
             mx.nd.waitall()
             train_seconds = time.monotonic() - tic
             val = evaluate(net, setup.val_iter, ctxs, loss_fn, train.dtype)
+            lr = lr_at((state.step - 1) / steps_per_epoch, setup.base_lr, train)     # the epoch's last batch's
             metrics = epoch_metrics(setup, totals, val, lr, train_seconds, time.monotonic() - tic, report, epoch)
             entry = {"epoch": epoch + 1, **metrics}
             problem = health.check(state.history + [entry], recipe.net.classes, labels, train.chance_epochs,
                                    train.stall_epochs, head_activation)
             if problem:                                    # before the epoch is kept or checkpointed
                 raise DeadHead(f"{problem}. {health.advice(head_activation)}")
-            state.epoch, state.batch_in_epoch = epoch + 1, 0
+            state.epoch, state.batch_in_epoch, state.epoch_totals = epoch + 1, 0, None
             state.elapsed_s += metrics["time/epoch_s"]
             state.history.append(entry)
             is_best = metrics["val/top1"] > state.best_top1
             state.best_top1 = max(state.best_top1, metrics["val/top1"])
             if setup.rank0:
                 saved = writer.save(state, net, trainer, is_best)
-                tracker.log_metrics(metrics, step=state.epoch, after=saved)
+                if state.epoch > logged_epochs:            # else MLflow has it from before a resume that went back
+                    tracker.log_metrics(metrics, step=state.epoch, after=saved)
                 report.end_epoch(metrics, metrics["time/epoch_s"])
                 tracker.log_artifact(curves.path, after=curves.update(state.history))
             last_save = time.monotonic()
@@ -163,11 +167,14 @@ def fit(setup: Setup, state: TrainState, run, stop, steps: int | None = None) ->
 
 class EpochTotals:
     """The epoch's running loss and correct counts, summed on the devices (no sync until read), over the
-    images whose update ran (`counted`: train.amp skips some), and every image trained on (`seen`)."""
+    images whose update ran (`counted`: train.amp skips some), and every image trained on (`seen`), since
+    this pass over the epoch began; `carried`, the same sums of the batches trained before the checkpoint
+    this pass resumed from (TrainState.epoch_totals), so that the epoch's figures cover all its batches."""
 
-    def __init__(self, ctxs: list[mx.Context]):
+    def __init__(self, ctxs: list[mx.Context], carried: dict[str, float] | None = None):
         self.sums = [[mx.nd.zeros(1, ctx=c), mx.nd.zeros(1, ctx=c)] for c in ctxs]
-        self.seen = self.counted = 0
+        self.seen = self.counted = self.batches = 0
+        self.carried = {**dict.fromkeys(CARRIED, 0), **(carried or {})}
 
     def add(self, outs: list[mx.nd.NDArray], ys: list[mx.nd.NDArray], losses: list[mx.nd.NDArray]) -> None:
         for (loss_sum, correct), out, y, loss in zip(self.sums, outs, ys, losses):
@@ -176,33 +183,67 @@ class EpochTotals:
         self.counted += sum(y.shape[0] for y in ys)
 
     def loss(self, where: str) -> float:
-        """The mean train loss so far (a sync); NonFiniteLoss if it is NaN or infinite."""
-        value = self._total(0) / max(self.counted, 1)
-        if not math.isfinite(value):
-            raise NonFiniteLoss(f"train loss is {value} {where}. Lower train.lr or check the data.")
-        return value
+        """The mean train loss of this pass so far (a sync); NonFiniteLoss if it is NaN or infinite."""
+        return _finite(self._total(0) / max(self.counted, 1), where)
 
-    def top1(self) -> float:
-        return self._total(1) / max(self.counted, 1)
+    def carried_on(self) -> dict[str, float]:
+        """The epoch's sums so far, this pass's added to those carried (a sync): what a checkpoint taken now
+        holds, for the pass that resumes from it."""
+        return {"loss_sum": self.carried["loss_sum"] + self._total(0),
+                "correct": self.carried["correct"] + self._total(1),
+                "counted": self.carried["counted"] + self.counted, "seen": self.carried["seen"] + self.seen,
+                "batches": self.carried["batches"] + self.batches}
+
+    def epoch(self, where: str) -> dict[str, float]:
+        """The whole epoch's train figures: mean loss and top-1 over every batch it trained, carried ones
+        included, and how many batches they cover; NonFiniteLoss if the loss is NaN or infinite."""
+        sums = self.carried_on()
+        counted = max(sums["counted"], 1)
+        return {"train/loss": _finite(sums["loss_sum"] / counted, where), "train/top1": sums["correct"] / counted,
+                "train/batches": sums["batches"], "skipped_images": sums["seen"] - sums["counted"]}
 
     def _total(self, index: int) -> float:
         return float(sum(device_sums[index].asscalar() for device_sums in self.sums))
 
 
+CARRIED = ("loss_sum", "correct", "counted", "seen", "batches")     # TrainState.epoch_totals' keys
+
+
+def _finite(loss: float, where: str) -> float:
+    if not math.isfinite(loss):
+        raise NonFiniteLoss(f"train loss is {loss} {where}. Lower train.lr or check the data.")
+    return loss
+
+
+def batches_left(train_iter: mx.io.DataIter, done: int, steps_per_epoch: int):
+    """The epoch's batches after the first `done`, which a resumed run trained before its checkpoint (they are
+    read and dropped: the iterator has no seek). None is read when the checkpoint came after the last one."""
+    if done >= steps_per_epoch:
+        return iter(())
+    return itertools.islice(train_iter, done, None)
+
+
 def epoch_metrics(setup: Setup, totals: EpochTotals, val: dict[str, float], lr: float, train_seconds: float,
                   epoch_seconds: float, report: Report, epoch: int) -> dict[str, float]:
-    """What the epoch logs (MLflow, the history, the guard); NonFiniteLoss if its train loss is not finite."""
+    """What the epoch logs (MLflow, the history, the guard); NonFiniteLoss if its train loss is not finite.
+
+    The train figures cover every batch of the epoch, those before a mid-epoch resume included
+    (`train/batches` says how many: fewer only after a resume from a checkpoint written before they were
+    kept); speed covers this process's batches, over its time."""
+    train_figures = totals.epoch(f"at the end of epoch {epoch + 1}")
     metrics = {
-        "train/loss": totals.loss(f"at the end of epoch {epoch + 1}"), "train/top1": totals.top1(),
+        "train/loss": train_figures["train/loss"], "train/top1": train_figures["train/top1"],
+        "train/batches": train_figures["train/batches"],
         "val/loss": val["loss"], "val/top1": val["top1"], "val/top5": val["top5"],
         "lr": lr,                                      # the last lr this epoch trained with
-        "speed/img_per_s": totals.seen / train_seconds * setup.num_workers, "time/epoch_s": epoch_seconds,
+        "speed/img_per_s": totals.seen / max(train_seconds, 1e-9) * setup.num_workers,
+        "time/epoch_s": epoch_seconds,
         "time/data_wait": report.epoch_wait_share(),   # the devices' estimated idle share, waiting on data
         "health/dead_fraction": val["dead_fraction"],
     }
     if precision.has_scaler(setup.trainer):            # train.amp: the scale now, and the updates it skipped
         metrics.update({"amp/loss_scale": precision.loss_scale(setup.trainer),
-                        "amp/skipped_steps": (totals.seen - totals.counted) // setup.local_batch})
+                        "amp/skipped_steps": train_figures["skipped_images"] // setup.local_batch})
     return metrics
 
 
@@ -237,7 +278,7 @@ def train_step(setup: Setup, batch: mx.io.DataBatch, lr: float, loss_fn: gluon.l
     dtype = setup.recipe.train.dtype
     xs = gluon.utils.split_and_load(batch.data[0], setup.ctxs, even_split=False)
     ys = gluon.utils.split_and_load(batch.label[0], setup.ctxs, even_split=False)
-    totals.seen += batch.data[0].shape[0]
+    totals.seen, totals.batches = totals.seen + batch.data[0].shape[0], totals.batches + 1
     with autograd.record():
         outs = [setup.net(x.astype(dtype, copy=False)).astype("float32", copy=False) for x in xs]
         losses = [loss_fn(out, y) for out, y in zip(outs, ys)]

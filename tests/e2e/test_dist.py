@@ -19,7 +19,7 @@ import mxnet as mx
 import numpy as np
 import psutil
 import pytest
-from helpers import PYTHON, REPO, make_env
+from helpers import PYTHON, REPO, make_env, patched_tool
 from mlflow.tracking import MlflowClient
 
 from research.config import load_recipe
@@ -39,14 +39,19 @@ pytestmark = pytest.mark.slow
 class Job:
     """tools/launch_dist.py as a user runs it; output collected; everything it started is ended in close()."""
 
-    def __init__(self, tmp_path: Path, store: Path, *extra: str, per_worker: str = ""):
-        """`per_worker`: shell words appended to each worker's command; $SLOT tells the workers apart."""
+    def __init__(self, tmp_path: Path, store: Path, *extra: str, per_worker: str = "", patch: str = ""):
+        """`per_worker`: shell words appended to each worker's command; $SLOT tells the workers apart.
+        `patch`: Python run in each worker's process before tools/train.py (helpers.patched_tool)."""
         (tmp_path / "hosts").write_text("localhost\nlocalhost\n")
         self.runs = tmp_path / "runs"
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        command = [PYTHON, "tools/train.py", RECIPE, "--output", str(self.runs / "shared"), *extra]
+        train = "tools/train.py"
+        if patch:
+            train = tmp_path / "patched_train.py"
+            train.write_text(patched_tool("train.py", patch))
+        command = [PYTHON, str(train), RECIPE, "--output", str(self.runs / "shared"), *extra]
         if per_worker:      # the launcher gives each node PORT = scheduler port + its slot
             command = ["bash", "-c", f"SLOT=$((PORT - DMLC_PS_ROOT_PORT)); exec {shlex.join(command)} {per_worker}"]
         self.proc = subprocess.Popen(
@@ -238,6 +243,46 @@ def test_sigterm_stops_with_a_checkpoint_and_the_rerun_resumes_it(job_factory, s
     client, run = only_run(store, request.node.name)
     assert run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/top1")] == [1, 2, 3]
+
+
+# Rank 0, on the last batch of epoch 2: SIGTERM to the launcher (which passes it on to every worker, as a user's
+# stop does), then wait for it to arrive here: the stop lands on that batch whatever the machine's speed.
+STOP_ON_THE_LAST_BATCH_OF_EPOCH_2 = """
+import time
+from pathlib import Path
+from research.training import report, signals
+arrived, handle = [], signals.StopRequest._handle
+def handle_and_note(self, signum, frame):
+    arrived.append(signum)
+    handle(self, signum, frame)
+signals.StopRequest._handle = handle_and_note
+advance = report.Report.advance
+def advance_then_stop(self):
+    advance(self)
+    if self.enabled and (self.state.epoch + 1, self.state.batch_in_epoch) == (2, self.steps_per_epoch):
+        os.kill(int(Path(os.environ["LAUNCHER_PID_FILE"]).read_text()), signal.SIGTERM)
+        while not arrived:
+            time.sleep(0.01)
+report.Report.advance = advance_then_stop
+"""
+
+
+def test_a_stop_on_an_epochs_last_batch_resumes_on_every_worker(job_factory, store, tmp_path, request, monkeypatch):
+    monkeypatch.setenv("LAUNCHER_PID_FILE", str(tmp_path / "launcher.pid"))
+    job = job_factory(patch=STOP_ON_THE_LAST_BATCH_OF_EPOCH_2)
+    (tmp_path / "launcher.pid").write_text(str(job.proc.pid))
+    assert job.wait(timeout=300) == 128 + signal.SIGTERM, job.output
+    stopped = final_checkpoint(job.run_dir)["state"]
+    assert (stopped.epoch, stopped.batch_in_epoch, stopped.step) == (1, STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH)
+
+    rerun = job_factory()                               # the same command again: every worker skips to the end
+    assert rerun.wait() == 0, rerun.output
+    digests = rerun.digests()
+    assert digests[0] == digests[1] == digest_arrays(final_checkpoint(rerun.run_dir)["params"]), rerun.output
+    client, run = only_run(store, request.node.name)
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/top1")] == [1, 2, 3]
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "train/batches")] == [STEPS_PER_EPOCH] * 3
 
 
 def test_a_killed_worker_ends_the_job_with_an_error(job_factory, store, request):
