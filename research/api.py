@@ -226,15 +226,15 @@ def sweep(recipe: str | Path, *, grid: Mapping[str, Sequence[Any]] | None = None
         gpus, gpus_per_trial, parallel: the devices shared out (--gpus 0,1,2,3 --gpus-per-trial 1: four at
             once); on the CPU, `parallel` trials at once split the cores.
 
-    Returns a research.runs.sweep_run.SweepResult: `.rows` (one dict per trial: its values, state, best and final
+    Returns a research.sweeps.sweeper.SweepResult: `.rows` (one dict per trial: its values, state, best and final
     metric, run id and directory; `pandas.DataFrame(result.rows)`), `.best`, `.parent_run_id`, `.sweep_dir`.
 
     Raises:
         UserError: a bad option or trial recipe (nothing trained).
         KeyboardInterrupt: interrupted; every running trial checkpointed first. Call again to continue.
     """
-    from .runs.sweep import make_spec
-    from .runs.sweep_run import run_sweep
+    from .sweeps.spec import make_spec
+    from .sweeps.sweeper import run_sweep
 
     if not isinstance(recipe, (str, Path)):
         raise UserError("research.sweep takes the recipe's file: each trial is tools/train.py on it "
@@ -288,7 +288,7 @@ def compare(runs_or_experiment: str | Iterable[str | Path | Run] | None = None, 
     """
     import pandas as pd
 
-    from .runs.compare import collect, summary_table
+    from .inspection.compare import collect, summary_table
 
     experiment, refs = None, []
     if isinstance(runs_or_experiment, str) and not Path(runs_or_experiment, "run.json").is_file():

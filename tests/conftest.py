@@ -59,7 +59,7 @@ def repo() -> Path:
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Path:
     """A real 24 MB tmpfs, to fill up (a LeNet checkpoint is 3.4 MB); skipped where this process may not mount.
-    tests/unit/train/test_save_failure.py covers a full disk with a fake everywhere."""
+    tests/unit/training/test_save_failure.py covers a full disk with a fake everywhere."""
     disk = tmp_path / "disk"
     disk.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(disk)], capture_output=True,

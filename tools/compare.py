@@ -35,7 +35,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    from research.runs.compare import collect, format_rows, plot_runs
+    from research.inspection.compare import collect, format_rows, plot_runs
     from research.tracking.ui import compare_url
     from research.errors import UserError
 

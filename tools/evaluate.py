@@ -49,7 +49,7 @@ def main(argv: list[str]) -> int:
         return 2
     from research.devices import get_contexts
     from research.errors import UserError
-    from research.evaluate_crops import evaluate_rec, load_trained, log_to_run
+    from research.evaluation.crops import evaluate_rec, load_trained, log_to_run
 
     try:
         ctxs = get_contexts(args.gpus)

@@ -10,8 +10,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from research.cli import add_run_options  # noqa: E402
 from research.errors import ExitCode, exit_status_help  # noqa: E402
-from research.runs.notify import EVENTS, NOTIFY_ENV  # noqa: E402
-from research.runs.supervise import MAX_RESTARTS, policy_help  # noqa: E402
+from research.detached.notify import EVENTS, NOTIFY_ENV  # noqa: E402
+from research.detached.supervise import MAX_RESTARTS, policy_help  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -60,11 +60,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     from research.errors import UserError
-    from research.runs.launch import SOCKET_ENV, KeepAlive, launch
+    from research.detached.launch import SOCKET_ENV, KeepAlive, launch
 
     try:
         if args.list or args.forget or args.boot:
-            from research.runs import keep_alive
+            from research.detached import keep_alive
             print(keep_alive.format_list() if args.list else keep_alive.forget(args.forget) if args.forget
                   else "\n".join(keep_alive.boot()) or "no supervised runs")
             return 0

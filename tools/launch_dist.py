@@ -41,7 +41,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    from research.runs.launch_dist import DEFAULT_PORT, launch, read_hosts
+    from research.dist.nodes import DEFAULT_PORT, launch, read_hosts
     from research.errors import UserError
 
     try:

@@ -32,8 +32,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    from research.runs.launch import SOCKET_ENV, sessions_by_run_dir
-    from research.runs.status import as_json, collect, format_table
+    from research.detached.launch import SOCKET_ENV, sessions_by_run_dir
+    from research.inspection.status import as_json, collect, format_table
 
     if not args.root.is_dir():
         print(f"error: no output root at {args.root}: start a run with tools/launch.py RECIPE, "

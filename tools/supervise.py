@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from research.runs.supervise import MAX_RESTARTS, policy_help  # noqa: E402
+from research.detached.supervise import MAX_RESTARTS, policy_help  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -36,7 +36,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    from research.runs.supervise import Supervisor
+    from research.detached.supervise import Supervisor
 
     supervisor = Supervisor(args.run_dir.resolve(), args.command, args.name, args.max_restarts, args.notify)
     return supervisor.run(args.restart_cause)

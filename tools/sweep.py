@@ -62,9 +62,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     from research.errors import UserError
-    from research.runs.launch import SOCKET_ENV
-    from research.runs.sweep import make_spec
-    from research.runs.sweep_run import launch_sweep, run_sweep
+    from research.detached.launch import SOCKET_ENV
+    from research.sweeps.spec import make_spec
+    from research.sweeps.sweeper import launch_sweep, run_sweep
 
     try:
         spec = make_spec(args.recipe, args.grid, args.ranges, args.random, args.seed, args.overrides, args.metric,

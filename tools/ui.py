@@ -25,7 +25,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    from research.runs.compare import open_client
+    from research.inspection.compare import open_client
     from research.tracking.ui import SERVER_ENV, experiment_url, server_args
     from research.errors import UserError
     from research.tracking import tracking_uri, ui_command

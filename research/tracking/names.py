@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from ..config import Recipe
 
 # JSON {tag: value} that every new run gets: tools/sweep.py names each trial's parent run (mlflow.parentRunId)
-# and the trial (mlflow.runName) this way, for the trainer it starts as a subprocess (research/runs/sweep.py).
+# and the trial (mlflow.runName) this way, for the trainer it starts as a subprocess (research/sweeps/spec.py).
 RUN_TAGS_ENV = "RESEARCH_RUN_TAGS"
 
 

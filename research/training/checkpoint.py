@@ -24,7 +24,7 @@ import numpy as np
 from .. import atomic
 from . import precision
 
-if TYPE_CHECKING:      # mxnet is imported where it is used: the keep-alive supervisor (research/runs/supervise.py)
+if TYPE_CHECKING:      # mxnet is imported where it is used: the keep-alive supervisor (research/detached/supervise.py)
     from mxnet import gluon   # lists checkpoints all run long, and importing mxnet costs it seconds and 300 MB
 
 MAGIC = b"RSRCHCK1"

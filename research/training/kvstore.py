@@ -1,5 +1,5 @@
 """The workers' half of training on several machines: the kvstore, rank 0's position and weights on
-every worker, and the recipe's lr schedule on the servers. The launcher is research/runs/launch_dist.py.
+every worker, and the recipe's lr schedule on the servers. The launcher is research/dist/nodes.py.
 
 Imports mxnet only inside functions: the servers import this module (for ScheduleLR) before mxnet.
 """

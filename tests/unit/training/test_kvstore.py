@@ -12,7 +12,7 @@ import mxnet as mx
 import pytest
 
 from research.config import TrainConfig
-from research.runs.launch_dist import launch
+from research.dist.nodes import launch
 from research.training.kvstore import ScheduleLR
 from research.training.schedules import lr_at
 

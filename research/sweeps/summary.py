@@ -14,7 +14,7 @@ from .. import atomic
 from ..tracking import Tracker, compare_url, experiment_url
 from ..tracking.names import label
 from ..tracking.sweeps import metric_history, remove_strays
-from .sweep import SweepSpec, Trial
+from .spec import SweepSpec, Trial
 
 
 def history(parent: Tracker, entry: dict, metric: str) -> list[tuple[int, float]]:

@@ -21,10 +21,10 @@ from typing import Literal
 
 from .. import atomic
 from ..config import RecipeError, load_recipe
+from ..detached.launch import train_command
 from ..errors import ExitCode, UserError
 from ..paths import RUNS
 from ..tracking.names import RUN_TAGS_ENV, label
-from .launch import train_command
 
 STATE = "sweep.json"
 # The trial's process asks the kernel for SIGTERM when the sweep's process dies (kill -9 included): it then

@@ -14,8 +14,8 @@ import pytest
 from helpers import temporary_home
 
 from research.errors import UserError
-from research.runs import boot_entry, keep_alive, registry
-from research.runs.status import collect, format_table
+from research.detached import boot_entry, keep_alive, registry
+from research.inspection.status import collect, format_table
 
 
 @pytest.fixture

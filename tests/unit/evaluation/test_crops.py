@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from mxnet.gluon import nn
 
-from research.evaluate_crops import crop_offsets, evaluate_crops, load_trained, predict_batches, topk_correct
+from research.evaluation.crops import crop_offsets, evaluate_crops, load_trained, predict_batches, topk_correct
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 HEIGHT, WIDTH, CROP = 40, 48, (32, 36)
 CLASSES = 4
 COUNT = 50

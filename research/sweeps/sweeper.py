@@ -1,4 +1,4 @@
-"""Running a sweep (research/runs/sweep.py): its folder locked, its parent MLflow run opened (or continued),
+"""Running a sweep (research/sweeps/spec.py): its folder locked, its parent MLflow run opened (or continued),
 the trials that are not done started as tools/train.py subprocesses on free device slots, their outcomes
 kept in sweep.json, then the summary. A stop signal reaches every trial (each checkpoints); a kill -9 of the
 sweep sends them SIGTERM (the kernel's parent-death signal): the same command again continues all of it."""
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import load_recipe
+from ..detached.launch import Launch, check_session_free, require_tmux, session_name, start_session
 from ..errors import ExitCode
 from ..paths import TOOLS
 from ..tracking import Tracker
@@ -22,10 +23,9 @@ from ..tracking.names import label
 from ..tracking.sweeps import child_tags, continue_parent, start_parent
 from ..training.run_dir import RunDirBusy, RunDirLock, read_run_json, read_status, set_aside, write_status
 from ..training.signals import StopSignals
-from . import sweep_summary
-from .launch import Launch, check_session_free, require_tmux, session_name, start_session
-from .sweep import (Slot, SweepSpec, Trial, check_same_sweep, default_sweep_dir, device_slots, make_trials,
-                    outcome, read_state, stamp, trial_command, trial_env, write_state)
+from . import summary
+from .spec import (Slot, SweepSpec, Trial, check_same_sweep, default_sweep_dir, device_slots, make_trials,
+                   outcome, read_state, stamp, trial_command, trial_env, write_state)
 
 STATUS_EVERY_S = 30.0          # the sweep's status.json between trial events (tools/status.py: alive)
 ORPHAN_WAIT_S = 300.0          # a trial of a killed sweep may still be writing its checkpoint: wait this long
@@ -33,7 +33,7 @@ ORPHAN_WAIT_S = 300.0          # a trial of a killed sweep may still be writing 
 
 @dataclass
 class SweepResult:
-    """What a sweep left: its folder, its parent MLflow run, each trial's row (sweep_summary.summary_rows) and
+    """What a sweep left: its folder, its parent MLflow run, each trial's row (summary.summary_rows) and
     the best one; `exit_code` 0 when it ran to its end, 128+N when stopped by signal N."""
     sweep_dir: Path
     parent_run_id: str | None
@@ -207,7 +207,7 @@ class Sweeper:
     def _ended(self, trial: Trial, code: int) -> None:
         state, reason = outcome(code, self.run_dir(trial) / "console.log")
         self._record(trial, state=state, exit_code=code, reason=reason)
-        figure = sweep_summary.best_of(sweep_summary.history(self.parent, self.state["trials"][trial.name],
+        figure = summary.best_of(summary.history(self.parent, self.state["trials"][trial.name],
                                                              self.spec.metric), self.spec.goal)
         value = f", best {self.spec.metric} {figure[1]:.4f} at epoch {figure[0]}" if figure else ""
         self.say(f"{trial.name}: {state}{value}" + (f" ({reason})" if reason else ""))
@@ -269,13 +269,13 @@ class Sweeper:
 
     # -- the end --------------------------------------------------------------------------------------
     def _finish(self) -> SweepResult:
-        rows = sweep_summary.summary_rows(self.spec, self.trials, self.state["trials"], self.parent, self.sweep_dir)
-        best = sweep_summary.best_row(rows, self.spec.goal)
+        rows = summary.summary_rows(self.spec, self.trials, self.state["trials"], self.parent, self.sweep_dir)
+        best = summary.best_row(rows, self.spec.goal)
         stopped = self.stop.signal_name is not None
-        sweep_summary.publish(self.spec, rows, best, self.parent, self.sweep_dir, final=not stopped)
+        summary.publish(self.spec, rows, best, self.parent, self.sweep_dir, final=not stopped)
         self._write_status("killed" if stopped else "finished")
         self.parent.end("KILLED" if stopped else "FINISHED")
-        print(sweep_summary.format_summary(self.spec, rows, best, self.parent), flush=True)
+        print(summary.format_summary(self.spec, rows, best, self.parent), flush=True)
         if stopped:
             self.say(f"stopped by {self.stop.signal_name}; run the same command again to continue the sweep")
         return SweepResult(self.sweep_dir, self.parent.run_id, self.parent.experiment_id, rows, best,

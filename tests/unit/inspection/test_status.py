@@ -1,4 +1,4 @@
-"""research.runs.status on status.json files written here: live, killed -9, rebooted, other-host and odd runs."""
+"""research.inspection.status on status.json files written here: live, killed -9, rebooted, other-host and odd runs."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from research.runs.status import SessionInfo, classify, collect, format_table
+from research.inspection.status import SessionInfo, classify, collect, format_table
 
 HOST = socket.gethostname()
 

@@ -1,5 +1,5 @@
 """Detached runs: tools/train.py (or a sweep, tools/sweep.py) in a new tmux session, its output teed to
-RUN_DIR/console.log; with keep-alive, the pane runs the supervisor (research/runs/supervise.py), which
+RUN_DIR/console.log; with keep-alive, the pane runs the supervisor (research/detached/supervise.py), which
 runs the command.
 
 RESEARCH_TMUX_SOCKET=<name> makes every tmux call use `tmux -L <name>` (a private server,
@@ -20,9 +20,9 @@ from pathlib import Path
 from ..cli import RESUME_COMMAND_ENV
 from ..durations import format_duration
 from ..errors import UserError
+from ..inspection.status import SessionInfo, classify, read_keep_alive, read_status, supervisor_alive
 from ..paths import RUNS, TOOLS
 from . import registry
-from .status import SessionInfo, classify, read_keep_alive, read_status, supervisor_alive
 from .supervise import FINAL, MAX_RESTARTS, supervise_command
 
 SOCKET_ENV = "RESEARCH_TMUX_SOCKET"
@@ -74,7 +74,7 @@ def list_sessions(socket: str | None = None) -> list[Session]:
 
 
 def sessions_by_run_dir(socket: str | None = None) -> dict[Path, SessionInfo]:
-    """Run directory -> the session that tools/launch.py started for it, for research.runs.status.collect."""
+    """Run directory -> the session that tools/launch.py started for it, for research.inspection.status.collect."""
     return {s.run_dir: SessionInfo(s.name, s.alive, s.created) for s in list_sessions(socket) if s.run_dir}
 
 
@@ -100,9 +100,9 @@ def check_run_dir_free(run_dir: Path) -> None:
 
 @dataclass
 class KeepAlive:
-    """--keep-alive: restarts after a crash or kill -9, and after a reboot (research/runs/supervise.py)."""
+    """--keep-alive: restarts after a crash or kill -9, and after a reboot (research/detached/supervise.py)."""
     max_restarts: int = MAX_RESTARTS
-    notify: str | None = None            # a shell command run on each event (research/runs/notify.py)
+    notify: str | None = None            # a shell command run on each event (research/detached/notify.py)
 
 
 @dataclass

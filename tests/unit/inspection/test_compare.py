@@ -1,4 +1,4 @@
-"""research.runs.compare against a real temporary MLflow store filled through research.tracking."""
+"""research.inspection.compare against a real temporary MLflow store filled through research.tracking."""
 from __future__ import annotations
 
 import csv
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from research.runs.compare import collect, differing_params, format_rows, plot_runs
+from research.inspection.compare import collect, differing_params, format_rows, plot_runs
 from research.errors import UserError
 from research.tracking import Tracker, get_client
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from research.runs.sweep import (SweepError, check_same_sweep, device_slots, make_spec, make_trials, outcome,
-                                 split_values)
+from research.sweeps.spec import (SweepError, check_same_sweep, device_slots, make_spec, make_trials, outcome,
+                                  split_values)
 
 QUICKSTART = "recipes/lenet_digits.yaml"
 

@@ -13,9 +13,9 @@ from tabulate import tabulate
 
 from ..durations import format_duration
 from ..errors import UserError
+from ..inspection.status import classify, read_keep_alive, read_status, supervisor_alive
 from . import boot_entry, registry
 from .launch import list_sessions, new_session, supervised_pane_script, tmux
-from .status import classify, read_keep_alive, read_status, supervisor_alive
 from .supervise import FINAL
 
 

@@ -13,14 +13,14 @@ import mxnet as mx
 import numpy as np
 from mxnet import gluon
 
-from .config import Recipe, RecordData, recipe_from_dict
-from .data.recordio import (RecordEvalIter, check_data_shape, check_labels, cpu_cores, decode_thread_cap,
-                            image_record_kwargs, open_record_files, plan_threads, rgb_mean, shortest_side)
-from .errors import UserError
-from .model.export import input_shape
-from .nets import build_net
-from .tracking import Tracker, tracking_uri
-from .training.checkpoint import CheckpointError, find_latest, load_checkpoint, load_net_arrays
+from ..config import Recipe, RecordData, recipe_from_dict
+from ..data.recordio import (RecordEvalIter, check_data_shape, check_labels, cpu_cores, decode_thread_cap,
+                             image_record_kwargs, open_record_files, plan_threads, rgb_mean, shortest_side)
+from ..errors import UserError
+from ..model.export import input_shape
+from ..nets import build_net
+from ..tracking import Tracker, tracking_uri
+from ..training.checkpoint import CheckpointError, find_latest, load_checkpoint, load_net_arrays
 
 
 def crop_offsets(height: int, width: int, crop_h: int, crop_w: int, crops: int) -> list[tuple[int, int]]:
@@ -152,8 +152,8 @@ def load_trained(source: str | Path, ctxs: list[mx.Context]) -> Trained:
 
 def _pretrained_from_recipe(path: Path, ctxs: list[mx.Context]) -> Trained:
     """The recipe's net with the weights of net.pretrained, head included (same classes)."""
-    from .config import load_recipe
-    from .nets.pretrained import load_pretrained
+    from ..config import load_recipe
+    from ..nets.pretrained import load_pretrained
 
     recipe = load_recipe(path)
     if not recipe.net.pretrained:

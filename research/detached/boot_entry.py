@@ -2,7 +2,7 @@
 the user's crontab (@reboot), or a systemd --user unit where there is no crontab.
 
 RESEARCH_KEEP_ALIVE_BOOT=cron|systemd|none picks one instead. The command the entry runs is given by
-research/runs/registry.py (tools/launch.py --boot, with the PATH of the launch).
+research/detached/registry.py (tools/launch.py --boot, with the PATH of the launch).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""research.runs.supervise on a stand-in command (a few lines of Python that checkpoint, get killed, fail or wait
+"""research.detached.supervise on a stand-in command (a few lines of Python that checkpoint, get killed, fail or wait
 for a signal as told), so each case costs a Python start-up, not a trainer's."""
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import pytest
 from helpers import REPO, temporary_home, wait_for
 
 from research.errors import ExitCode
-from research.runs import registry
-from research.runs.launch import passed_env, supervised_pane_script
-from research.runs.status import read_keep_alive
-from research.runs.supervise import RESTART, STAY, Supervisor, policy, supervise_command
+from research.detached import registry
+from research.detached.launch import passed_env, supervised_pane_script
+from research.detached.supervise import RESTART, STAY, Supervisor, policy, supervise_command
+from research.inspection.status import read_keep_alive
 
 # The k-th run of the stand-in does the k-th '+'-joined list of steps (the last one again after that).
 STAND_IN = r'''

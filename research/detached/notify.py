@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 NOTIFY_ENV = "RESEARCH_NOTIFY"     # the user's standing --notify command, e.g. in ~/.profile
 TIMEOUT_S = 30.0
-# What each event means; the supervisor (research/runs/supervise.py) sends them, in the order they happen.
+# What each event means; the supervisor (research/detached/supervise.py) sends them, in the order they happen.
 EVENTS = {
     "restarted": "the run was started again; RESEARCH_MESSAGE says why (a kill -9, the OOM killer, a crash, a reboot)",
     "finished": "every epoch done",

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from research.dist.nodes import CONNECTED_LINE, Job, Node, launch, node_argv, node_env, plan_nodes, read_hosts
 from research.errors import UserError
-from research.runs import launch_dist
-from research.runs.launch_dist import Job, Node, launch, node_argv, node_env, plan_nodes, read_hosts
 
 PY = sys.executable
 
@@ -104,7 +103,7 @@ def fake_job(tmp_path: Path, worker_codes: list[str], timeout: float = 20.0, ser
     nodes = [Node("scheduler", 0, "localhost", "127.0.0.1"), Node("server", 0, "localhost", "127.0.0.1")]
     nodes += [Node("worker", i, "localhost", "127.0.0.1") for i in range(len(worker_codes))]
     forever = "import time\nwhile True: time.sleep(1)"
-    codes = [f"print('{launch_dist.CONNECTED_LINE} the others', flush=True)\n{forever}", server_code or forever]
+    codes = [f"print('{CONNECTED_LINE} the others', flush=True)\n{forever}", server_code or forever]
     codes += worker_codes
     argvs = []
     for i, (node, code) in enumerate(zip(nodes, codes)):
@@ -217,7 +216,7 @@ def test_remote_nodes_run_over_ssh_in_this_directory_with_the_environment(tmp_pa
     nodes = [Node("scheduler", 0, "alice@10.0.0.5", "10.0.0.5"), remote]
     printed = tmp_path / "scheduler-printed"      # the worker ends the job: not before the scheduler's line is out
     argvs = [node_argv(remote, {"DMLC_ROLE": "scheduler"},
-                       [PY, "-c", f"{show}; print('{launch_dist.CONNECTED_LINE}', flush=True); "
+                       [PY, "-c", f"{show}; print('{CONNECTED_LINE}', flush=True); "
                                   f"open('{printed}', 'w').close(); import time; time.sleep(60)"]),
              node_argv(remote, {"DMLC_ROLE": "worker"},
                        ["python", "-c", f"import os, time\nwhile not os.path.exists('{printed}'): time.sleep(0.05)\n"

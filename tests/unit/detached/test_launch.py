@@ -1,4 +1,4 @@
-"""research.runs.launch without tmux: session names, and the pane script's log, exit status and signals."""
+"""research.detached.launch without tmux: session names, and the pane script's log, exit status and signals."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from research.runs.launch import Launch, pane_script, passed_env, session_name
+from research.detached.launch import Launch, pane_script, passed_env, session_name
 
 
 def test_session_names_are_tmux_safe():

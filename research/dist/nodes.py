@@ -35,7 +35,7 @@ _BOOT = f"import sys; sys.path.insert(0, {str(REPO)!r}); "
 # research.training.kvstore comes first so that the servers can unpickle ScheduleLR: better an
 # ImportError here than one inside the servers' optimizer callback.
 NODE_CODE = _BOOT + "import research.training.kvstore; import mxnet"
-AGENT_CODE = _BOOT + "from research.runs.launch_dist import agent_main; sys.exit(agent_main(sys.argv[1:]))"
+AGENT_CODE = _BOOT + "from research.dist.nodes import agent_main; sys.exit(agent_main(sys.argv[1:]))"
 
 
 # ---------------------------------------------------------------- launcher
@@ -356,7 +356,7 @@ def agent_main(argv: list[str]) -> int:
     ends the group when stdin closes: the launcher or the ssh connection is gone, and an MXNet process
     left alone would wait for its peers forever.
     """
-    parser = argparse.ArgumentParser(prog="research.runs.launch_dist agent")
+    parser = argparse.ArgumentParser(prog="research.dist.nodes agent")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--grace", type=float, default=GRACE_S)
     parser.add_argument("command", nargs=argparse.REMAINDER)

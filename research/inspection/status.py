@@ -22,7 +22,7 @@ from ..durations import format_duration
 SKIP_DIRS = {"checkpoints", "model", "__pycache__"}     # a run's own subfolders hold no runs
 CLOCK_SLACK_S = 2.0          # psutil's create_time is derived from the boot time in whole seconds
 STALE_AFTER_S = 6 * 3600     # no update for this long from another host, epoch length unknown
-KEEP_ALIVE = "keep-alive.json"   # the keep-alive supervisor's record of a run (research/runs/supervise.py)
+KEEP_ALIVE = "keep-alive.json"   # the keep-alive supervisor's record of a run (research/detached/supervise.py)
 
 
 class SessionInfo(NamedTuple):
@@ -144,7 +144,7 @@ def collect(root: Path, sessions: dict[Path, SessionInfo] | None = None,
 
     Args:
         root: output root, e.g. runs/.
-        sessions: run directory -> its tmux session, as research.runs.launch.sessions_by_run_dir
+        sessions: run directory -> its tmux session, as research.detached.launch.sessions_by_run_dir
             returns. A live session newer than the run's status.json (the relaunched trainer
             has not reported yet) shows as "starting"; one whose run never wrote status.json
             shows as "starting", or "exited" once its command ended.

@@ -1,5 +1,5 @@
 """The user's supervised runs, one file each under ~/.local/state/research/keep-alive/: what
-tools/launch.py --list shows and what the boot entry (research/runs/boot_entry.py) starts again.
+tools/launch.py --list shows and what the boot entry (research/detached/boot_entry.py) starts again.
 
 An entry holds what the tmux pane needs to start the run's supervisor again: its command, working
 folder and environment (which may hold credentials, such as MLFLOW_TRACKING_PASSWORD: the folder is
@@ -29,9 +29,9 @@ class Entry:
     run_dir: str
     session: str                # tmux session name
     socket: str | None          # a private tmux server (tmux -L), else the user's default one
-    command: list[str]          # the supervisor's command line (research.runs.supervise.supervise_command)
+    command: list[str]          # the supervisor's command line (research.detached.supervise.supervise_command)
     cwd: str
-    env: dict[str, str]         # what the pane exports (research.runs.launch.passed_env)
+    env: dict[str, str]         # what the pane exports (research.detached.launch.passed_env)
     added: float = 0.0
 
 

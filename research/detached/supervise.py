@@ -6,7 +6,7 @@ The supervisor runs in the tmux pane and the trainer is its child, in a process 
 SIGTERM and SIGHUP (tmux kill-session) reach the supervisor, which passes them on and then leaves the run
 stopped. If the supervisor itself is killed, the trainer gets SIGTERM (checkpoint, exit) and the pane
 script starts the supervisor again. What happened is kept in RUN_DIR/keep-alive.json (tools/status.py
-shows it; the MLflow run gets it as tags) and told to the user's notify command (research/runs/notify.py).
+shows it; the MLflow run gets it as tags) and told to the user's notify command (research/detached/notify.py).
 """
 from __future__ import annotations
 
@@ -23,12 +23,12 @@ from datetime import datetime
 from pathlib import Path
 
 from .. import atomic
+from ..inspection.status import KEEP_ALIVE, read_keep_alive, read_status
 from ..paths import TOOLS
 from ..training import checkpoint
 from ..training.run_dir import read_run_json
 from . import registry
 from .notify import Event, notify
-from .status import KEEP_ALIVE, read_keep_alive, read_status
 
 MAX_RESTARTS = 3                      # restarts in a row without a new checkpoint before giving up
 BACKOFF_S = (2, 30, 120, 300)         # wait before the 1st, 2nd, ... restart in a row without a new checkpoint
