@@ -197,3 +197,38 @@ def read_status(run_dir: Path) -> dict:
 def statuses(env: dict, root: Path) -> dict[str, dict]:
     proc = run_tool("status.py", "--root", root, "--format", "json", env=env, check=True)
     return {run["name"]: run for run in json.loads(proc.stdout)}
+
+
+# -- checkpoints as an attacker would alter them ---------------------------------------------------------
+LEGACY_FIXTURE = REPO / "tests/fixtures/run_before_layout/checkpoints/step-0000000026.ckpt"   # RSRCHCK1: a pickle
+
+
+class RunsCommand:
+    """Unpickled, runs `touch MARKER`: what a payload in a pickled checkpoint does when it is opened."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def checkpoint_carrying_code(path: Path, marker: Path, layer: str) -> Path:
+    """Write at `path` an earlier-format checkpoint (the fixture's) whose pickle runs `touch marker` when loaded:
+    `layer` "outer" in the checkpoint's own pickle, "optimizer" in MXNet's pickled optimizer state inside it.
+    Its length and sha256 are recomputed, as anyone can."""
+    import hashlib
+    import pickle
+    import struct
+
+    blob = LEGACY_FIXTURE.read_bytes()
+    content = pickle.loads(blob[48:])                  # the fixture is ours: trusted here, and only here
+    if layer == "outer":
+        content["note"] = RunsCommand(marker)
+    else:
+        states, optimizer = pickle.loads(content["trainer"])
+        content["trainer"] = pickle.dumps((states, RunsCommand(marker)))
+    payload = pickle.dumps(content)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(blob[:8] + struct.pack("<Q", len(payload)) + hashlib.sha256(payload).digest() + payload)
+    return path

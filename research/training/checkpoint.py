@@ -1,19 +1,16 @@
 """Checkpoints: one self-checking file each, written atomically; find the newest valid one.
 
-File layout: MAGIC, 8-byte payload length, 32-byte sha256 of the payload, payload (pickle).
-A truncated or corrupt file fails the length or hash check and is skipped with a warning.
-The step count and lr live in our own metadata, not in MXNet's optimizer state, which counts
-updates per device (apache/mxnet#17357).
+A file holds arrays (weights, optimizer state) and JSON (position, history, recipe, loss scale),
+nothing that runs code when it is opened (checkpoint_file.py has the layout). A truncated or corrupt
+file fails the length or hash check and is skipped with a warning; one that asks to run code (an
+earlier pickled file, altered) is refused with an error. The step count and lr live in our own
+metadata, not in MXNet's optimizer state, which counts updates per device (apache/mxnet#17357).
 """
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
-import pickle
 import re
-import struct
-import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +19,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import atomic
-from . import precision
+from ..errors import UserError
+from . import checkpoint_file, precision
+from .legacy_checkpoint import read_legacy
+from .optimizer_state import OptimizerStateError, load_optimizer_state, optimizer_state
 
 if TYPE_CHECKING:      # mxnet is imported where it is used: the keep-alive supervisor (research/detached/supervise.py)
     from mxnet import gluon   # lists checkpoints all run long, and importing mxnet costs it seconds and 300 MB
 
-MAGIC = b"RSRCHCK1"
 NAME = re.compile(r"^step-(\d{10})\.ckpt$")
 BEST = "best.ckpt"
 FOLDER = "checkpoints"      # RUN_DIR/checkpoints/
@@ -36,6 +35,11 @@ log = logging.getLogger(__name__)
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written or read; the message says which file and why."""
+
+
+class CheckpointRefused(UserError):
+    """A file in the checkpoints folder asks to run code: refused, and the run stops (exit status 2) rather
+    than go back to an older checkpoint past a file someone altered."""
 
 
 @dataclass
@@ -73,46 +77,50 @@ def load_net_arrays(net: gluon.Block, arrays: dict[str, np.ndarray]) -> None:
         param.set_data(mx.nd.array(arrays[name], dtype=param.dtype))
 
 
-def trainer_states(trainer: gluon.Trainer) -> bytes | None:
-    """Optimizer state (momentum...) as Trainer.save_states serialises it, without the file;
-    None where the kvstore servers hold it.
-
-    One updater's state stands for all devices: with synchronous updates every device applies
-    the same aggregated gradient, so the per-device states are identical (apache/mxnet#15918).
-    """
-    if not trainer._kv_initialized:
-        trainer._init_kvstore()
-    if trainer._params_to_init:
-        trainer._init_params()
-    kv = trainer._kvstore
-    if trainer._update_on_kvstore:
-        if "dist" in kv.type:
-            return None    # lives on the parameter servers: not reachable from a worker
-        return kv._updater.get_states(dump_optimizer=True)
-    return trainer._updaters[0].get_states(dump_optimizer=True)
-
-
-def load_trainer_states(trainer: gluon.Trainer, states: bytes | None) -> None:
-    if states is None:
-        log.warning("this checkpoint has no optimizer state (distributed servers held it): "
-                    "momentum restarts from zero")
-        return
-    with tempfile.NamedTemporaryFile() as tmp:
-        Path(tmp.name).write_bytes(states)
-        trainer.load_states(tmp.name)
-
-
 def snapshot(state: TrainState, net: gluon.Block, trainer: gluon.Trainer) -> dict[str, Any]:
-    """Everything a checkpoint holds, copied off the devices now (a sync point)."""
+    """Everything a checkpoint holds, copied off the devices now (a sync point):
+    {"state", "params", "optimizer": (layout, arrays) or None, "loss_scaler", "numpy_rng", "mxnet"}."""
     import mxnet as mx
     return {
         "state": copy.deepcopy(state.__dict__),
         "params": net_arrays(net),
-        "trainer": trainer_states(trainer),
+        "optimizer": optimizer_state(trainer),         # None where the distributed servers hold it
         "loss_scaler": precision.scaler_state(trainer),     # train.amp: AMP's dynamic loss scale; else None
         "numpy_rng": np.random.get_state(),
         "mxnet": mx.__version__,
     }
+
+
+def encode(content: dict[str, Any]) -> bytes:
+    """A snapshot's file bytes: the arrays by name, the rest as JSON (checkpoint_file)."""
+    layout, optimizer_arrays = content["optimizer"] or (None, {})
+    rng = content["numpy_rng"]
+    arrays = {**{f"{PARAMS}{name}": value for name, value in content["params"].items()}, **optimizer_arrays,
+              RNG_KEYS: rng[1]}
+    document = {"state": content["state"], "optimizer": layout, "loss_scaler": content["loss_scaler"],
+                "numpy_rng": [rng[0], *rng[2:]], "mxnet": content["mxnet"]}
+    return checkpoint_file.encode(arrays, document)
+
+
+def decode(arrays: dict[str, np.ndarray], document: dict[str, Any]) -> dict[str, Any]:
+    """The snapshot a file's arrays and document hold, its state a TrainState."""
+    try:
+        rng = document.get("numpy_rng")
+        optimizer = document.get("optimizer")
+        return {
+            "state": TrainState(**document["state"]),
+            "params": {name[len(PARAMS):]: value for name, value in arrays.items() if name.startswith(PARAMS)},
+            "optimizer": None if optimizer is None else (optimizer, arrays),
+            "loss_scaler": document.get("loss_scaler"),
+            "numpy_rng": None if rng is None else (rng[0], arrays[RNG_KEYS], *rng[1:]),
+            "mxnet": document.get("mxnet"),
+        }
+    except (KeyError, TypeError, IndexError) as err:
+        raise checkpoint_file.CheckpointFileError(f"is not a checkpoint this project can read ({err!r})") from None
+
+
+PARAMS = "params/"            # array names: params/<structural name>, as save_parameters names them
+RNG_KEYS = "numpy_rng/keys"
 
 
 def write_checkpoint(folder: str | Path, step: int, content: dict[str, Any], keep_last: int = 3,
@@ -123,8 +131,7 @@ def write_checkpoint(folder: str | Path, step: int, content: dict[str, Any], kee
         CheckpointError: disk full or folder not writable; older checkpoints are untouched.
     """
     folder = Path(folder)
-    payload = pickle.dumps(content, protocol=pickle.HIGHEST_PROTOCOL)
-    blob = MAGIC + struct.pack("<Q", len(payload)) + hashlib.sha256(payload).digest() + payload
+    blob = encode(content)
     path = folder / f"step-{step:010d}.ckpt"
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -191,24 +198,24 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read and verify one file: {"state": TrainState, "params", "trainer", "numpy_rng"}."""
+    """Read and verify one file: {"state": TrainState, "params", "optimizer", "loss_scaler", "numpy_rng", ...}.
+
+    Raises:
+        CheckpointError: unreadable, cut short, damaged, or not a checkpoint of this project.
+        CheckpointRefused: it asks to run code (nothing in it was run).
+    """
     path = Path(path)
     try:
-        blob = path.read_bytes()
+        payload, legacy = checkpoint_file.open_payload(path.read_bytes())
+        return decode(*(read_legacy(payload) if legacy else checkpoint_file.read_payload(payload)))
     except OSError as err:
         raise CheckpointError(f"cannot read checkpoint {path}: {err.strerror or err}") from err
-    head = len(MAGIC) + 8 + 32
-    if len(blob) < head or not blob.startswith(MAGIC):
-        raise CheckpointError(f"{path} is not a checkpoint of this project (bad header)")
-    (length,) = struct.unpack("<Q", blob[len(MAGIC):len(MAGIC) + 8])
-    payload = blob[head:]
-    if len(payload) != length:
-        raise CheckpointError(f"{path} is truncated: {len(payload)} of {length} bytes")
-    if hashlib.sha256(payload).digest() != blob[len(MAGIC) + 8:head]:
-        raise CheckpointError(f"{path} is corrupt: checksum mismatch")
-    content = pickle.loads(payload)
-    content["state"] = TrainState(**content["state"])
-    return content
+    except checkpoint_file.CheckpointRefused as err:
+        raise CheckpointRefused(f"{path} {err}. A checkpoint holds arrays and JSON only; one that asks for more "
+                                f"was made or altered by someone: delete it (the run resumes from the one "
+                                f"before), or start over with --fresh.") from None
+    except checkpoint_file.CheckpointFileError as err:
+        raise CheckpointError(f"{path} {err}") from None
 
 
 def find_latest(folder: str | Path) -> tuple[Path, dict[str, Any]] | None:
@@ -237,7 +244,15 @@ def unusable_after(folder: str | Path, step: int) -> str:
 def restore(content: dict[str, Any], net: gluon.Block, trainer: gluon.Trainer) -> TrainState:
     """Load weights and optimizer state into an initialised net/trainer on any number of devices."""
     load_net_arrays(net, content["params"])
-    load_trainer_states(trainer, content["trainer"])
+    if content["optimizer"] is None:
+        log.warning("this checkpoint has no optimizer state (distributed servers held it): "
+                    "momentum restarts from zero")
+    else:
+        try:
+            load_optimizer_state(trainer, *content["optimizer"])
+        except (OptimizerStateError, KeyError) as err:
+            raise CheckpointError(f"its optimizer state does not fit this net ({err})") from None
     precision.load_scaler_state(trainer, content.get("loss_scaler"))    # absent from checkpoints before train.amp
-    np.random.set_state(content["numpy_rng"])
+    if content["numpy_rng"] is not None:
+        np.random.set_state(content["numpy_rng"])
     return content["state"]

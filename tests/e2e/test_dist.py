@@ -171,7 +171,7 @@ def one_process_reference(tmp_path: Path, resume_from: dict | None = None) -> di
     setup.train_iter = ShardsIter([get_iterators(recipe, 16, num_parts=2, part_index=i)[0] for i in range(2)])
     state = checkpoint.TrainState(recipe=recipe.to_dict())
     if resume_from is not None:
-        assert resume_from["trainer"] is None          # the servers held the momentum: restarts from zero
+        assert resume_from["optimizer"] is None          # the servers held the momentum: restarts from zero
         state = checkpoint.restore(resume_from, setup.net, setup.trainer)
     assert fit(setup, state, Lifecycle(setup.run_dir, setup.recipe, ["test"]), StopRequest()) == "finished"
     return checkpoint.net_arrays(setup.net)
