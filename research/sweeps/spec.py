@@ -159,7 +159,7 @@ class Trial:
     """One point of the sweep: its values (as --set takes them), its name and its folder under the sweep's."""
     values: dict[str, str]
     name: str = ""            # "lr=0.01 warmup_epochs=1": its MLflow run name
-    folder: str = ""          # "lr=0.01,warmup_epochs=1"
+    folder: str = ""          # "lr-0.01_warmup_epochs-1" (trial_folder)
 
     @property
     def assignments(self) -> list[str]:
@@ -181,15 +181,26 @@ def make_trials(spec: SweepSpec) -> list[Trial]:
         values = {key: _value_text(draw[key]) for key in spec.keys}      # the order the keys were given
         if tuple(values.values()) not in seen:                           # a draw repeated: trained once
             seen.add(tuple(values.values()))
-            folder = re.sub(r"[^A-Za-z0-9._=,+\[\]-]", "_", ",".join(f"{k.rsplit('.', 1)[-1]}={v}"
-                                                                      for k, v in values.items()))
-            trials.append(Trial(values, label(values), folder))
+            trials.append(Trial(values, label(values), trial_folder(values, {t.folder for t in trials})))
     for trial in trials:
         try:
             load_recipe(spec.recipe, [*spec.overrides, *trial.assignments])
         except RecipeError as err:
             raise SweepError(f"trial {trial.name}: {err}") from None
     return trials
+
+
+def trial_folder(values: dict[str, str], taken: set[str] = frozenset()) -> str:
+    """A trial's folder, shell-friendly (no =, comma, brackets, quotes or spaces): the last part of each key, a -, its
+    value, the pairs joined by _: {"train.lr": "0.01", "train.lr_steps": "[5,10]"} -> "lr-0.01_lr_steps-5-10".
+    A name in `taken` (two values that differ only in such characters) gets the next free -2, -3 ... suffix."""
+    name = "_".join(f"{key.rsplit('.', 1)[-1]}-" + re.sub(r"[^A-Za-z0-9.+-]+", "-", value.strip("[]{}()'\" "))
+                    for key, value in values.items())
+    folder, count = name, 1
+    while folder in taken:
+        count += 1
+        folder = f"{name}-{count}"
+    return folder
 
 
 def _value_text(value) -> str:
@@ -203,7 +214,7 @@ def default_sweep_dir(spec: SweepSpec) -> Path:
     """runs/<recipe>-sweep-<keys> (a random search: -random-): the same command finds its sweep again."""
     name = load_recipe(spec.recipe, spec.overrides).name
     kind = "random" if spec.random else "sweep"
-    return RUNS / f"{name}-{kind}-" + "-".join(key.rsplit(".", 1)[-1] for key in spec.keys)
+    return RUNS / (f"{name}-{kind}-" + "-".join(key.rsplit(".", 1)[-1] for key in spec.keys))
 
 
 # -- devices ---------------------------------------------------------------------------------------------

@@ -108,6 +108,10 @@ class Sweeper:
                  argv: list[str]):
         self.spec, self.trials, self.slots, self.sweep_dir, self.argv = spec, trials, slots, sweep_dir, argv
         self.state = {"spec": spec.to_dict(), "trials": {}, **state}
+        for trial in trials:           # a folder named before (a sweep begun by an earlier version) is kept
+            known = self.state["trials"].get(trial.name, {}).get("folder")
+            if known and known != trial.folder and (sweep_dir / known).is_dir():
+                trial.folder = known
         self.recipe = load_recipe(spec.recipe, spec.overrides)
         self.parent = Tracker.disabled()
         self.stop = SweepStop()

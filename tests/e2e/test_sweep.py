@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import needs_tmux, read_status, run_tool, wait_for
+from helpers import REPO, needs_tmux, read_status, run_tool, wait_for
 from mlflow.tracking import MlflowClient
 
 import research
@@ -63,7 +63,7 @@ def test_grid_of_four_two_at_a_time_with_a_dead_head(tmp_path, store, env, monke
     rows = {row["name"]: row for row in json.loads(run_tool("status.py", "--root", tmp_path, "--format", "json",
                                                             env=env, check=True).stdout)}
     assert (rows["sweep"]["kind"], rows["sweep"]["trials_done"], rows["sweep"]["state"]) == ("sweep", 4, "finished")
-    assert rows["sweep/lr=2,momentum=0.9"]["state"] == "failed"
+    assert rows["sweep/lr-2_momentum-0.9"]["state"] == "failed"
 
     # The same command again trains nothing: the finished trials are kept, the dead heads not retried.
     again = run_tool("sweep.py", *args, env=env, timeout=120, check=True)
@@ -87,7 +87,7 @@ def test_detached_sweep_killed_with_9_continues_with_the_same_command(tmp_path, 
     assert f"tmux -L {env['RESEARCH_TMUX_SOCKET']} attach -t sweep" in started.stdout
     # The grid's order: lr 0.02 with momentum 0.9 then 0.8, then lr 0.05. Kill the sweep once the first two
     # have finished and the last two have a checkpoint.
-    trials = {f"lr=0.05 momentum={m}": sweep_dir / f"lr=0.05,momentum={m}" for m in ("0.9", "0.8")}
+    trials = {f"lr=0.05 momentum={m}": sweep_dir / f"lr-0.05_momentum-{m}" for m in ("0.9", "0.8")}
     wait_for(lambda: all(any((d / "checkpoints").glob("step-*.ckpt")) for d in trials.values()), 240,
              "the last two trials' first checkpoints", sweep_dir)
     os.kill(read_status(sweep_dir)["pid"], signal.SIGKILL)
@@ -112,3 +112,23 @@ def test_detached_sweep_killed_with_9_continues_with_the_same_command(tmp_path, 
     for run in children:               # every epoch logged once, resumed or not
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/top1")) == [1, 2, 3, 4, 5, 6]
     assert parent.data.tags["best.trial"] in by_name
+
+
+def test_a_sweep_without_output_goes_under_the_runs_root_and_an_old_folder_name_continues(tmp_path, env, monkeypatch):
+    # The README's sweep has no --output: its folder is runs/<recipe>-sweep-<keys>/ (here a temporary runs root).
+    monkeypatch.setattr("research.sweeps.spec.RUNS", tmp_path / "runs")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
+    recipe, overrides = REPO / SMOKE, {"train.epochs": 2, "train.lr_steps": [1]}
+    result = research.sweep(recipe, grid={"train.lr": [0.02]}, overrides=overrides)
+    sweep_dir = tmp_path / "runs" / "lenet_digits_tiny-sweep-lr"
+    assert result.sweep_dir == sweep_dir and result.best["trial"] == "lr=0.02"
+    assert json.loads((sweep_dir / "lr-0.02" / "status.json").read_text())["status"] == "finished"
+
+    # A sweep begun by an earlier version named its trials' folders key=value,...: the same call continues it there.
+    (sweep_dir / "lr-0.02").rename(sweep_dir / "lr=0.02")
+    state = json.loads((sweep_dir / "sweep.json").read_text())
+    state["trials"]["lr=0.02"]["folder"] = "lr=0.02"
+    (sweep_dir / "sweep.json").write_text(json.dumps(state))
+    again = research.sweep(recipe, grid={"train.lr": [0.02]}, overrides=overrides)
+    assert again.best["run_dir"] == str(sweep_dir / "lr=0.02") and not (sweep_dir / "lr-0.02").exists()
+    assert "1 finished, 0 to train" in (sweep_dir / "sweep.log").read_text()

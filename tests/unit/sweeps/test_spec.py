@@ -16,7 +16,7 @@ def test_the_grid_is_the_product_with_each_trial_named_by_its_values(repo, monke
     assert [t.name for t in trials] == ["lr=0.01 lr_steps=[5,10]", "lr=0.01 lr_steps=[8]", "lr=0.02 lr_steps=[5,10]",
                                         "lr=0.02 lr_steps=[8]"]
     assert trials[0].assignments == ["train.lr=0.01", "train.lr_steps=[5,10]"]       # exactly as --set takes them
-    assert trials[0].folder == "lr=0.01,lr_steps=[5,10]"
+    assert trials[0].folder == "lr-0.01_lr_steps-5-10"             # no = , [ ] to quote in a shell
     assert spec.params()["sweep.grid.train.lr_steps"] == "[5,10],[8]" and spec.goal == "max"
 
 
