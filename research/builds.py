@@ -1,5 +1,6 @@
-"""MXNet builds: the setup.cfg extras (one per PyPI build of mxnet 1.9.1), the one installed,
-and the one this machine's NVIDIA driver can run. Imports no mxnet: it explains a missing one.
+"""MXNet builds: the setup.cfg extras (one per PyPI build of mxnet 1.9.1, with the CUDA libraries it links where
+PyPI has them), the one installed, and the one this machine's NVIDIA driver can run. Imports no mxnet: it explains
+a missing one.
 """
 from __future__ import annotations
 
@@ -16,6 +17,16 @@ class Build:
     package: str                    # the PyPI distribution; every one provides the module `mxnet`
     cuda: tuple[int, int] | None    # CUDA version it was built with; None for the CPU build
     min_driver: str = ""            # Linux driver the CUDA release notes list for that toolkit
+    runtime: tuple[str, ...] = ()   # the CUDA libraries (sonames) its extra installs as nvidia-*-cu11 wheels
+
+
+# What libmxnet.so links besides the driver's libcuda.so.1 (`readelf -d`), each on PyPI as a nvidia-*-cu11 wheel
+# (research/gpu/cuda_libs.py RUNTIME names them). cu113 ... cu117 also link libcusparse.so.11. cu110 links
+# libcusolver.so.10 and libnvrtc.so.11.0, CUDA 11.0's own, which no wheel has; CUDA 10 has no wheels at all:
+# those builds need the toolkit, cuDNN and NCCL installed on the machine.
+CU112_RUNTIME = ("libcudart.so.11.0", "libcublasLt.so.11", "libcublas.so.11", "libcufft.so.10", "libcurand.so.10",
+                 "libcusolver.so.11", "libnvrtc.so.11.2", "libnvToolsExt.so.1", "libcudnn.so.8", "libnccl.so.2")
+CU113_RUNTIME = CU112_RUNTIME + ("libcusparse.so.11",)
 
 
 # The builds PyPI has for mxnet 1.9.1 (`pip index versions mxnet-cu110` ...): cu100 stops at 1.9.0,
@@ -25,12 +36,12 @@ BUILDS = [
     Build("cu101", "mxnet-cu101", (10, 1), "418.39"),
     Build("cu102", "mxnet-cu102", (10, 2), "440.33"),
     Build("cu110", "mxnet-cu110", (11, 0), "450.36.06"),
-    Build("cu112", "mxnet-cu112", (11, 2), "460.27.03"),
-    Build("cu113", "mxnet-cu113", (11, 3), "465.19.01"),
-    Build("cu114", "mxnet-cu114", (11, 4), "470.42.01"),
-    Build("cu115", "mxnet-cu115", (11, 5), "495.29.05"),
-    Build("cu116", "mxnet-cu116", (11, 6), "510.39.01"),
-    Build("cu117", "mxnet-cu117", (11, 7), "515.43.04"),
+    Build("cu112", "mxnet-cu112", (11, 2), "460.27.03", CU112_RUNTIME),
+    Build("cu113", "mxnet-cu113", (11, 3), "465.19.01", CU113_RUNTIME),
+    Build("cu114", "mxnet-cu114", (11, 4), "470.42.01", CU113_RUNTIME),
+    Build("cu115", "mxnet-cu115", (11, 5), "495.29.05", CU113_RUNTIME),
+    Build("cu116", "mxnet-cu116", (11, 6), "510.39.01", CU113_RUNTIME),
+    Build("cu117", "mxnet-cu117", (11, 7), "515.43.04", CU113_RUNTIME),
 ]
 MXNET_VERSION = "1.9.1"
 
@@ -54,7 +65,10 @@ def driver_cuda_version() -> tuple[int, int] | None:
     except OSError:
         return None
     version = ctypes.c_int(0)
-    if libcuda.cuDriverGetVersion(ctypes.byref(version)) != 0 or version.value == 0:
+    try:
+        if libcuda.cuDriverGetVersion(ctypes.byref(version)) != 0 or version.value == 0:
+            return None
+    except AttributeError:        # a libcuda.so.1 without it: a stand-in, not the driver's
         return None
     return version.value // 1000, version.value % 1000 // 10
 

@@ -12,6 +12,7 @@ import pytest
 import helpers
 
 helpers.pin_test_process_threads()
+import research  # noqa: E402,F401  (before any test module imports mxnet: loads a CUDA build's pip-wheel libraries)
 
 
 def pytest_collection_modifyitems(config, items) -> None:

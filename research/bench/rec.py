@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
+from ..gpu.cuda_libs import loader_env
 from ..paths import TOOLS
 
 
@@ -69,7 +70,8 @@ def _children_cpu() -> float:
 
 
 def _run(command: list, name: str) -> None:
-    proc = subprocess.run([str(part) for part in command], capture_output=True, text=True)
+    # im2rec.py imports mxnet without research first: a CUDA build finds the pip wheels' libraries by LD_LIBRARY_PATH
+    proc = subprocess.run([str(part) for part in command], capture_output=True, text=True, env=loader_env())
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         raise UserError(f"benchmark rec: {name} failed (exit {proc.returncode}): {' / '.join(tail)}")

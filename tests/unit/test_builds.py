@@ -12,6 +12,7 @@ import pytest
 from helpers import REPO
 from research import builds
 from research.builds import BUILDS, build_for, gpu_problem
+from research.gpu.cuda_libs import wheel_pins
 
 
 def _extras() -> dict[str, list[str]]:
@@ -26,11 +27,28 @@ def test_one_extra_per_mxnet_build_and_no_mxnet_in_the_base_install():
     config.read(REPO / "setup.cfg")
     base = config["options"]["install_requires"]
     assert not re.search(r"^\s*mxnet", base, re.M), "install_requires must leave the build to the extras"
+    # numpy<1.24 is PyPI's MXNet's need, not this code's: a bare install keeps the numpy of an MXNet already there
+    assert re.search(r"^\s*numpy>=1.21,<2$", base, re.M) and "1.24" not in base
     extras = _extras()
     for build in BUILDS:
-        assert extras.get(build.extra) == [f"{build.package}=={builds.MXNET_VERSION}"], build.extra
+        assert extras.get(build.extra) == [f"{build.package}=={builds.MXNET_VERSION}", "numpy<1.24",
+                                           *wheel_pins(build.runtime)], build.extra
     mxnet_extras = {name for name, reqs in extras.items() if any(r.startswith("mxnet") for r in reqs)}
     assert mxnet_extras == {b.extra for b in BUILDS}, "an extra installs mxnet but is not in BUILDS (or twice)"
+
+
+def test_the_cuda_11_extras_bring_every_cuda_library_their_build_links_but_the_drivers():
+    """The sonames readelf -d lists for mxnet-cu112 (cu113 ... cu117 add libcusparse.so.11), each from one pinned wheel;
+    CUDA 10 and 11.0 builds link libraries no wheel has, and their extras say so by bringing none."""
+    extras = _extras()
+    cu112 = extras["cu112"]
+    for pin in ("nvidia-cuda-runtime-cu11==11.8.89", "nvidia-cublas-cu11==11.11.3.6", "nvidia-cufft-cu11==10.9.0.58",
+                "nvidia-curand-cu11==10.3.0.86", "nvidia-cusolver-cu11==11.4.1.48", "nvidia-cuda-nvrtc-cu11==11.8.89",
+                "nvidia-nvtx-cu11==11.8.86", "nvidia-cudnn-cu11==8.9.6.50", "nvidia-nccl-cu11==2.21.5"):
+        assert pin in cu112
+    assert "nvidia-cusparse-cu11==11.7.5.86" in extras["cu117"] and not any("cusparse" in r for r in cu112)
+    assert all(len(extras[extra]) == 2 for extra in ("cpu", "cu101", "cu102", "cu110"))
+    assert len(set(cu112)) == len(cu112)          # libcublas and libcublasLt come from one wheel, listed once
 
 
 def test_readme_commands_use_existing_extras_and_ci_runs_the_second_verbatim():
@@ -106,3 +124,4 @@ def test_gpus_on_a_cuda_build_whose_driver_is_too_old(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     with pytest.raises(DeviceError, match=r"no GPU is visible to MXNet. Check nvidia-smi and CUDA_VISIBLE_DEVICES=''"):
         get_contexts("0")
+
