@@ -5,6 +5,9 @@ import os
 
 from .builds import gpu_problem
 from .errors import UserError
+from .gpu.installed import installed_mxnet
+from .gpu.machine import probe
+from .gpu.verdict import kernel_verdict
 
 
 class DeviceError(UserError):
@@ -56,4 +59,16 @@ def get_contexts(spec: str | None) -> list:
                  f"GPU {missing[0]} does not exist; this machine has {available} GPU(s) (ids 0..{available - 1})")
         raise DeviceError((available == 0 and gpu_problem(spec)) or f"--gpus {spec}: {where}. Check nvidia-smi"
                           + (f" and CUDA_VISIBLE_DEVICES={hidden!r}." if hidden is not None else "."))
+    refused = kernel_refusal(ids)
+    if refused:
+        raise DeviceError(f"--gpus {spec}: {refused}")
     return [mx.gpu(i) for i in ids]
+
+
+def kernel_refusal(ids: list[int]) -> str | None:
+    """tools/doctor.py's kernel check for the GPUs asked for: a GPU whose compute capability the installed
+    libmxnet.so has no kernels for is refused now, not by a CUDA error in the first batch."""
+    mxnet = installed_mxnet()
+    gpus = [gpu for gpu in probe().gpus if gpu.index in ids]
+    verdict = kernel_verdict(mxnet, gpus) if mxnet is not None else None
+    return f"{verdict.problem}. Fix: {verdict.fix}" if verdict else None

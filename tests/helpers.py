@@ -34,6 +34,19 @@ def pin_test_process_threads() -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
 
 
+def missing_gpu_message(gpu: int = 99) -> str:
+    """What `--gpus 99` (an id no machine has) says with this machine's MXNet: the CPU build says so; a CUDA build
+    without a GPU says why there is none (the driver); one with GPUs which ids exist. Imports mxnet."""
+    import mxnet as mx
+
+    from research.builds import gpu_problem
+    if not mx.runtime.Features().is_enabled("CUDA"):
+        return "CPU-only build"
+    if mx.context.num_gpus() == 0:
+        return gpu_problem(str(gpu)) or "no GPU is visible to MXNet"
+    return f"GPU {gpu} does not exist"
+
+
 def make_env(store: Path, **extra: str) -> dict[str, str]:
     """Environment for a tool subprocess: a private MLflow store, no terminal, unbuffered output."""
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{store / 'mlflow.db'}", PYTHONUNBUFFERED="1",

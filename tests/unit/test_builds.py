@@ -125,3 +125,30 @@ def test_gpus_on_a_cuda_build_whose_driver_is_too_old(monkeypatch):
     with pytest.raises(DeviceError, match=r"no GPU is visible to MXNet. Check nvidia-smi and CUDA_VISIBLE_DEVICES=''"):
         get_contexts("0")
 
+
+def test_gpus_the_build_has_no_kernels_for_are_refused_before_any_work(monkeypatch, tmp_path):
+    """--gpus 0 (tools/train.py, tools/benchmark.py plan) with mxnet-cu112 on an H100: MXNet counts the GPU, but
+    its libmxnet.so (here a file shaped like it) holds no sm_90 code: refused with the container, not in batch 1."""
+    import mxnet as mx
+    from fake_libs import CU112_IMAGES, fatbin, write_elf
+
+    from research import devices
+    from research.gpu.installed import InstalledMxnet
+    from research.gpu.fatbin import read_kernels
+    from research.gpu.machine import Gpu, Machine
+
+    class CudaFeatures:
+        def is_enabled(self, name):
+            return name == "CUDA"
+
+    library = write_elf(tmp_path / "libmxnet.so", {".nv_fatbin": fatbin([CU112_IMAGES] * 4)})
+    cu112 = InstalledMxnet("mxnet-cu112", "1.9.1", library, (), read_kernels(library), _by_extra("cu112"))
+    monkeypatch.setattr(mx.runtime, "Features", CudaFeatures)
+    monkeypatch.setattr(mx.context, "num_gpus", lambda: 2)
+    monkeypatch.setattr(devices, "installed_mxnet", lambda: cu112)
+    h100, a100 = Gpu(1, "NVIDIA H100 80GB HBM3", (9, 0), 79.6), Gpu(0, "NVIDIA A100-SXM4-40GB", (8, 0), 40.0)
+    monkeypatch.setattr(devices, "probe", lambda: Machine("550.54.15", (12, 4), (a100, h100)))
+    with pytest.raises(devices.DeviceError, match=r"^--gpus 0,1: GPU 1: NVIDIA H100 80GB HBM3, compute capability 9.0.*"
+                                                  r"no kernels for it.*Fix: use NVIDIA's MXNet container: docker run"):
+        devices.get_contexts("0,1")
+    assert devices.get_contexts("0") == [mx.gpu(0)]            # the A100 alone: sm_80 cubins
