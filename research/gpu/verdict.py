@@ -84,10 +84,14 @@ def kernel_verdict(mxnet: InstalledMxnet, gpus: tuple[Gpu, ...] | list[Gpu]) -> 
         if not mxnet.kernels.runs_on(gpu.capability):
             problem = (f"{gpu.describe()}: {mxnet.package}'s libmxnet.so has no kernels for it "
                        f"(it holds {mxnet.kernels.describe()})")
-            if gpu.capability[0] > PYPI_NEWEST_MAJOR:
+            arch = f"{gpu.capability[0]}.{gpu.capability[1]}"
+            if gpu.capability[0] > PYPI_NEWEST_MAJOR and mxnet.build is not None:
                 return Verdict(False, problem + "; no PyPI build of MXNet 1.9.1 has any", _container_fix())
+            if gpu.capability[0] > PYPI_NEWEST_MAJOR:       # already not PyPI's (the container, a self-built one)
+                return Verdict(False, problem, f"an MXNet built for compute capability {arch} (MXNET_CUDA_ARCH={arch}, "
+                                               f"with a CUDA that supports it) is the way on this GPU")
             return Verdict(False, problem, f"use a GPU of compute capability {_oldest(mxnet)} or newer, or an MXNet "
-                                           f"built with MXNET_CUDA_ARCH={gpu.capability[0]}.{gpu.capability[1]}")
+                                           f"built with MXNET_CUDA_ARCH={arch}")
     return None
 
 

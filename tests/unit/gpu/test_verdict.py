@@ -8,7 +8,7 @@ import pytest
 
 from research.builds import BUILDS
 from research.gpu import verdict as verdict_module
-from research.gpu.fatbin import CUBIN, Image, Kernels
+from research.gpu.fatbin import CUBIN, PTX, Image, Kernels
 from research.gpu.installed import InstalledMxnet
 from research.gpu.machine import Gpu, Machine
 from research.gpu.verdict import READY, Library, judge
@@ -72,8 +72,13 @@ def test_a_hopper_build_that_has_its_kernels_is_ready():
     """NVIDIA's container (or a self-built MXNet) judged by what its libmxnet.so holds, not by a table."""
     ngc = InstalledMxnet("mxnet", "1.9.1", Path("/usr/local/lib/mxnet/libmxnet.so"), ("libcudart.so.12",),
                          Kernels((frozenset({Image(80, CUBIN), Image(90, CUBIN)}),)), None)
-    assert judge(ngc, [Library("libcudart.so.12", "ldconfig", Path("/usr/local/cuda/lib64/libcudart.so.12"))],
-                 Machine(gpus=(H100,), **DRIVER_550)).ready
+    libraries = [Library("libcudart.so.12", "ldconfig", Path("/usr/local/cuda/lib64/libcudart.so.12"))]
+    assert judge(ngc, libraries, Machine(gpus=(H100,), **DRIVER_550)).ready
+    on_b200 = judge(ngc, libraries, Machine(gpus=(B200,), **DRIVER_550))       # sm_90 cubins, no PTX: not on 10.0
+    assert "NVIDIA B200, compute capability 10.0" in on_b200.problem and "docker" not in on_b200.fix
+    assert "MXNET_CUDA_ARCH=10.0" in on_b200.fix
+    with_ptx = InstalledMxnet("mxnet", "1.9.1", ngc.library, ngc.needed, Kernels((frozenset({Image(90, PTX)}),)), None)
+    assert judge(with_ptx, libraries, Machine(gpus=(B200,), **DRIVER_550)).ready
 
 
 @pytest.mark.parametrize("machine, installed, problem, fix", [
