@@ -162,8 +162,7 @@ class Supervisor:
         self._log_offset = _size(self.run_dir / "console.log")
         kills_before = oom_kills()
         try:
-            self.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, process_group=0,
-                                         preexec_fn=_die_with_parent)
+            self.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         except OSError as err:             # 127: what a shell returns for a command it cannot run
             return 127, f"could not start {shlex.join(self.command)}: {err}"
         self._write_record("watching", f"{self._what()} running as pid {self.proc.pid}")
@@ -397,7 +396,9 @@ PR_SET_PDEATHSIG = 1
 
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM when the supervisor dies (kill -9, the OOM killer), so the trainer
-    checkpoints and exits instead of training on unsupervised; the pane script then starts a new supervisor."""
+    checkpoints and exits instead of training on unsupervised; the pane script then starts a new supervisor.
+    Also its own process group, which signals are passed on to (Popen's process_group=0 is Python 3.11+)."""
+    os.setpgid(0, 0)
     if _PRCTL is not None:
         _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
 
