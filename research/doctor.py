@@ -52,11 +52,10 @@ def examine(run_dir: Path = RUNS, try_gpus: bool = True) -> Report:
         lines.append(("MXNet", "not installed"))
     verdict = judge(mxnet, libraries, machine)
     if mxnet is not None and mxnet.cuda and not any(lib.where == "missing" for lib in libraries):
-        imported = _import_mxnet(machine, try_gpus and verdict.ready)
-        lines.append(("import mxnet", imported[0]))
+        line, gpu_errors, import_error = _import_mxnet(machine, try_gpus and verdict.ready)
+        lines.append(("import mxnet", line))
         libraries = _as_loaded(libraries)
-        if imported[1]:
-            verdict = judge(mxnet, libraries, machine, imported[1])
+        verdict = judge(mxnet, libraries, machine, gpu_errors, import_error)
     lines += [(lib.soname, f"{lib.where}: {lib.path}" if lib.path else lib.where) for lib in libraries]
     lines += [("GPUs", gpu.describe() + _kernel_note(mxnet, gpu.capability)) for gpu in machine.gpus] or \
              [("GPUs", "no GPU visible" + (f" ({machine.hidden} hidden by CUDA_VISIBLE_DEVICES)" if machine.hidden else ""))]
@@ -105,22 +104,22 @@ def _as_loaded(libraries: list[Library]) -> list[Library]:
             if lib.soname in mapped else lib for lib in libraries]
 
 
-def _import_mxnet(machine: Machine, try_gpus: bool) -> tuple[str, dict[int, str]]:
-    """('ok: CUDA, CUDNN, NCCL on', errors of the convolution check per GPU) or the import's error."""
+def _import_mxnet(machine: Machine, try_gpus: bool) -> tuple[str, dict[int, str], str]:
+    """(what to print, the convolution check's errors per GPU, the import's error or "")."""
     try:
         import mxnet as mx
     except OSError as err:
-        return f"fails: {err}", {}
+        return f"fails: {err}", {}, str(err)
     features = mx.runtime.Features()
     enabled = ", ".join(f"{name} {'on' if features.is_enabled(name) else 'off'}" for name in ("CUDA", "CUDNN", "NCCL"))
     if not try_gpus or not machine.gpus:
-        return f"works: {enabled}", {}
+        return f"works: {enabled}", {}, ""
     from .gpu.conv_check import check_devices
 
     results = check_devices([mx.gpu(gpu.index) for gpu in machine.gpus])
     checked = "; ".join(f"GPU {i} conv forward+backward " + (f"matches the CPU (largest difference {r:.1g})"
                         if isinstance(r, float) else f"FAILED: {r}") for i, r in results.items())
-    return f"works: {enabled}; {checked}", {i: r for i, r in results.items() if isinstance(r, str)}
+    return f"works: {enabled}; {checked}", {i: r for i, r in results.items() if isinstance(r, str)}, ""
 
 
 def _kernel_note(mxnet: InstalledMxnet | None, capability: tuple[int, int]) -> str:

@@ -40,8 +40,11 @@ READY = Verdict(True)
 
 
 def judge(mxnet: InstalledMxnet | None, libraries: list[Library], machine: Machine,
-          gpu_errors: dict[int, str] | None = None) -> Verdict:
-    """The first thing that stops a GPU run, in the order a user would fix them; READY when nothing does."""
+          gpu_errors: dict[int, str] | None = None, import_error: str = "") -> Verdict:
+    """The first thing that stops a GPU run, in the order a user would fix them; READY when nothing does.
+
+    `gpu_errors` and `import_error` are what trying it said, where it was tried (tools/doctor.py).
+    """
     if machine.driver is None:
         return Verdict(False, f"no GPU visible: no NVIDIA driver answered ({machine.problem or 'NVML did not load'})",
                        f"install the NVIDIA driver{_at_least(mxnet)} (nvidia-smi lists the GPUs once it works), "
@@ -67,6 +70,10 @@ def judge(mxnet: InstalledMxnet | None, libraries: list[Library], machine: Machi
     if missing:
         return Verdict(False, f"{mxnet.package} links {', '.join(missing)}, which the loader cannot find",
                        _libraries_fix(mxnet, missing, machine))
+    if import_error:
+        again = f"install the {build.extra} extra again: {install_command(build)}" if build and build.runtime else \
+            "check the libraries listed above (a copy of another version, a broken file)"
+        return Verdict(False, f"import mxnet fails: {import_error}", again)
     if (kernels := kernel_verdict(mxnet, machine.gpus)) is not None:
         return kernels
     for index, error in sorted((gpu_errors or {}).items()):

@@ -30,7 +30,7 @@ def cu112_box(tmp_path, monkeypatch):
     wheels = {soname: tmp_path / "site" / "nvidia" / soname for soname in CU112.runtime}
     monkeypatch.setattr(doctor, "installed_mxnet", lambda: mxnet)
     monkeypatch.setattr(doctor.cuda_libs, "preload", lambda: wheels)
-    monkeypatch.setattr(doctor, "_import_mxnet", lambda machine, try_gpus: ("works: CUDA on, CUDNN on, NCCL on", {}))
+    monkeypatch.setattr(doctor, "_import_mxnet", lambda machine, try_gpus: ("works: CUDA on, CUDNN on, NCCL on", {}, ""))
     monkeypatch.setattr(doctor.cuda_libs, "loaded", lambda: {})
 
     def machine(value: Machine, driver_library: bool = True) -> None:

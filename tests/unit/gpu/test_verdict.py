@@ -114,3 +114,10 @@ def test_a_gpu_that_fails_the_convolution_check_is_not_ready():
                    {0: "no kernel image is available for execution on the device"})
     assert result.problem == ("GPU 0 failed the convolution check: no kernel image is available for execution on "
                               "the device")
+
+
+def test_an_mxnet_that_does_not_import_is_not_ready_and_the_extra_is_installed_again():
+    result = judge(mxnet(), found(mxnet()), Machine(gpus=(A100,), **DRIVER_550),
+                   import_error="/site/nvidia/cudnn/lib/libcudnn.so.8: file too short")
+    assert result.problem == "import mxnet fails: /site/nvidia/cudnn/lib/libcudnn.so.8: file too short"
+    assert result.fix.startswith("install the cu112 extra again")
