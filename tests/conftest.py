@@ -16,7 +16,12 @@ import research  # noqa: E402,F401  (before any test module imports mxnet: loads
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """Tests marked `gpu` need a CUDA build of MXNet and a GPU: skipped, with the reason, where either is missing."""
+    """Tests marked `gpu` need a CUDA build of MXNet and a GPU: skipped, with the reason, where either is missing.
+    Tests marked `cuda_wheels` download gigabytes: skipped unless `-m` names them."""
+    if "cuda_wheels" not in (config.getoption("markexpr") or ""):
+        for item in items:
+            if item.get_closest_marker("cuda_wheels"):
+                item.add_marker(pytest.mark.skip(reason="cuda_wheels: opt-in (downloads ~2.2 GB): pytest -m cuda_wheels"))
     gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu_tests:
         return
