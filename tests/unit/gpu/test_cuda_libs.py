@@ -83,11 +83,15 @@ def test_pip_copies_and_the_environment_for_a_child_that_imports_mxnet_first(tmp
     assert wheel_pins(("libcublasLt.so.11", "libcublas.so.11")) == ["nvidia-cublas-cu11==11.11.3.6"]
 
 
+STAND_IN = "libcudnn_stand_in.so.8"
 CHILD = textwrap.dedent("""
     import ctypes, json, sys
-    from research.builds import BUILDS
+    from research.builds import Build
     from research.gpu import cuda_libs
-    cuda_libs.installed_builds = lambda: [b for b in BUILDS if b.extra == "cu112"]
+    # a soname of its own: `import research` has preloaded the real libcudnn.so.8 where the cu112 extra is installed
+    stand_in = cuda_libs.CudaLib(@STAND_IN@, "nvidia-cudnn-cu11", "8.9.6.50", "cudnn")
+    cuda_libs.RUNTIME, cuda_libs.BY_SONAME = [stand_in], {@STAND_IN@: stand_in}
+    cuda_libs.installed_builds = lambda: [Build("cu112", "mxnet-cu112", (11, 2), runtime=(@STAND_IN@,))]
     site, library, do_preload = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
     preloaded = {k: str(v) for k, v in cuda_libs.preload([site]).items()} if do_preload else {}
     try:
@@ -95,27 +99,27 @@ CHILD = textwrap.dedent("""
     except OSError as err:
         print(json.dumps({"error": str(err)}))
         sys.exit()
-    print(json.dumps({"version": version, "preloaded": preloaded,
-                      "loaded": str(cuda_libs.loaded().get("libcudnn.so.8"))}))
-""")
+    print(json.dumps({"version": version, "preloaded": preloaded, "loaded": str(cuda_libs.loaded().get(@STAND_IN@))}))
+""").replace("@STAND_IN@", repr(STAND_IN))
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build stand-in shared libraries")
 def test_a_library_linking_the_sonames_loads_after_preload_and_the_pip_copy_wins(tmp_path):
-    """A stand-in libmxnet.so that links libcudnn.so.8 by name (no RPATH to it): without the preload it does not
-    load; with it, it loads and calls the pip copy even when LD_LIBRARY_PATH offers another (the system's)."""
+    """A stand-in libmxnet.so that links a cuDNN stand-in by its soname (no RPATH to it): without the preload it does
+    not load; with it, it loads and calls the pip copy even when LD_LIBRARY_PATH offers another (the system's)."""
     site, system, build = tmp_path / "site", tmp_path / "system", tmp_path / "build"
     pip_dir = site / "nvidia" / "cudnn" / "lib"
     for folder in (pip_dir, system, build):
         folder.mkdir(parents=True)
     for folder, version in ((pip_dir, 8906), (system, 8100)):
         source = folder / "cudnn.c"
-        source.write_text(f"int cudnnGetVersion(void) {{ return {version}; }}\n")
-        subprocess.run(["gcc", "-shared", "-fPIC", "-Wl,-soname,libcudnn.so.8", "-o", str(folder / "libcudnn.so.8"),
+        # not cudnnGetVersion: where the cu112 extra is installed, the real cuDNN is loaded RTLD_GLOBAL and would answer
+        source.write_text(f"int stand_in_version(void) {{ return {version}; }}\n")
+        subprocess.run(["gcc", "-shared", "-fPIC", f"-Wl,-soname,{STAND_IN}", "-o", str(folder / STAND_IN),
                         str(source)], check=True)
-    (build / "mx.c").write_text("int cudnnGetVersion(void);\nint linked_cudnn_version(void) { return cudnnGetVersion(); }\n")
+    (build / "mx.c").write_text("int stand_in_version(void);\nint linked_cudnn_version(void) { return stand_in_version(); }\n")
     subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(build / "libmxnet.so"), str(build / "mx.c"),
-                    f"-L{system}", "-l:libcudnn.so.8"], check=True)
+                    f"-L{system}", f"-l:{STAND_IN}"], check=True)
 
     def child(preload: bool, ld_path: str) -> dict:
         env = {"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": ld_path}
@@ -123,9 +127,9 @@ def test_a_library_linking_the_sonames_loads_after_preload_and_the_pip_copy_wins
                              cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=True)
         return json.loads(out.stdout.strip().splitlines()[-1])
 
-    assert "libcudnn.so.8: cannot open shared object file" in child(preload=False, ld_path="")["error"]
+    assert f"{STAND_IN}: cannot open shared object file" in child(preload=False, ld_path="")["error"]
     with_wheels = child(preload=True, ld_path="")
-    assert with_wheels["version"] == 8906 and with_wheels["loaded"] == str((pip_dir / "libcudnn.so.8").resolve())
+    assert with_wheels["version"] == 8906 and with_wheels["loaded"] == str((pip_dir / STAND_IN).resolve())
     assert child(preload=False, ld_path=str(system))["version"] == 8100        # no wheels: the loader's search
     both = child(preload=True, ld_path=str(system))
-    assert both["version"] == 8906 and both["loaded"] == str((pip_dir / "libcudnn.so.8").resolve())
+    assert both["version"] == 8906 and both["loaded"] == str((pip_dir / STAND_IN).resolve())

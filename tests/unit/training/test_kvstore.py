@@ -46,6 +46,7 @@ def test_schedule_lr_follows_lr_at_through_pickling_and_mxnet_counting():
 WORKER = """\
     import json, sys
     sys.path.insert(0, {repo!r})
+    import research  # before mxnet: a CUDA build's libraries come from the pip wheels it loads
     import mxnet as mx
     from mxnet import autograd, gluon
     from research.config import TrainConfig
