@@ -55,21 +55,27 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def verify(rec: Path) -> int:
-    from research.data.verify import find_damage, read_index, remember_good
+    from research.data.verify import remember, stamp, walk
+    from research.errors import UserError
 
     idx = rec.with_suffix(".idx")
     for path in (rec, idx):
         if not path.is_file():
             print(f"error: --verify: {path} not found", file=sys.stderr)
             return 2
-    damage = find_damage(rec, idx)
+    stamps = [stamp(rec), stamp(idx)]
+    try:
+        damage, labels = walk(rec, idx)
+    except UserError as err:            # an .idx that is not one: bad lines, empty, past the end of the .rec
+        print(f"error: --verify: {err}", file=sys.stderr)
+        return 2
     print_some(map(str, damage), len(damage))
     if damage:
         print(f"{rec}: {len(damage)} damaged record(s); copy it again or rebuild it with tools/build_rec.py")
         return 1
-    remember_good(rec, idx)
-    print(f"{rec}: {len(read_index(idx))} records, none damaged (RecordIO keeps no checksum of the image bytes: "
-          f"this checks the record framing)")
+    remember(rec, idx, labels, stamps)
+    print(f"{rec}: {labels.records} records, none damaged, labels {labels.low[0]:g} to {labels.high[0]:g} "
+          f"(RecordIO keeps no checksum of the image bytes: this checks the record framing and headers)")
     return 0
 
 

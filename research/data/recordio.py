@@ -9,17 +9,21 @@ import json
 import math
 import os
 import struct
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import mxnet as mx
 import numpy as np
 
 from ..config import RecipeError, RecordData
-from .verify import read_index, require_intact
+from ..errors import UserError
+from .verify import Labels, read_index, require_intact
 
 MAX_INSTANCES = 8        # ImageRecordIter instances per train iterator; bounds the batch count (see _batches_per_part)
 SAMPLE_IMAGES = 16       # images decoded to learn the image size when no .mean.json is there
+MAX_CLASSES = 1 << 20    # a larger label is not offered as a class count
 
 
 def cpu_cores() -> int:
@@ -45,10 +49,11 @@ def split_evenly(total: int, parts: int) -> list[int]:
 
 @dataclass
 class RecordFiles:
-    """A .rec with its .idx, checked to belong together."""
+    """A .rec with its .idx, checked to belong together, and the labels MXNet will read from it."""
     rec: Path
     idx: Path
     num_records: int
+    labels: Labels
 
     @property
     def prefix(self) -> Path:
@@ -59,7 +64,7 @@ class RecordFiles:
 
 
 def open_record_files(rec: str, key: str) -> RecordFiles:
-    """Check that `rec` and its .idx exist and match; `key` names the recipe key in errors."""
+    """Check that `rec` and its .idx exist and match, every record intact; `key` names the recipe key in errors."""
     rec_path = Path(rec)
     idx_path = rec_path.with_suffix(".idx")
     build = f"build it with: python tools/build_rec.py SRC {rec_path.with_suffix('')}"
@@ -68,33 +73,15 @@ def open_record_files(rec: str, key: str) -> RecordFiles:
     if not idx_path.is_file():
         raise RecipeError(f"{key}: {idx_path} not found (the index beside {rec_path.name}, needed to shuffle "
                           f"and shard); {build}, or re-run im2rec, which writes both.")
-    offsets = [offset for _, offset in read_index(idx_path)]
-    if not offsets:
-        raise RecipeError(f"{key}: {idx_path} lists no records; rebuild the set ({build}).")
-    if max(offsets) >= rec_path.stat().st_size:
-        raise RecipeError(f"{key}: {idx_path} points past the end of {rec_path} (a partial copy, or files from "
-                          f"different builds); copy both again or rebuild ({build}).")
-    require_intact(rec_path, key)                 # before any MXNet reader: it aborts on a bad record
-    return RecordFiles(rec_path, idx_path, len(offsets))
-
-
-def read_labels(files: RecordFiles) -> np.ndarray:
-    """Labels of every record: from the .lst beside the .rec when it matches, else from the
-    record headers (one small read per record, found through the .idx)."""
-    lst = files.sidecar(".lst")
-    if lst.is_file():
-        rows = [line.split("\t") for line in lst.read_text().splitlines() if line.strip()]
-        if len(rows) == files.num_records and all(len(row) >= 3 for row in rows):
-            return np.array([float(row[1]) for row in rows])
-    return read_record_headers(files)[1].astype(np.float64)
+    labels = require_intact(rec_path, key)        # before any MXNet reader: it aborts on a bad record
+    return RecordFiles(rec_path, idx_path, labels.records, labels)
 
 
 def read_record_headers(files: RecordFiles) -> tuple[np.ndarray, np.ndarray]:
     """(ids, labels) of every record in file order, read through the .idx without the image bytes."""
-    offsets = [offset for _, offset in read_index(files.idx)]
     ids, labels = [], []
     with open(files.rec, "rb") as handle:
-        for offset in offsets:
+        for offset in read_index(files.idx)[:, 1].tolist():
             handle.seek(offset + 8)                  # skip the RecordIO magic and length words
             flag, label, record_id, _ = struct.unpack("IfQQ", handle.read(24))   # mx.recordio.IRHeader
             ids.append(record_id)
@@ -102,28 +89,60 @@ def read_record_headers(files: RecordFiles) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(ids, dtype=np.int64), np.asarray(labels, dtype=np.float32)
 
 
-def check_labels(files: RecordFiles, classes: int, key: str) -> np.ndarray:
-    """The labels of every record, checked to be integers 0..classes-1; RecipeError naming the fix if not."""
-    labels = read_labels(files)
-    if labels.min() < 0:
-        raise RecipeError(f"{key}: {files.rec} holds unlabeled images (label {labels.min():g}), e.g. the Dogs vs. "
-                          "Cats test folder; train and validate on a labeled set.")
-    if labels.max() >= classes or np.any(labels != np.round(labels)):
-        bad = labels.max() if labels.max() >= classes else labels[labels != np.round(labels)][0]
-        raise RecipeError(f"{key}: {files.rec} has label {bad:g} but net.classes is {classes} (labels must be "
-                          f"integers 0..{classes - 1}); set net.classes to {int(labels.max()) + 1} or rebuild the .rec.")
-    return labels
+def check_labels(files: RecordFiles, classes: int, key: str) -> None:
+    """Refuse labels the loop cannot train on: those ImageRecordIter reads from the record headers (a .lst
+    beside the file is not what it reads) must be integers 0..classes-1."""
+    labels, fix = files.labels, "rebuild it with tools/build_rec.py"
+    if labels.odd is not None:
+        value, index, record_id = labels.odd
+        raise RecipeError(f"{key}: {files.rec} record {index} (id {record_id}) has label {value:g}, not a class "
+                          f"number (integers 0..{classes - 1}); {fix}.")
+    value, index, record_id = labels.low
+    if value < 0:
+        raise RecipeError(f"{key}: {files.rec} holds unlabeled images (record {index}, id {record_id}: label "
+                          f"{value:g}), e.g. the Dogs vs. Cats test folder; train and validate on a labeled set.")
+    value, index, record_id = labels.high
+    if value >= classes:
+        fix = f"set net.classes to {value + 1:.0f} or {fix}" if value < MAX_CLASSES else fix
+        raise RecipeError(f"{key}: {files.rec} has label {value:g} but net.classes is {classes} (record {index}, "
+                          f"id {record_id}; labels must be integers 0..{classes - 1}); {fix}.")
+
+
+def build_stats(files: RecordFiles, field: str) -> int | list[float] | None:
+    """`field` of the build's PREFIX.mean.json ("min_side" or "mean"), checked; None when there is no such file."""
+    stats = files.sidecar(".mean.json")
+    if not stats.is_file():
+        return None
+    try:
+        value = json.loads(stats.read_text())[field]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        value = err
+    if field == "min_side":
+        valid = type(value) is int and value > 0
+    else:
+        valid = isinstance(value, list) and len(value) == 3 and all(
+            type(v) in (int, float) and 0 <= v <= 255 for v in value)
+    if not valid:
+        undo = "delete it and give data.mean as 3 numbers" if field == "mean" else "delete it"
+        raise RecipeError(f"{stats}: no valid {field!r} ({str(value)[:60]}), which tools/build_rec.py writes; "
+                          f"rebuild the set, or {undo}.")
+    return value
 
 
 def shortest_side(files: RecordFiles) -> tuple[int, str]:
     """(shortest image side, where the figure comes from): the build's .mean.json, else a sample."""
-    stats = files.sidecar(".mean.json")
-    if stats.is_file():
-        return int(json.loads(stats.read_text())["min_side"]), f"{stats.name}"
+    side = build_stats(files, "min_side")
+    if side is not None:
+        return side, files.sidecar(".mean.json").name
     record = mx.recordio.MXIndexedRecordIO(str(files.idx), str(files.rec), "r")
     try:
-        sides = [min(mx.recordio.unpack_img(record.read_idx(key))[1].shape[:2])
-                 for key in record.keys[:SAMPLE_IMAGES]]
+        sides = []
+        for key in record.keys[:SAMPLE_IMAGES]:
+            image = mx.recordio.unpack_img(record.read_idx(key))[1]
+            if image is None:
+                raise RecipeError(f"{files.rec}: record id {key} holds no image OpenCV can decode; rebuild the set "
+                                  f"with tools/build_rec.py (it skips and reports such files).")
+            sides.append(min(image.shape[:2]))
     finally:
         record.close()
     return min(sides), f"the first {len(sides)} images"
@@ -147,11 +166,11 @@ def check_data_shape(data: RecordData, files: RecordFiles, resize: int, random_r
 def rgb_mean(data: RecordData, train: RecordFiles) -> list[float]:
     if not isinstance(data.mean, str):
         return list(data.mean)
-    stats = train.sidecar(".mean.json")
-    if not stats.is_file():
-        raise RecipeError(f"data.mean = 'rec' reads {stats}, which is missing; rebuild with tools/build_rec.py "
-                          "(it writes the training mean) or give data.mean as 3 numbers.")
-    return json.loads(stats.read_text())["mean"]
+    mean = build_stats(train, "mean")
+    if mean is None:
+        raise RecipeError(f"data.mean = 'rec' reads {train.sidecar('.mean.json')}, which is missing; rebuild with "
+                          "tools/build_rec.py (it writes the training mean) or give data.mean as 3 numbers.")
+    return [float(v) for v in mean]
 
 
 def image_record_kwargs(data: RecordData, mean: list[float], train: bool) -> dict:
@@ -173,6 +192,18 @@ def image_record_kwargs(data: RecordData, mean: list[float], train: bool) -> dic
     else:
         kwargs.update(rand_crop=data.rand_crop)
     return kwargs
+
+
+@contextmanager
+def decoding(rec: str | Path) -> Iterator[None]:
+    """MXNet's error for bytes of `rec` that are not an image (the check before reading sees the records'
+    framing, not their JPEG data) as one line naming the file and the fix."""
+    try:
+        yield
+    except mx.base.MXNetError as err:
+        reason = [line for line in str(err).splitlines() if line.strip()][-1][:200]
+        raise UserError(f"{rec}: MXNet could not decode an image in it ({reason}); rebuild the set with "
+                        f"tools/build_rec.py, which skips and reports files that are not images.") from None
 
 
 def part_sizes(num_records: int, num_parts: int) -> list[int]:
@@ -229,8 +260,9 @@ class RecordTrainIter(mx.io.DataIter):
         part = self._first_part + j
         # No seed_aug: MXNet 1.9 then reseeds at every batch position, so every batch would get
         # the same crops and flips. The augmentation streams are seeded by thread number instead.
-        return mx.io.ImageRecordIter(part_index=part, preprocess_threads=self._threads[j],
-                                     seed=self._seed * 1000 + part, **self._open)
+        with decoding(self._open["path_imgrec"]):      # the constructor decodes the first batch
+            return mx.io.ImageRecordIter(part_index=part, preprocess_threads=self._threads[j],
+                                         seed=self._seed * 1000 + part, **self._open)
 
     @property
     def provide_data(self):
@@ -264,7 +296,8 @@ class RecordTrainIter(mx.io.DataIter):
             self._turn = (j + 1) % len(self._iters)
             if self._taken[j] < self._quota[j]:
                 self._taken[j] += 1
-                batch = self._iters[j].next()
+                with decoding(self._open["path_imgrec"]):
+                    batch = self._iters[j].next()
                 batch.pad = 0          # MXNet sets no pad on full batches; say so explicitly
                 return batch
         raise StopIteration
@@ -289,8 +322,10 @@ class RecordEvalIter(mx.io.DataIter):
         super().__init__(batch_size)
         self.num_samples = files.num_records
         self.num_batches = math.ceil(files.num_records / batch_size)
-        self._iter = mx.io.ImageRecordIter(path_imgrec=str(files.rec), path_imgidx=str(files.idx),
-                                           batch_size=batch_size, preprocess_threads=threads, **kwargs)
+        self._rec = files.rec
+        with decoding(files.rec):
+            self._iter = mx.io.ImageRecordIter(path_imgrec=str(files.rec), path_imgidx=str(files.idx),
+                                               batch_size=batch_size, preprocess_threads=threads, **kwargs)
         self._served = 0
 
     @property
@@ -308,7 +343,8 @@ class RecordEvalIter(mx.io.DataIter):
     def next(self) -> mx.io.DataBatch:
         if self._served == self.num_batches:
             raise StopIteration
-        batch = self._iter.next()
+        with decoding(self._rec):
+            batch = self._iter.next()
         self._served += 1
         batch.pad = max(0, self._served * self.batch_size - self.num_samples)
         return batch
@@ -323,7 +359,7 @@ def get_rec_iterators(data: RecordData, batch_size: int, classes: int, seed: int
     """
     train = open_record_files(data.train_rec, "data.train_rec")
     val = open_record_files(data.val_rec, "data.val_rec")
-    labels = check_labels(train, classes, "data.train_rec")
+    check_labels(train, classes, "data.train_rec")
     check_labels(val, classes, "data.val_rec")
     check_data_shape(data, train, data.train_resize, data.random_resized_crop, "data.train_rec")
     check_data_shape(data, val, data.resize, False, "data.val_rec")
@@ -333,5 +369,5 @@ def get_rec_iterators(data: RecordData, batch_size: int, classes: int, seed: int
                                  seed, num_parts, part_index)
     val_threads = min(sum(threads), decode_thread_cap(cpu_cores()))
     val_iter = RecordEvalIter(val, batch_size, image_record_kwargs(data, mean, train=False), val_threads)
-    train_iter.labels_in_data = len(np.unique(labels))       # what chance is for the guard
+    train_iter.labels_in_data = train.labels.distinct        # what chance is for the guard
     return train_iter, val_iter

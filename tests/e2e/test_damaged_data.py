@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 from pathlib import Path
 
 import mxnet as mx
@@ -91,3 +92,56 @@ def test_build_rec_verify_lists_every_damaged_record(tmp_path, data):
     assert all("zeroed" in line for line in proc.stdout.splitlines()[:-1])
     good = run_tool("build_rec.py", "--verify", data["good"], env=env, check=True)
     assert "64 records, none damaged" in good.stdout
+
+
+def patched(data: dict, name: str, edit) -> Path:
+    """A copy of the good set named `name`, with `edit(rec, idx)` applied, and an intact .lst beside it."""
+    rec = copy_rec(data["good"], data["root"] / name)
+    Path(f"{rec.with_suffix('')}.lst").write_text("".join(f"{i}\t{i % 2:.6f}\timg{i}.jpg\n" for i in range(64)))
+    edit(rec, rec.with_suffix(".idx"))
+    return rec
+
+
+def set_label(rec: Path, index: int, value: float) -> None:
+    with open(rec, "r+b") as f:
+        f.seek(int(read_index(rec.with_suffix(".idx"))[index][1]) + 12)     # magic, length, flag, then the label
+        f.write(struct.pack("<f", value))
+
+
+def set_offset(idx: Path, line: int, text: str) -> None:
+    lines = idx.read_text().splitlines()
+    lines[line] = f"{line}\t{text}"
+    idx.write_text("\n".join(lines) + "\n")
+
+
+def tamper_keeping_size_and_mtime(rec: Path, idx: Path) -> None:
+    """Zero a record header, put the mtime back and plant the note the old check trusted (size and mtime)."""
+    before = rec.stat()
+    with open(rec, "r+b") as f:
+        f.seek(int(read_index(idx)[9][1]))
+        f.write(b"\0" * 8)
+    os.utime(rec, ns=(before.st_atime_ns, before.st_mtime_ns))
+    stamp = {name: [p.stat().st_size, p.stat().st_mtime_ns] for name, p in (("rec", rec), ("idx", idx))}
+    Path(f"{rec.with_suffix('')}.verified.json").write_text(json.dumps(stamp))
+
+
+@pytest.mark.parametrize("case, edit, expected", [
+    ("label_high", lambda rec, idx: set_label(rec, 5, 7.0), "has label 7 but net.classes is 2 (record 5, id 5"),
+    ("label_unlabeled", lambda rec, idx: set_label(rec, 5, -1.0), "holds unlabeled images (record 5, id 5: label -1)"),
+    ("label_nan", lambda rec, idx: set_label(rec, 5, float("nan")), "record 5 (id 5) has label nan, not a class number"),
+    ("idx_negative", lambda rec, idx: set_offset(idx, 3, "-64"), "line 4 is not 'key<TAB>offset'"),
+    ("idx_junk", lambda rec, idx: set_offset(idx, 3, "0x40"), "line 4 is not 'key<TAB>offset'"),
+    ("idx_shifted", lambda rec, idx: set_offset(idx, 3, str(int(read_index(idx)[3][1]) + 4)), "record 3 (id 3)"),
+    ("sidecar", tamper_keeping_size_and_mtime, "is damaged, record 9 (id 9)"),
+])
+def test_what_an_attacker_can_put_in_a_dataset_exits_2_in_one_line(tmp_path, data, case, edit, expected):
+    """Labels MXNet reads from the record headers (an intact .lst beside them changes nothing), .idx offsets,
+    a note beside the data that vouches for a tampered file: each ends with exit 2 naming the file, never a
+    training run with wrong labels, a traceback or MXNet's abort (exit 134)."""
+    rec = patched(data, case, edit)
+    proc = run_tool("train.py", recipe(tmp_path / "r.yaml", rec, data["good"]), "--output", tmp_path / "run",
+                    env=make_env(tmp_path))
+    message = one_line(proc)
+    assert expected in message and str(rec.with_suffix("")) in message, message
+    assert not (tmp_path / "run" / "checkpoints").exists()
+

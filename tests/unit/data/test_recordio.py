@@ -11,6 +11,7 @@ import pytest
 from research.config import RecipeError, RecordData, recipe_from_dict
 from research.data import get_iterators
 from research.data.recordio import decode_thread_cap, get_rec_iterators, plan_threads
+from research.errors import UserError
 
 
 def pack_like_im2rec(prefix: Path, labels: list[int], size=(36, 48), colour=None, seed: int = 0) -> Path:
@@ -136,6 +137,11 @@ def test_mean_rec_reads_the_build_mean(tmp_path):
                                                           "images": 2, "min_side": 36, "max_side": 36}))
     _, val = get_rec_iterators(record_data(rec, rec, mean="rec", std=[1.0, 1.0, 1.0]), batch_size=2, classes=2)
     assert np.abs(next(iter(val)).data[0].asnumpy()).max() < 3.0
+    for junk, field in (('{"min_side": 36, "mean": ["1", 2, 3]}', "mean"), ('{"min_side": 36, "mean": [1e999, 0, 0]}',
+                        "mean"), ('{"min_side": "36", "mean": [1, 2, 3]}', "min_side"), ("not json", "min_side")):
+        (tmp_path / "solid.mean.json").write_text(junk)
+        with pytest.raises(RecipeError, match=rf"solid.mean.json: no valid '{field}' .*rebuild the set, or delete it"):
+            get_rec_iterators(record_data(rec, rec, mean="rec", std=[1.0, 1.0, 1.0]), batch_size=2, classes=2)
     (tmp_path / "solid.mean.json").unlink()
     with pytest.raises(RecipeError, match="solid.mean.json, which is missing"):
         get_rec_iterators(record_data(rec, rec, mean="rec"), batch_size=2, classes=2)
@@ -163,7 +169,7 @@ def test_missing_files_name_the_file_and_the_fix(tmp_path, unique):
     cut = tmp_path / "cut.rec"
     cut.write_bytes(rec.read_bytes()[:1000])
     (tmp_path / "cut.idx").write_text(rec.with_suffix(".idx").read_text())
-    with pytest.raises(RecipeError, match="points past the end"):
+    with pytest.raises(UserError, match="points past the end"):
         get_rec_iterators(record_data(cut, rec), 4, n)
 
 
