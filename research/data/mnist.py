@@ -11,6 +11,7 @@ import http.client
 import logging
 import math
 import os
+import struct
 import urllib.request
 import zlib
 from pathlib import Path
@@ -46,6 +47,7 @@ MIRRORS: tuple[str, ...] = (
     "http://yann.lecun.com/exdb/mnist/",
 )
 TIMEOUT_S = 30.0      # per connect/read; a stalled mirror gives way to the next one
+MAX_BYTES = 1 << 30   # the most data read_idx takes from one file (EMNIST's largest, a drop-in, has 547 MB)
 
 _IDX_DTYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
                0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
@@ -55,43 +57,47 @@ class MnistError(UserError):
     """MNIST files missing, damaged or not downloadable (a ValueError): tools exit 2 on it."""
 
 
-def read_idx(path: str | Path) -> np.ndarray:
+def read_idx(path: str | Path, max_bytes: int = MAX_BYTES) -> np.ndarray:
     """Read one IDX file (gzip-compressed if its name ends in .gz) into a native-endian array.
 
+    The data is read no further than the shape the header declares (at most `max_bytes`): a small .gz
+    that inflates to gigabytes is refused at that bound instead of filling memory.
+
     Raises:
-        MnistError: the file is truncated, corrupt or not IDX; the message names it.
+        MnistError: the file is truncated, corrupt, too large or not IDX; the message names it.
     """
     path = Path(path)
     if not path.is_file():
         raise MnistError(f"{path}: no such file.")
     fix = "The file is damaged or incomplete: delete it and run again to re-download it (or copy in a good one)."
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as stream:
-                raw = stream.read()
-        else:
-            raw = path.read_bytes()
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as stream:
+            head = stream.read(4)
+            if not head:
+                raise MnistError(f"{path}: the file is empty. {fix}")
+            if len(head) < 4 or head[0] != 0 or head[1] != 0:
+                raise MnistError(f"{path}: not an IDX file (bad magic number 0x{head.hex()}). {fix}")
+            code, ndim = head[2], head[3]
+            if code not in _IDX_DTYPES:
+                raise MnistError(f"{path}: unknown IDX data type code 0x{code:02x}. {fix}")
+            sizes = stream.read(4 * ndim)
+            if ndim == 0 or len(sizes) < 4 * ndim:
+                raise MnistError(f"{path}: truncated IDX header ({4 + len(sizes)} bytes, {ndim} dimensions). {fix}")
+            dims = struct.unpack(f">{ndim}I", sizes)
+            dtype = _IDX_DTYPES[code]
+            expected = math.prod(dims) * dtype.itemsize     # Python ints: a corrupt header cannot overflow
+            if expected > max_bytes:
+                raise MnistError(f"{path}: the header gives shape {dims} of {dtype.name} ({expected} bytes), more "
+                                 f"than the {max_bytes} this reader takes (MNIST's largest file has 47,040,000). {fix}")
+            raw = stream.read(expected)
+            longer = stream.read(1) != b""
     except (OSError, EOFError, zlib.error) as err:   # BadGzipFile is an OSError; a cut .gz an EOFError
         raise MnistError(f"{path}: cannot be read ({err}). {fix}") from None
-    if not raw:
-        raise MnistError(f"{path}: the file is empty. {fix}")
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise MnistError(f"{path}: not an IDX file (bad magic number 0x{raw[:4].hex()}). {fix}")
-    code, ndim = raw[2], raw[3]
-    if code not in _IDX_DTYPES:
-        raise MnistError(f"{path}: unknown IDX data type code 0x{code:02x}. {fix}")
-    header = 4 + 4 * ndim
-    if ndim == 0 or len(raw) < header:
-        raise MnistError(f"{path}: truncated IDX header ({len(raw)} bytes, {ndim} dimensions). {fix}")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-    dtype = _IDX_DTYPES[code]
-    expected = math.prod(dims) * dtype.itemsize     # Python ints: a corrupt header cannot overflow
-    found = len(raw) - header
-    if found != expected:
-        what = "truncated" if found < expected else "longer than its header says"
+    if len(raw) != expected or longer:
+        what = "longer than its header says" if longer else "truncated"
         raise MnistError(f"{path}: {what}: the header gives shape {dims} of {dtype.name} "
-                         f"({expected} data bytes), the file has {found}. {fix}")
-    array = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+                         f"({expected} data bytes), the file has {'more' if longer else len(raw)}. {fix}")
+    array = np.frombuffer(raw, dtype=dtype).reshape(dims)
     return array.astype(dtype.newbyteorder("="))     # a writable copy in native byte order
 
 

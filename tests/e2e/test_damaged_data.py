@@ -1,6 +1,7 @@
 """A damaged .rec, as a user meets it: a clear one-line error naming the record, never MXNet's abort."""
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -145,3 +146,24 @@ def test_what_an_attacker_can_put_in_a_dataset_exits_2_in_one_line(tmp_path, dat
     assert expected in message and str(rec.with_suffix("")) in message, message
     assert not (tmp_path / "run" / "checkpoints").exists()
 
+
+def test_an_mnist_gzip_bomb_exits_2_in_one_line(tmp_path):
+    """A small .gz that inflates to 256 MB, given as MNIST's training images: refused in one line once the
+    size its header declares is read (tests/unit/data/test_mnist.py checks that memory stays bounded)."""
+    root = tmp_path / "mnist"
+    root.mkdir()
+    for name, shape in (("train-images-idx3-ubyte", (16, 28, 28)), ("train-labels-idx1-ubyte", (16,)),
+                        ("t10k-images-idx3-ubyte", (16, 28, 28)), ("t10k-labels-idx1-ubyte", (16,))):
+        with gzip.open(root / f"{name}.gz", "wb") as out:
+            out.write(bytes([0, 0, 0x08, len(shape)]) + struct.pack(f">{len(shape)}I", *shape))
+            out.write(bytes(int(np.prod(shape))))
+            if name == "train-images-idx3-ubyte":
+                for _ in range(256):
+                    out.write(bytes(1 << 20))
+    (tmp_path / "m.yaml").write_text(json.dumps({
+        "name": "mnist_bomb", "net": {"name": "lenet", "classes": 10},
+        "data": {"kind": "mnist", "root": str(root), "download": False},
+        "train": {"epochs": 1, "batch_size": 8, "lr": 0.01}, "tracking": {"enabled": False}}))
+    proc = run_tool("train.py", tmp_path / "m.yaml", "--output", tmp_path / "run", env=make_env(tmp_path))
+    message = one_line(proc)
+    assert f"{root}/train-images-idx3-ubyte.gz: longer than its header says" in message, message

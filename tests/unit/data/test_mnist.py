@@ -104,6 +104,32 @@ def test_file_longer_than_its_header_is_rejected(tmp_path):
         read_idx(path)
 
 
+def test_gzip_bomb_is_read_no_further_than_its_header_says(tmp_path):
+    """A small .gz that inflates far past its declared shape stops at that shape: memory stays bounded."""
+    import tracemalloc
+    bomb = tmp_path / "train-images-idx3-ubyte.gz"
+    with gzip.open(bomb, "wb") as out:
+        out.write(bytes([0, 0, 0x08, 3]) + struct.pack(">3I", 10, 28, 28))
+        for _ in range(64):
+            out.write(b"\0" * (1 << 20))                           # 64 MB of zeros, ~64 KB on disk
+    assert bomb.stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(MnistError, match=r"train-images-idx3-ubyte.gz: longer than its header says.*\(10, 28, 28\)"):
+            read_idx(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, f"{peak} bytes held while reading a file that declares 7,840"
+
+
+def test_a_header_declaring_more_than_the_reader_takes_is_refused_unread(tmp_path):
+    huge = tmp_path / "train-images-idx3-ubyte.gz"
+    huge.write_bytes(gzip.compress(bytes([0, 0, 0x08, 3]) + struct.pack(">3I", 2 ** 31, 28, 28) + b"\0" * 100))
+    with pytest.raises(MnistError, match=r"\(2147483648, 28, 28\) of uint8 \(1683627180032 bytes\), more than"):
+        read_idx(huge)
+
+
 # --- load_mnist on local files -------------------------------------------------------------------
 
 def test_load_mnist_from_a_folder_of_gz_and_raw_files(tmp_path):
