@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 # mkstemp/mkdtemp create 0600/0700, private to the trainer's user: the files a run leaves get the modes
@@ -71,6 +71,14 @@ def writing_dir(folder: str | Path) -> Iterator[Path]:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     fsync_dir(folder.parent)
+
+
+def open_new(path: str | Path, mode: str = "w") -> IO:
+    """Open `path` ("w" or "wb") as a file this call creates. Whatever the name held is removed first, not
+    written through: a file a killed run left, or a symbolic link planted there to redirect the write to
+    another file; O_EXCL (mode "x") fails the open if anything takes the name in between."""
+    Path(path).unlink(missing_ok=True)
+    return open(path, mode.replace("w", "x"))
 
 
 def temporary_file(path: Path, suffix: str = ".tmp") -> Path:

@@ -47,6 +47,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "whose label order to follow (default: sorted synsets, as imagenet-train gives)")
     parser.add_argument("--synset-words", type=Path,
                         help="'n01440764 tench, Tinca tinca' lines (LOC_synset_mapping.txt): human class names")
+    parser.add_argument("--follow-links", action="store_true",
+                        help="pack what symbolic links leading out of SRC point to (default: refuse them; links "
+                             "that stay inside SRC are followed)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.verify is None and args.out_prefix is None:
@@ -95,7 +98,7 @@ def main(argv: list[str]) -> int:
     try:
         result = build_rec(args.src, args.out_prefix, args.layout, args.resize, args.quality, args.holdout,
                            args.seed, args.workers, args.ground_truth, args.synset_order, args.classes,
-                           args.synset_words, progress=not args.quiet)
+                           args.synset_words, progress=not args.quiet, follow_links=args.follow_links)
     except (LayoutError, UserError) as err:     # UserError: unwritable output, full disk (partials removed)
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -3,11 +3,13 @@ mean and a report of every bad file. Outputs keep `.partial` names until the who
 """
 from __future__ import annotations
 
+import errno
 import io
 import json
 import multiprocessing
 import os
 import random
+import stat
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -114,12 +116,35 @@ def _decode(path: Path, data: bytes, resize: int) -> tuple[np.ndarray | None, st
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), _conversion_note(path, fmt, mode), fmt
 
 
-def prepare_image(path: Path, resize: int = 0, quality: int = 95) -> Prepared:
+def read_without_links(path: Path, root: Path) -> bytes:
+    """The bytes of `path`, a regular file under `root`, opened one folder at a time and following no
+    symbolic link (O_NOFOLLOW at every step): a link planted after the folder was listed cannot redirect
+    the read out of `root`, nor a FIFO planted there stall it."""
+    folder = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in path.relative_to(root).parts[:-1]:
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=folder)
+            os.close(folder)
+            folder = inner
+        fd = os.open(path.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
+    finally:
+        os.close(folder)
+    with open(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return handle.read()
+
+
+def prepare_image(path: Path, resize: int = 0, quality: int = 95, root: Path | None = None) -> Prepared:
     """Decode, check, convert to RGB, resize the shorter side to `resize` (0: keep) and encode.
 
-    A clean RGB JPEG that needs no resize keeps its bytes (no second lossy encode).
+    A clean RGB JPEG that needs no resize keeps its bytes (no second lossy encode). With `root`, the
+    file is read following no link (`read_without_links`).
     """
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes() if root is None else read_without_links(path, root)
+    except OSError as err:       # unreadable, or a link or other non-file put in its place since the listing
+        return Prepared(None, f"cannot be read ({err.strerror or err}) -> skipped")
     if not data:
         return Prepared(None, "empty file -> skipped")
     bgr, problem, fmt = _decode(path, data, resize)
@@ -139,9 +164,9 @@ def prepare_image(path: Path, resize: int = 0, quality: int = 95) -> Prepared:
     return Prepared(jpeg, problem, sums, pixels, bgr.shape[0], bgr.shape[1])
 
 
-def _prepare_job(job: tuple[int, Path, int, int]) -> tuple[int, Prepared]:
-    number, path, resize, quality = job
-    return number, prepare_image(path, resize, quality)
+def _prepare_job(job: tuple[int, Path, int, int, Path | None]) -> tuple[int, Prepared]:
+    number, path, resize, quality, root = job
+    return number, prepare_image(path, resize, quality, root)
 
 
 def _worker_init() -> None:
@@ -175,7 +200,7 @@ class RecordSet:
         self.sums = np.zeros(6)
         self.pixels = 0
         self.sides: list[int] = [1 << 30, 0]       # min, max shorter side
-        self._lst = open(self.partial(".lst"), "w")   # first: an unwritable place raises OSError naming it
+        self._lst = atomic.open_new(self.partial(".lst"))   # first: an unwritable place raises OSError naming it
         self._writer = RecordWriter(self.partial(".idx"), self.partial(".rec"))
 
     def partial(self, suffix: str) -> str:
@@ -196,7 +221,8 @@ class RecordSet:
         self._lst.close()
 
     def write_json(self, suffix: str, content: dict) -> None:
-        Path(self.partial(suffix)).write_text(json.dumps(content, indent=1) + "\n")
+        with atomic.open_new(self.partial(suffix)) as out:
+            out.write(json.dumps(content, indent=1) + "\n")
 
     def stats(self) -> dict:
         mean = self.sums[:3] / max(self.pixels, 1)
@@ -224,19 +250,19 @@ class BuildResult:
 
 
 def list_items(layout: str, src: Path, ground_truth: Path | None = None, synset_order: Path | None = None,
-               classes_file: Path | None = None) -> tuple[list[Item], list[str]]:
+               classes_file: Path | None = None, follow_links: bool = False) -> tuple[list[Item], list[str]]:
     if layout == "folders":
-        return layouts.list_class_folders(src)
+        return layouts.list_class_folders(src, follow_links)
     if layout == "imagenet-train":
-        return layouts.list_imagenet_train(src)
+        return layouts.list_imagenet_train(src, follow_links)
     if layout == "dogs-vs-cats":
-        return layouts.list_dogs_vs_cats(src)
+        return layouts.list_dogs_vs_cats(src, follow_links)
     if layout == "imagenet-val":
         if ground_truth is None:
             raise LayoutError("--layout imagenet-val needs --ground-truth (LOC_val_solution.csv, a synset per "
                               "line, or ILSVRC2012_validation_ground_truth.txt with --synset-order).")
         classes = layouts.read_classes_file(classes_file) if classes_file else None
-        return layouts.list_imagenet_val(src, ground_truth, classes, synset_order)
+        return layouts.list_imagenet_val(src, ground_truth, classes, synset_order, follow_links)
     raise LayoutError(f"unknown layout {layout!r}: one of {', '.join(LAYOUTS)}.")
 
 
@@ -266,11 +292,13 @@ def build_rec(src: str | Path, out_prefix: str | Path, layout: str = "folders", 
               quality: int = 95, holdout: int = 0, seed: int = 0, workers: int = 0,
               ground_truth: str | Path | None = None, synset_order: str | Path | None = None,
               classes_file: str | Path | None = None, synset_words: str | Path | None = None,
-              progress: bool = True) -> BuildResult:
+              progress: bool = True, follow_links: bool = False) -> BuildResult:
     """Pack `src` into OUT_PREFIX.{lst,rec,idx} (+ OUT_PREFIX_val.* when `holdout` > 0).
 
     Also writes OUT_PREFIX.classes.json (label -> name, words), .mean.json (RGB mean/std and
     shorter-side range of the images written) and .report.json (converted and skipped files).
+    Symbolic links that lead out of `src` are refused unless `follow_links`; without it every image is
+    read following no link at all, so a link planted after the listing cannot redirect a read.
     Raises LayoutError (a ValueError) when the source does not match the layout.
     """
     src, out_prefix = Path(src), Path(out_prefix)
@@ -278,7 +306,8 @@ def build_rec(src: str | Path, out_prefix: str | Path, layout: str = "folders", 
         raise LayoutError(f"source folder not found: {src}")
     if not 1 <= quality <= 100:
         raise LayoutError(f"--quality {quality}: must be 1..100.")
-    items, classes = list_items(layout, src, *(Path(p) if p else None for p in (ground_truth, synset_order, classes_file)))
+    items, classes = list_items(layout, src, *(Path(p) if p else None for p in (ground_truth, synset_order, classes_file)),
+                                follow_links=follow_links)
     result = BuildResult(sets={})
     result.skipped = [{"file": it.rel, "problem": "no label for this file name -> skipped"}
                       for it in items if it.label is None]
@@ -299,7 +328,8 @@ def build_rec(src: str | Path, out_prefix: str | Path, layout: str = "folders", 
     try:
         out_prefix.parent.mkdir(parents=True, exist_ok=True)
         sets.extend(RecordSet(prefix) for prefix, _ in parts)
-        _write_sets(sets, parts, resize, quality, workers or len(os.sched_getaffinity(0)), progress, result)
+        _write_sets(sets, parts, resize, quality, workers or len(os.sched_getaffinity(0)), progress, result,
+                    None if follow_links else src.resolve())
         for record_set in sets:
             record_set.write_json(".classes.json", class_map)
             record_set.write_json(".mean.json", record_set.stats())
@@ -325,9 +355,9 @@ def _write_failure(err: BaseException, rec: Path) -> str | None:
 
 
 def _write_sets(sets: list[RecordSet], parts: list, resize: int, quality: int, workers: int,
-                progress: bool, result: BuildResult) -> None:
+                progress: bool, result: BuildResult, root: Path | None) -> None:
     owner = [(record_set, item) for record_set, (_, part) in zip(sets, parts) for item in part]
-    jobs = [(n, item.path, resize, quality) for n, (_, item) in enumerate(owner)]
+    jobs = [(n, item.path, resize, quality, root) for n, (_, item) in enumerate(owner)]
     for n, prepared in _run_jobs(jobs, workers, progress, f"packing {sets[0].prefix.name}"):
         record_set, item = owner[n]
         if prepared.problem:

@@ -1,11 +1,14 @@
 """Source layouts for tools/build_rec.py: which image files to pack and their labels.
 
 Each layout returns (items, class_names); an item's `record_id` is None unless the layout
-fixes it (the Kaggle ids of the Dogs vs. Cats test folder).
+fixes it (the Kaggle ids of the Dogs vs. Cats test folder). Symbolic links are followed where they stay
+inside the source folder; one that leads out of it is refused unless `follow_links` (a folder from
+elsewhere must not pack files from the rest of the disk, nor turn a linked folder into a class).
 """
 from __future__ import annotations
 
 import csv
+import os
 import random
 import re
 from dataclasses import dataclass
@@ -22,30 +25,63 @@ class LayoutError(ValueError):
 
 @dataclass
 class Item:
-    path: Path             # absolute path of the image file
+    path: Path             # the image file; without follow_links its real path, with no link on the way
     rel: str               # path relative to SRC, as written in the .lst
     label: float | None    # None: no label found; the builder skips and reports it
     record_id: int | None = None
 
 
-def _images_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+def _children(folder: Path, root: Path, follow_links: bool) -> list[tuple[Path, Path]]:
+    """(path as listed, path to read) of each entry of `folder`, sorted. The path to read is the real one,
+    with no link on the way (build_rec reads it following none), unless `follow_links`; an entry whose
+    real path is outside `root` (the source folder's real path) raises LayoutError unless `follow_links`."""
+    entries = []
+    for path in sorted(folder.iterdir()):
+        target = path if follow_links else Path(os.path.realpath(path))
+        if not follow_links and not target.is_relative_to(root):
+            raise LayoutError(f"{path} links to {target}, outside the source folder {root}; pass --follow-links "
+                              f"to pack what such links point to, or remove the link.")
+        entries.append((path, target))
+    return entries
 
 
-def list_class_folders(src: Path) -> tuple[list[Item], list[str]]:
+def _images_under(folder: Path, root: Path, follow_links: bool, seen: set[str]) -> list[tuple[Path, Path]]:
+    """(path as listed, path to read) of the image files anywhere under `folder`, sorted; a folder
+    reached twice through links is read once."""
+    if os.path.realpath(folder) in seen:
+        return []
+    seen.add(os.path.realpath(folder))
+    images = []
+    for listed, real in _children(folder, root, follow_links):
+        if real.is_dir():
+            images += _images_under(listed, root, follow_links, seen)
+        elif real.is_file() and listed.suffix.lower() in IMAGE_EXTENSIONS:
+            images.append((listed, real))
+    return images
+
+
+def _image_files(src: Path, follow_links: bool) -> list[tuple[Path, Path]]:
+    """(path as listed, path to read) of the image files directly in a flat `src`."""
+    return [(listed, real) for listed, real in _children(src, src.resolve(), follow_links)
+            if real.is_file() and listed.suffix.lower() in IMAGE_EXTENSIONS]
+
+
+def list_class_folders(src: Path, follow_links: bool = False) -> tuple[list[Item], list[str]]:
     """One sub-folder per class; labels follow the sorted folder names, as im2rec does."""
-    classes = sorted(p.name for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
+    root = src.resolve()
+    folders = [listed for listed, real in _children(src, root, follow_links)
+               if real.is_dir() and not listed.name.startswith(".")]
+    if not folders:
         raise LayoutError(f"{src}: no class sub-folders found. The 'folders' layout expects SRC/<class>/<image>; "
                           "use --layout imagenet-val or dogs-vs-cats for flat folders.")
-    items = [Item(path, str(path.relative_to(src)), float(label))
-             for label, name in enumerate(classes) for path in _images_under(src / name)]
-    return items, classes
+    items = [Item(real, str(listed.relative_to(src)), float(label))
+             for label, folder in enumerate(folders) for listed, real in _images_under(folder, root, follow_links, set())]
+    return items, [folder.name for folder in folders]
 
 
-def list_imagenet_train(src: Path) -> tuple[list[Item], list[str]]:
+def list_imagenet_train(src: Path, follow_links: bool = False) -> tuple[list[Item], list[str]]:
     """ILSVRC-2012 train: one folder per synset (n01440764, ...); labels follow sorted synsets."""
-    items, classes = list_class_folders(src)
+    items, classes = list_class_folders(src, follow_links)
     odd = [name for name in classes if not SYNSET.match(name)]
     if odd:
         raise LayoutError(f"{src}: folders {odd[:3]} are not synset ids like n01440764; "
@@ -53,23 +89,23 @@ def list_imagenet_train(src: Path) -> tuple[list[Item], list[str]]:
     return items, classes
 
 
-def list_dogs_vs_cats(src: Path) -> tuple[list[Item], list[str]]:
+def list_dogs_vs_cats(src: Path, follow_links: bool = False) -> tuple[list[Item], list[str]]:
     """Kaggle Dogs vs. Cats: train `cat.N.jpg` / `dog.N.jpg` (labels 0 / 1), or the test folder
     `N.jpg`, whose Kaggle id N becomes the record id (label -1: unlabeled)."""
     classes = ["cat", "dog"]
-    files = sorted(p for p in src.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    numeric = [p for p in files if p.stem.isdigit()]
+    files = _image_files(src, follow_links)
+    numeric = [(listed, real) for listed, real in files if listed.stem.isdigit()]
     if numeric and len(numeric) != len(files):
         raise LayoutError(f"{src}: mixes test images (N.jpg) with others such as "
-                          f"{next(p.name for p in files if not p.stem.isdigit())}; build train and test separately.")
+                          f"{next(p.name for p, _ in files if not p.stem.isdigit())}; build train and test separately.")
     if numeric:
-        numeric.sort(key=lambda p: int(p.stem))
-        return [Item(p, p.name, UNLABELED, int(p.stem)) for p in numeric], classes
+        numeric.sort(key=lambda pair: int(pair[0].stem))
+        return [Item(real, listed.name, UNLABELED, int(listed.stem)) for listed, real in numeric], classes
     items = []
-    for path in files:
-        kind = path.name.split(".")[0].lower()
+    for listed, real in files:
+        kind = listed.name.split(".")[0].lower()
         # a stray name gets label None and is reported by the builder instead of aborting
-        items.append(Item(path, path.name, float(classes.index(kind)) if kind in classes else None))
+        items.append(Item(real, listed.name, float(classes.index(kind)) if kind in classes else None))
     if not items:
         raise LayoutError(f"{src}: no images. The dogs-vs-cats layout expects cat.N.jpg / dog.N.jpg or N.jpg files.")
     return items, classes
@@ -130,7 +166,7 @@ def read_val_ground_truth(ground_truth: Path, synset_order: Path | None) -> dict
 
 
 def list_imagenet_val(src: Path, ground_truth: Path, classes: list[str] | None,
-                      synset_order: Path | None = None) -> tuple[list[Item], list[str]]:
+                      synset_order: Path | None = None, follow_links: bool = False) -> tuple[list[Item], list[str]]:
     """Flat ILSVRC2012_val_*.JPEG folder; labels are positions in the train classes (sorted synsets
     by default, or `classes` from the train build's .classes.json). Unlisted images get label None."""
     truth = read_val_ground_truth(ground_truth, synset_order)
@@ -140,9 +176,9 @@ def list_imagenet_val(src: Path, ground_truth: Path, classes: list[str] | None,
     if unknown:
         raise LayoutError(f"{ground_truth}: synsets {unknown[:3]} are not among the {len(classes)} train classes.")
     items = []
-    for path in sorted(p for p in src.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS):
-        synset = truth.get(_val_number(path.name))
-        items.append(Item(path, path.name, float(position[synset]) if synset else None))
+    for listed, real in _image_files(src, follow_links):
+        synset = truth.get(_val_number(listed.name))
+        items.append(Item(real, listed.name, float(position[synset]) if synset else None))
     if not items:
         raise LayoutError(f"{src}: no images; the imagenet-val layout expects the flat ILSVRC2012_val_*.JPEG folder.")
     return items, classes

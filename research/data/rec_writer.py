@@ -8,6 +8,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+from ..atomic import open_new
 from .verify import FIRST, LAST, MAGIC, MIDDLE, WHOLE
 
 IMAGE_HEADER_FORMAT = "IfQQ"      # mx.recordio.IRHeader: flag, label, id, id2 (mx.recordio._IR_FORMAT)
@@ -19,8 +20,8 @@ class RecordWriter:
     """OUT.rec and OUT.idx ("key\\toffset" lines), one image record per `write`."""
 
     def __init__(self, idx: str | Path, rec: str | Path):
-        self._rec = open(rec, "wb")          # first: an unwritable place raises OSError naming it
-        self._idx = open(idx, "w")
+        self._rec = open_new(rec, "wb")      # first: an unwritable place raises OSError naming it
+        self._idx = open_new(idx)
         self._offset = 0
 
     def write(self, key: int, label: float, payload: bytes) -> None:

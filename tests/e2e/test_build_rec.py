@@ -123,3 +123,18 @@ def test_benchmark_rec_runs_im2rec_and_ours_on_the_same_folder(tmp_path, run_too
     assert "ours / im2rec speed:" in proc.stdout
     missing = run_tool("benchmark.py", "rec", tmp_path / "nowhere", env=env)
     assert missing.returncode == 2 and "is not a folder" in missing.stderr
+
+
+def test_a_link_out_of_the_source_is_refused_in_one_line(tmp_path, run_tool, env):
+    src = colour_folders(tmp_path / "src", per_class=2)
+    (tmp_path / "elsewhere").mkdir()
+    cv2.imwrite(str(tmp_path / "elsewhere" / "id_card.jpg"), np.zeros((30, 30, 3), np.uint8))
+    (src / "c0" / "3.jpg").symlink_to(tmp_path / "elsewhere" / "id_card.jpg")
+    proc = run_tool("build_rec.py", src, tmp_path / "out", "--quiet", env=env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {src}/c0/3.jpg links to {tmp_path}/elsewhere/id_card.jpg, outside the source folder {src}; pass "
+        f"--follow-links to pack what such links point to, or remove the link."]
+    assert not list(tmp_path.glob("out*"))
+    followed = run_tool("build_rec.py", src, tmp_path / "out", "--quiet", "--follow-links", env=env, check=True)
+    assert "out.rec: 5 images" in followed.stdout

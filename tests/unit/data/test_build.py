@@ -129,11 +129,11 @@ def test_interrupted_build_leaves_old_outputs_and_no_new_ones(tmp_path, monkeypa
     before = {p.name: p.read_bytes() for p in tmp_path.glob("train*")}
     calls = []
 
-    def failing(path, resize=0, quality=95):
+    def failing(path, *args):
         calls.append(path)
         if len(calls) == 5:
             raise KeyboardInterrupt       # as a Ctrl-C in the middle of the build
-        return real(path, resize, quality)
+        return real(path, *args)
 
     real = build.prepare_image
     monkeypatch.setattr(build, "prepare_image", failing)
@@ -241,3 +241,54 @@ def test_layout_errors_name_the_problem(tmp_path):
     with pytest.raises(LayoutError, match="not synset ids"):
         build_rec(class_folders(tmp_path / "src", per_class=1), tmp_path / "out", layout="imagenet-train",
                   progress=False)
+
+
+def test_links_out_of_the_source_folder_are_refused_unless_followed(tmp_path):
+    """As a dataset from elsewhere might hold them: a file linked to a picture elsewhere on the disk, and a
+    linked folder that would become a class. Links that stay inside the source folder are followed."""
+    src = class_folders(tmp_path / "src", per_class=2)
+    outside = tmp_path / "home" / "private"
+    write_jpeg(outside / "holiday.jpg", random_image(np.random.RandomState(5)))
+    (src / "dog" / "dup.jpg").symlink_to(src / "cat" / "cat_0.jpg")           # inside: followed
+    build_rec(src, tmp_path / "inside", workers=1, progress=False)
+    assert len(read_lst(tmp_path / "inside")) == 7
+    (src / "cat" / "cute.jpg").symlink_to(outside / "holiday.jpg")
+    with pytest.raises(LayoutError, match=rf"{src}/cat/cute.jpg links to {outside}/holiday.jpg, outside the source "
+                                          rf"folder {src}; pass --follow-links"):
+        build_rec(src, tmp_path / "out", workers=1, progress=False)
+    (src / "cat" / "cute.jpg").unlink()
+    (src / "zebra").symlink_to(outside)
+    with pytest.raises(LayoutError, match=rf"{src}/zebra links to {outside}, outside"):
+        build_rec(src, tmp_path / "out", workers=1, progress=False)
+    assert not list(tmp_path.glob("out*"))
+    result = build_rec(src, tmp_path / "followed", workers=1, progress=False, follow_links=True)
+    assert result.sets == {str(tmp_path / "followed"): 8}
+    assert ("zebra/holiday.jpg", 3.0) in {(path, label) for _, label, path in read_lst(tmp_path / "followed")}
+
+
+def test_a_link_planted_after_the_listing_is_not_read_through(tmp_path):
+    src = class_folders(tmp_path / "src", per_class=1)
+    secret = tmp_path / "secret.jpg"
+    write_jpeg(secret, random_image(np.random.RandomState(3)))
+    image = src.resolve() / "cat" / "cat_0.jpg"
+    assert build.prepare_image(image, root=src.resolve()).jpeg == image.read_bytes()
+    image.unlink()
+    image.symlink_to(secret)                              # swapped between the listing and the read
+    assert build.prepare_image(image, root=src.resolve()).jpeg is None
+    (src / "cat").rename(src / "cat.real")
+    (src / "cat").symlink_to(secret.parent)               # a folder on the way swapped for a link
+    prepared = build.prepare_image(image, root=src.resolve())
+    assert prepared.jpeg is None and "cannot be read" in prepared.problem
+
+
+def test_output_files_are_not_written_through_planted_links(tmp_path):
+    """Links planted where the build writes its .partial files (a shared output folder): the build replaces
+    them with its own files and the files they point to stay as they were."""
+    src = class_folders(tmp_path / "src", per_class=2)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    for suffix in (".lst", ".rec", ".idx", ".classes.json", ".mean.json", ".report.json"):
+        Path(f"{tmp_path / 'out'}{suffix}.partial").symlink_to(victim)
+    build_rec(src, tmp_path / "out", workers=1, progress=False)
+    assert victim.read_text() == "precious"
+    assert len(read_records(tmp_path / "out")) == 6 and not any(p.is_symlink() for p in tmp_path.glob("out*"))
