@@ -19,7 +19,7 @@ from ..data.recordio import (RecordEvalIter, check_data_shape, check_labels, cpu
 from ..errors import UserError
 from ..model.export import input_shape
 from ..nets import build_net
-from ..tracking import Tracker, tracking_uri
+from ..tracking import Tracker, public_uri, tracking_uri
 from ..training.checkpoint import CheckpointError, find_latest, load_checkpoint, load_net_arrays
 
 
@@ -229,10 +229,10 @@ def log_to_run(trained: Trained, metrics: dict[str, float], rec: str | Path) -> 
     uri = tracking_uri(trained.tracking_uri)      # the store the run was written to, unless MLFLOW_TRACKING_URI
     tracker = Tracker.attach(trained.run_id, uri)  # not resume: that marks the run RUNNING
     if not tracker.enabled:
-        print(f"not logged to MLflow: run {trained.run_id} not found at {uri}")
+        print(f"not logged to MLflow: run {trained.run_id} not found at {public_uri(uri)}")
         return None
     tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith("val/")}, step=trained.epoch)
     tracker.set_tags({"evaluate.rec": str(Path(rec).resolve()), "evaluate.checkpoint": str(trained.checkpoint)})
     if not tracker.flush():
-        print(f"MLflow at {uri} did not answer in time; the figures may be missing from the run")
+        print(f"MLflow at {public_uri(uri)} did not answer in time; the figures may be missing from the run")
     return trained.run_id

@@ -15,7 +15,7 @@ from tabulate import tabulate
 
 from ..durations import format_duration
 from ..errors import UserError
-from ..tracking import get_client, tracking_uri
+from ..tracking import get_client, public_uri, tracking_uri
 from ..tracking.sweeps import is_sweep_parent
 
 CURVE_KEYS = ("val/top1", "val/top5", "train/loss", "speed/img_per_s")
@@ -52,7 +52,7 @@ def open_client():
     """
     uri = tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise UserError(f"no MLflow store at {uri}: train a run first (python tools/train.py RECIPE), "
+        raise UserError(f"no MLflow store at {public_uri(uri)}: train a run first (python tools/train.py RECIPE), "
                         f"or set MLFLOW_TRACKING_URI to the store your runs went to.")
     return get_client()
 
@@ -67,7 +67,7 @@ def select_runs(client, experiment: str | None = None, run_ids: list[str] = (), 
     """
     experiments = {e.name: e for e in client.search_experiments()}
     if experiment is not None and experiment not in experiments:
-        raise UserError(f"no experiment '{experiment}' in {tracking_uri()}. Experiments: "
+        raise UserError(f"no experiment '{experiment}' in {public_uri(tracking_uri())}. Experiments: "
                         f"{_names(experiments)}.")
     scope = [experiments[experiment].experiment_id] if experiment else [e.experiment_id for e in experiments.values()]
     if run_ids:
@@ -79,12 +79,12 @@ def select_runs(client, experiment: str | None = None, run_ids: list[str] = (), 
             if len(used) != 1:
                 found = f"Experiments: {_names(experiments)}" if experiments else "It has no experiments yet"
                 raise UserError(f"choose the runs to compare with --experiment NAME or --runs ID ... "
-                                f"({tracking_uri()}). {found}.")
+                                f"({public_uri(tracking_uri())}). {found}.")
             experiment, scope = used[0].name, [used[0].experiment_id]
         runs = client.search_runs(scope, order_by=["attributes.start_time ASC"], max_results=50000)
         runs = [run for run in runs if not is_sweep_parent(run)]     # its trials are rows; it trained nothing
     if not runs:
-        raise UserError(f"experiment '{experiment}' has no runs yet in {tracking_uri()}: "
+        raise UserError(f"experiment '{experiment}' has no runs yet in {public_uri(tracking_uri())}: "
                         f"train one with python tools/train.py recipes/{experiment}.yaml.")
     return runs[-last:] if last else runs
 
@@ -106,7 +106,7 @@ def _find_run(client, experiment_ids: list[str], ref: str, where: str = ""):
     runs = client.search_runs(experiment_ids, filter_string=f"attributes.run_id LIKE '{ref}%'", max_results=3)
     if len(runs) != 1:
         what = "no run" if not runs else "several runs"
-        raise UserError(f"--runs {ref}: {what} with that id in {tracking_uri()}{where}. "
+        raise UserError(f"--runs {ref}: {what} with that id in {public_uri(tracking_uri())}{where}. "
                         f"tools/compare.py --experiment NAME lists the runs and their ids.")
     return runs[0]
 

@@ -1,9 +1,9 @@
 """MLflow tracking, the only part of research/ that imports mlflow: the store (store.py), what a run
 records of where it came from (tags.py), one run logged off the training loop (tracker.py), the final
 model as an MLflow pyfunc (logged_model.py) and links into the UI (ui.py)."""
-from .store import get_client, tracking_uri
+from .store import get_client, public_uri, tracking_uri
 from .tracker import Tracker, resume_run, start_run
 from .ui import compare_url, experiment_url, run_url, ui_command
 
-__all__ = ["Tracker", "compare_url", "experiment_url", "get_client", "resume_run", "run_url", "start_run",
-           "tracking_uri", "ui_command"]
+__all__ = ["Tracker", "compare_url", "experiment_url", "get_client", "public_uri", "resume_run", "run_url",
+           "start_run", "tracking_uri", "ui_command"]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
+import urllib.parse
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,6 +30,30 @@ def tracking_uri(fallback: str | None = None) -> str:
     """MLFLOW_TRACKING_URI if set, else `fallback` (e.g. the store a run recorded in its run.json), else
     sqlite:///<repo>/mlruns/mlflow.db (absolute)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or fallback or f"sqlite:///{MLRUNS / 'mlflow.db'}"
+
+
+# Query parameters dropped by public_uri: a database URI may carry ?password=, a proxy ?token= or ?sig=.
+SECRET_PARAM = re.compile(r"pass|pwd|token|secret|key|auth|sig|credential", re.IGNORECASE)
+
+
+def public_uri(uri: str) -> str:
+    """`uri` as files and messages show it (run.json, logs): without its user:password@ and without query
+    parameters named like a secret. The credentials stay in the environment (with_credentials)."""
+    parts = urllib.parse.urlsplit(uri)
+    if "@" in parts.netloc:
+        uri = uri.replace(parts.netloc, parts.netloc.rsplit("@", 1)[1], 1)
+    if parts.query:
+        kept = [(key, value) for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+                if not SECRET_PARAM.search(key)]
+        uri = uri.replace(f"?{parts.query}", f"?{urllib.parse.urlencode(kept)}" if kept else "", 1)
+    return uri
+
+
+def with_credentials(uri: str) -> str:
+    """A URI read back from run.json (public_uri) with the credentials of MLFLOW_TRACKING_URI when that names
+    the same store; else `uri` as it is (MLflow then reads MLFLOW_TRACKING_USERNAME / _PASSWORD / _TOKEN)."""
+    current = os.environ.get("MLFLOW_TRACKING_URI")
+    return current if current and public_uri(current) == uri else uri
 
 
 def _local_dir(uri: str) -> Path | None:
@@ -57,7 +83,7 @@ def get_client(uri: str | None = None):
     """An MlflowClient on `uri` (default tracking_uri()), the store created if needed (under the lock)."""
     from mlflow.tracking import MlflowClient
 
-    uri = uri or tracking_uri()
+    uri = with_credentials(uri) if uri else tracking_uri()
     with _store_lock(uri):
         client = MlflowClient(tracking_uri=uri)
         client.search_experiments(max_results=1)     # creates the sqlite schema on first use

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..paths import REPO
 from .names import run_name, tags_from_env
-from .store import get_client, get_experiment_id, tracking_uri
+from .store import get_client, get_experiment_id, public_uri, tracking_uri
 from .tags import environment_tags
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ class Tracker:
             return cls(client, run.info.run_id, experiment_id)
         except Exception as err:  # noqa: BLE001 - tracking must never stop a run
             log.warning("MLflow tracking is off for this run: could not create a run at %s (%s)",
-                        tracking_uri(), err)
+                        public_uri(tracking_uri()), err)
             return cls.disabled()
 
     @classmethod
@@ -78,7 +78,7 @@ class Tracker:
             run = client.get_run(run_id)
             return cls(client, run_id, run.info.experiment_id)
         except Exception as err:  # noqa: BLE001
-            log.warning("MLflow: could not open run %s at %s (%s)", run_id, uri or tracking_uri(), err)
+            log.warning("MLflow: could not open run %s at %s (%s)", run_id, public_uri(uri or tracking_uri()), err)
             return cls.disabled()
 
     @classmethod
@@ -99,7 +99,7 @@ class Tracker:
         except Exception as err:  # noqa: BLE001
             error = err
         log.warning("MLflow tracking is off for this run: could not resume run %s at %s (%s)",
-                    run_id, tracking_uri(), error)
+                    run_id, public_uri(tracking_uri()), error)
         return cls.disabled()
 
     # -- queued calls: return at once ------------------------------------------------------

@@ -10,17 +10,17 @@ import shlex
 import sys
 from pathlib import Path
 
-from .store import tracking_uri
+from .store import public_uri, tracking_uri
 
 TRAINING_VIEW = "workflowType=machine_learning"
 # Without the job runner: 2 processes and about 580 MB instead of 16 and 3.7 GB.
 SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
-def server_args(port: int = 5000) -> list[str]:
+def server_args(port: int = 5000, uri: str | None = None) -> list[str]:
     """`mlflow server` arguments with the light settings, on localhost. The access log is off: uvicorn
     otherwise prints a line for every file the UI loads (531 lines after about 15 pages)."""
-    return ["server", "--backend-store-uri", tracking_uri(), "--host", "127.0.0.1", "--port", str(port),
+    return ["server", "--backend-store-uri", uri or tracking_uri(), "--host", "127.0.0.1", "--port", str(port),
             "--workers", "1", "--uvicorn-opts=--no-access-log"]
 
 
@@ -32,7 +32,8 @@ def ui_command(port: int = 5000) -> str:
     beside = Path(sys.executable).parent / "mlflow"
     mlflow = str(beside) if beside.exists() else "mlflow"
     env = " ".join(f"{key}={value}" for key, value in SERVER_ENV.items())
-    return f"{env} {shlex.join([mlflow, *server_args(port)])}"
+    # printed into logs: without the store's credentials (a database URI may hold a password)
+    return f"{env} {shlex.join([mlflow, *server_args(port, public_uri(tracking_uri()))])}"
 
 
 def run_url(run_id: str, experiment_id: str, port: int = 5000) -> str:

@@ -17,7 +17,7 @@ from .. import atomic
 from ..config import Recipe, RecipeError
 from ..errors import UserError
 from ..paths import RUNS
-from ..tracking import tracking_uri
+from ..tracking import public_uri, tracking_uri
 from . import checkpoint
 
 log = logging.getLogger("research.training")
@@ -205,9 +205,10 @@ def _rewrite_in_place(path: Path, data: bytes) -> None:
 
 
 def write_run_json(run_dir: Path, run_id: str | None, experiment_id: str | None) -> None:
-    """run_dir/run.json: the MLflow run this directory's run logs to (resume, compare, evaluate)."""
+    """run_dir/run.json: the MLflow run this directory's run logs to (resume, compare, evaluate). The store's
+    URI without credentials: the file is readable by others and travels with the folder."""
     atomic.write_text(run_dir / "run.json", json.dumps({"run_id": run_id, "experiment_id": experiment_id,
-                                                        "tracking_uri": tracking_uri()}, indent=1))
+                                                        "tracking_uri": public_uri(tracking_uri())}, indent=1))
 
 
 def read_run_json(run_dir: Path) -> dict:
