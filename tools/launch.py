@@ -16,6 +16,7 @@ from research.detached.supervise import MAX_RESTARTS, policy_help  # noqa: E402
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,          # the resume command leaves out --notify's command: it must be spelled out
         description="Run tools/train.py RECIPE in a new detached tmux session named after the run, its output "
                     "teed to RUN_DIR/console.log, so it survives logging out. Running the same command again "
                     "after a stop, crash or reboot resumes the run (same run directory, same MLflow run). "
@@ -45,7 +46,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                            f"RESEARCH_RUN_NAME, RESEARCH_RUN_DIR, RESEARCH_MLFLOW_URL, RESEARCH_EPOCH, RESEARCH_EPOCHS, "
                            f"RESEARCH_VAL_TOP1, RESEARCH_EXIT_STATUS, RESEARCH_MESSAGE set and a one-line summary on "
                            f"stdin, e.g. 'mail -s \"run news\" me@example.com'; at most 30 s a call; default "
-                           f"${NOTIFY_ENV}")
+                           f"${NOTIFY_ENV}. It reaches the supervisor through its environment, on no command line "
+                           f"and in no log; export {NOTIFY_ENV} instead of passing a webhook's token here, where it "
+                           f"is on this tool's command line while it runs")
     keep.add_argument("--list", action="store_true", help="show the supervised runs and the boot entry, then exit")
     keep.add_argument("--forget", type=Path, metavar="RUN_DIR",
                       help="drop RUN_DIR from the supervised runs: a reboot no longer starts it")
@@ -69,15 +72,28 @@ def main(argv: list[str]) -> int:
                   else "\n".join(keep_alive.boot()) or "no supervised runs")
             return 0
         supervised = KeepAlive(args.max_restarts, args.notify) if args.keep_alive else None
-        relaunch = shlex.join(["python", "tools/launch.py", *[a for a in argv if a != "--fresh"]])
+        relaunch = shlex.join(["python", "tools/launch.py", *resume_argv(argv)])
+        notified = any(arg == "--notify" or arg.startswith("--notify=") for arg in argv)
+        note = f" (and your --notify command, or export {NOTIFY_ENV})" if notified else ""
         started = launch(args.recipe, args.overrides, gpus=args.gpus, name=args.name, output=args.output,
                          fresh=args.fresh, resume=args.resume, socket=os.environ.get(SOCKET_ENV) or None,
                          keep_alive=supervised, resume_command=relaunch)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(started.instructions(relaunch))
+    print(started.instructions(relaunch + note))
     return 0
+
+
+def resume_argv(argv: list[str]) -> list[str]:
+    """`argv` for the resume command: without --fresh, and without --notify and its command, which may hold a
+    token (the resume command is printed, and logged by the trainer when it stops)."""
+    out, skip = [], False
+    for arg in argv:
+        if not skip and arg != "--fresh" and arg != "--notify" and not arg.startswith("--notify="):
+            out.append(arg)
+        skip = arg == "--notify"
+    return out
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ kill -9, the OOM killer or a crash; leave it stopped after a user's stop or a fa
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -23,7 +24,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--name", required=True, help="the run's name in messages and notifications")
     parser.add_argument("--max-restarts", type=int, default=MAX_RESTARTS,
                         help=f"give up after this many restarts in a row without a new checkpoint; default {MAX_RESTARTS}")
-    parser.add_argument("--notify", default=None, metavar="CMD", help="shell command run on each event")
+    parser.add_argument("--notify", default=None, metavar="CMD",
+                        help="shell command run on each event (default: $RESEARCH_NOTIFY, which is how "
+                             "tools/launch.py passes it, on no command line)")
     parser.add_argument("--restart-cause", default=None,
                         help="this start is a restart, for this reason (the pane script and --boot pass it)")
     own, command = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
@@ -36,9 +39,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    from research.detached.notify import NOTIFY_ENV
     from research.detached.supervise import Supervisor
 
-    supervisor = Supervisor(args.run_dir.resolve(), args.command, args.name, args.max_restarts, args.notify)
+    notify = args.notify if args.notify is not None else os.environ.get(NOTIFY_ENV) or None
+    supervisor = Supervisor(args.run_dir.resolve(), args.command, args.name, args.max_restarts, notify)
     return supervisor.run(args.restart_cause)
 
 

@@ -2,6 +2,10 @@
 RUN_DIR/console.log; with keep-alive, the pane runs the supervisor (research/detached/supervise.py), which
 runs the command.
 
+The pane runs a script from a file only the user can read, which deletes itself when it starts: the
+environment it exports may hold credentials (MLFLOW_TRACKING_PASSWORD, the --notify command's token), and
+a `bash -c SCRIPT` would show them to every user of the machine in ps for as long as the run lasts.
+
 RESEARCH_TMUX_SOCKET=<name> makes every tmux call use `tmux -L <name>` (a private server,
 as the tests do), so nothing touches the user's own tmux server.
 """
@@ -13,6 +17,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +28,7 @@ from ..errors import UserError
 from ..inspection.status import SessionInfo, classify, read_keep_alive, read_status, supervisor_alive
 from ..paths import RUNS, TOOLS
 from . import registry
+from .notify import NOTIFY_ENV
 from .supervise import FINAL, MAX_RESTARTS, supervise_command
 
 SOCKET_ENV = "RESEARCH_TMUX_SOCKET"
@@ -30,6 +36,7 @@ RUN_DIR_OPTION = "@research_run_dir"       # a tmux user option: which run a ses
 # The tmux server may be older than this shell and hold another environment: pass these on.
 PASSED_ENV = ("PATH", "PYTHONPATH", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "HOME")
 PASSED_ENV_PREFIXES = ("MLFLOW_", "MXNET_", "CUDA_", "OMP_", "KMP_", "DMLC_", "NCCL_")
+SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")     # what `export NAME=...` may hold unquoted
 
 
 def tmux(*args: str, socket: str | None = None) -> list[str]:
@@ -135,7 +142,8 @@ class Launch:
                 f"tmux kill-session stop it for good",
                 f"  {self.after_reboot}",
                 "  supervised runs: python tools/launch.py --list"]
-            lines += [f"  notify: {self.keep_alive.notify}"] if self.keep_alive.notify else []
+            lines += [f"  notify: your command, on each event (passed as ${NOTIFY_ENV}, on no command line)"] \
+                if self.keep_alive.notify else []
         lines.append(f"The session stays open after the run ends, showing its exit status; "
                      f"close it with: {t} kill-session -t {self.session}")
         return "\n".join(lines)
@@ -193,14 +201,20 @@ _TEE = "(trap '' HUP INT; exec tee -a {log})"
 
 
 def _pane_setup(cwd: Path, env: dict[str, str]) -> list[str]:
+    """The script's first lines: cd, the environment."""
+    odd = [key for key in env if not SHELL_NAME.fullmatch(key)]
+    if odd:      # a name is written unquoted: `export A;cmd;=...` would run cmd
+        raise UserError(f"environment variable {odd[0]!r} is not a shell variable name, so it cannot be passed "
+                        f"to the run; unset it, then launch again.")
     return [f"cd {shlex.quote(str(cwd))} || exit 2",
             *[f"export {key}={shlex.quote(value)}" for key, value in sorted(env.items())],
             "export PYTHONUNBUFFERED=1"]      # stdout is a pipe: unbuffered, so the log is live
 
 
 def passed_env() -> dict[str, str]:
+    """The variables the pane gets from this shell; names a shell cannot export are left out."""
     return {key: value for key, value in os.environ.items()
-            if key in PASSED_ENV or key.startswith(PASSED_ENV_PREFIXES)}
+            if (key in PASSED_ENV or key.startswith(PASSED_ENV_PREFIXES)) and SHELL_NAME.fullmatch(key)}
 
 
 def launch(recipe_path: str, overrides: list[str] = (), gpus: str | None = None, name: str | None = None,
@@ -264,7 +278,9 @@ def start_session(name: str, run_dir: Path, command: list[str], socket: str | No
     if keep_alive is None:
         new_session(name, pane_script(command, run_dir, Path.cwd(), env), run_dir, socket)
         return Launch(name, run_dir, command, socket)
-    supervisor = supervise_command(run_dir, command, name, keep_alive.max_restarts, keep_alive.notify)
+    supervisor = supervise_command(run_dir, command, name, keep_alive.max_restarts)
+    # '' when there is none: a RESEARCH_NOTIFY the tmux server kept from an older shell is not used
+    env[NOTIFY_ENV] = keep_alive.notify or ""
     entry = registry.Entry(str(run_dir), name, socket, supervisor, str(Path.cwd()), env)
     after_reboot = registry.add(entry)        # before the session: a run that ends at once drops its entry
     try:
@@ -283,10 +299,23 @@ def new_session(name: str, script: str, run_dir: Path, socket: str | None) -> No
     """
     # One tmux invocation: remain-on-exit is set before a fast-failing command could end the session.
     target = f"={name}:"            # '=': exact name, not the first session it is a prefix of
-    out = subprocess.run(tmux("new-session", "-d", "-s", name, "-x", "200", "-y", "50", "--", "bash", "-c", script,
+    path = private_script(script)   # on no command line: what it exports may hold credentials
+    out = subprocess.run(tmux("new-session", "-d", "-s", name, "-x", "200", "-y", "50", "--", "bash", str(path),
                               ";", "set-option", "-w", "-t", target, "remain-on-exit", "on",
                               ";", "set-option", "-t", target, RUN_DIR_OPTION, str(run_dir), socket=socket),
                          capture_output=True, text=True)
     if out.returncode != 0:
+        shutil.rmtree(path.parent, ignore_errors=True)
         subprocess.run(tmux("kill-session", "-t", target, socket=socket), capture_output=True)
         raise UserError(f"tmux could not start session '{name}': {out.stderr.strip()}")
+
+
+def private_script(script: str) -> Path:
+    """`script` in a new 0700 file in a new 0700 folder (of the temporary folder), with a first line that
+    deletes both once bash runs it (bash goes on reading the file it has open)."""
+    folder = Path(tempfile.mkdtemp(prefix="research-pane."))
+    path = folder / "pane.sh"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o700)
+    with open(fd, "w") as handle:
+        handle.write(f"rm -rf -- {shlex.quote(str(folder))}\n{script}\n")
+    return path

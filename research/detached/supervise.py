@@ -76,12 +76,11 @@ def policy_help() -> str:
             f"Left stopped: {'; '.join(stay)}; any other status")
 
 
-def supervise_command(run_dir: Path, command: list[str], name: str, max_restarts: int = MAX_RESTARTS,
-                      notify_command: str | None = None) -> list[str]:
-    """The command line that supervises `command` (what the tmux pane runs under --keep-alive)."""
-    line = [sys.executable, str(TOOLS / "supervise.py"), str(run_dir), "--name", name,
-            "--max-restarts", str(max_restarts)]
-    return line + (["--notify", notify_command] if notify_command else []) + ["--", *command]
+def supervise_command(run_dir: Path, command: list[str], name: str, max_restarts: int = MAX_RESTARTS) -> list[str]:
+    """The command line that supervises `command` (what the tmux pane runs under --keep-alive). The notify
+    command is not on it (a webhook's token would show in ps): the pane passes it as $RESEARCH_NOTIFY."""
+    return [sys.executable, str(TOOLS / "supervise.py"), str(run_dir), "--name", name,
+            "--max-restarts", str(max_restarts), "--", *command]
 
 
 def system_going_down() -> bool:
@@ -328,8 +327,8 @@ class Supervisor:
                   "epoch": info.get("epoch"), "epochs": info.get("epochs"), "val_top1": info.get("val_top1"),
                   "message": message, "host": socket.gethostname(), "restarts": len(self.record["restarts"]), **extra}
         failure = notify(self.notify_command, Event(kind, summary, fields))
-        if failure:
-            self._say(f"notify command {self.notify_command!r} for '{kind}': {failure} (the run goes on)")
+        if failure:        # the command itself is not shown: it may hold a token, and console.log is readable
+            self._say(f"the notify command failed for '{kind}': {failure} (the run goes on)")
 
     def _tag_mlflow_run(self) -> None:
         """keep_alive.restarts / .last_cause / .causes on the run's MLflow run (named by run.json)."""

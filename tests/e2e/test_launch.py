@@ -98,3 +98,41 @@ def test_killing_tmux_mid_epoch_then_same_command_completes_one_mlflow_run(tmp_p
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(run_id, "val/top1")]
     assert sorted(steps) == list(range(1, epochs + 1))
+
+
+@needs_tmux
+def test_secrets_stay_out_of_process_lists_and_readable_files(tmp_path, tmux_env):
+    """As another user of the machine would look: every process's command line (ps) while the run trains,
+    then every file of the run directory (0644) and the crontab. The secrets still reach the trainer and the
+    notify command. An environment name with shell syntax in it runs nothing."""
+    run_dir = tmp_path / "runs" / "secret"
+    env = dict(tmux_env, MLFLOW_TRACKING_PASSWORD="pw-S3CRET", MLFLOW_TRACKING_URI="http://bob:uri-S3CRET@127.0.0.1:9/",
+               MLFLOW_ODD_VALUE=f"a\nb'; touch {tmp_path}/pwned-by-value; '", **{f"MLFLOW_X;touch {tmp_path}/pwned;": "1"})
+    notified = tmp_path / "notified"
+    proc = run_tool("launch.py", RECIPE, "--set", "train.epochs=200", "--set", "tracking.enabled=false",
+                    "--output", run_dir, "--keep-alive", "--notify", f"echo $RESEARCH_EVENT hook-T0KEN >> {notified}",
+                    env=env, timeout=120, check=True)
+    secrets = ("pw-S3CRET", "uri-S3CRET", "hook-T0KEN")
+    assert not any(secret in proc.stdout + proc.stderr for secret in secrets)
+    wait_for(lambda: read_status(run_dir).get("status") == "running", 120, "the trainer to start", run_dir)
+    trainer = psutil.Process(read_status(run_dir)["pid"])
+    assert trainer.environ()["MLFLOW_TRACKING_PASSWORD"] == "pw-S3CRET"
+    assert trainer.environ()["MLFLOW_ODD_VALUE"] == f"a\nb'; touch {tmp_path}/pwned-by-value; '"
+    shown = []
+    for process in psutil.process_iter():
+        try:
+            shown.append(" ".join(process.cmdline()))
+        except psutil.Error:
+            continue
+    assert len(shown) > 10 and not [line for line in shown if any(secret in line for secret in secrets)]
+    cron = (tmp_path / "home" / "crontab.txt").read_text()                 # the boot line, while the run is supervised
+    assert "--boot" in cron and not any(secret in cron for secret in secrets)
+
+    tmux(tmux_env, "send-keys", "-t", "lenet_digits", "C-c")              # stop on purpose: the notify command runs
+    wait_for(lambda: notified.exists(), 120, "the notify command", run_dir)
+    assert notified.read_text().split() == ["stopped", "hook-T0KEN"]
+    assert json.loads((run_dir / "run.json").read_text())["tracking_uri"] == "http://127.0.0.1:9/"
+    for path in [p for p in run_dir.rglob("*") if p.is_file()]:
+        text = path.read_bytes().decode(errors="replace")
+        assert not any(secret in text for secret in secrets), path
+    assert not list(tmp_path.glob("pwned*"))

@@ -8,7 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-from research.detached.launch import Launch, pane_script, passed_env, session_name
+import pytest
+
+from research.detached.launch import Launch, pane_script, passed_env, private_script, session_name
+from research.errors import UserError
 
 
 def test_session_names_are_tmux_safe():
@@ -61,3 +64,29 @@ def test_passed_env_and_instructions_name_the_private_server(monkeypatch, tmp_pa
     text = Launch("lenet_digits", tmp_path / "run", ["python"], socket="sock").instructions("python tools/launch.py r")
     assert "tmux -L sock attach -t lenet_digits" in text and "tmux -L sock send-keys -t lenet_digits C-c" in text
     assert f"tail -f {tmp_path / 'run' / 'console.log'}" in text and f"--root {tmp_path}" in text
+
+
+def test_environment_names_with_shell_syntax_are_refused_and_left_out(monkeypatch, tmp_path):
+    """A name is written unquoted into the script's export line: `export MLFLOW_X;touch pwned;=1` would run it."""
+    monkeypatch.setenv(f"MLFLOW_X;touch {tmp_path}/pwned;", "1")
+    assert not [key for key in passed_env() if ";" in key]
+    with pytest.raises(UserError, match=r"environment variable 'A;touch x;' is not a shell variable name.*unset it"):
+        pane_script(["true"], tmp_path, tmp_path, {"A;touch x;": "1"})
+
+
+def test_values_with_newlines_and_quotes_reach_the_trainer_as_they_are(tmp_path):
+    value = f"line one\nline two'; touch {tmp_path}/pwned; echo '$HOME `id`"
+    script = pane_script([sys.executable, "-c", "import os; print(repr(os.environ['MLFLOW_ODD']))"], tmp_path,
+                         tmp_path, {"MLFLOW_ODD": value})
+    assert subprocess.run(["bash", str(private_script(script))], capture_output=True).returncode == 0
+    assert (tmp_path / "console.log").read_text().splitlines()[0] == repr(value)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_the_pane_script_is_a_private_file_that_deletes_itself(tmp_path):
+    """What the pane runs is `bash FILE`: the exported secrets are in a file only the user can read, for the
+    instant before bash starts, and on no command line."""
+    path = private_script("echo ran")
+    assert oct(path.stat().st_mode & 0o777) == "0o700" and oct(path.parent.stat().st_mode & 0o777) == "0o700"
+    assert subprocess.run(["bash", str(path)], capture_output=True, text=True).stdout == "ran\n"
+    assert not path.parent.exists()

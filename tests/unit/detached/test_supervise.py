@@ -253,3 +253,12 @@ def test_the_oom_killers_sigkill_is_told_apart_and_restarted(run_dir, memory_cgr
     restarted, finished = events(log)
     assert restarted["RESEARCH_MESSAGE"].startswith("killed by the OOM killer")
     assert restarted["RESEARCH_EXIT_STATUS"] == "137" and finished["RESEARCH_EVENT"] == "finished"
+
+
+def test_a_failing_notify_command_is_told_without_its_text(run_dir, capsys):
+    """The notify command may hold a webhook's token; what the supervisor prints goes to console.log (0644)."""
+    assert Supervisor(run_dir, stand_in(run_dir, "exit0"), "digits", notify_command="echo refused; exit 3 # hook-T0KEN",
+                      backoff_s=(0.1,)).run() == 0
+    out = capsys.readouterr().out
+    assert "the notify command failed for 'finished': exit status 3: refused" in out and "hook-T0KEN" not in out
+    assert "--notify" not in supervise_command(run_dir, ["true"], "digits")
