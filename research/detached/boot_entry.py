@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -36,7 +37,17 @@ def kind() -> Kind:
 
 
 def install(command: str) -> str:
-    """Install (or replace) the entry that runs `command` at boot; returns what it is and what it needs."""
+    """Install (or replace) the entry that runs `command` at boot; returns what it is and what it needs.
+
+    Raises:
+        BootEntryError: `command` holds a line break or another control character, which would split the
+            crontab line (the rest of it becoming a job of its own) or the unit file; nothing is written.
+    """
+    odd = next((i for i, char in enumerate(command) if char < " " and char != "\t" or char == "\x7f"), None)
+    if odd is not None:
+        raise BootEntryError(f"the command it would run holds a line break or another control character "
+                             f"({command[max(odd - 30, 0):odd + 30]!r}: from PATH, this checkout's path or the "
+                             f"interpreter's), which would split the crontab line or the unit file; not installed")
     which = kind()
     if which == "cron":
         lines = [line for line in _crontab() if MARKER not in line]
@@ -62,7 +73,8 @@ def install(command: str) -> str:
 
 
 def remove() -> None:
-    """Remove the entry, of either kind (the user may have switched)."""
+    """Remove the entry, of either kind (the user may have switched): the crontab is left as it was before
+    `install`, line for line (none at all if ours was its only line)."""
     if shutil.which("crontab"):
         lines = _crontab()
         if any(MARKER in line for line in lines):
@@ -113,28 +125,34 @@ def lingering() -> bool:
 
 
 def _crontab(missing_ok: bool = False) -> list[str]:
+    """The user's crontab lines, read as bytes and split at newlines only (text mode would turn a CR into a
+    newline, str.splitlines split at a form feed: the table would not be written back as it was)."""
     try:
-        out = subprocess.run(["crontab", "-l"], capture_output=True, text=True, timeout=30)
+        out = subprocess.run(["crontab", "-l"], capture_output=True, timeout=30)
     except (OSError, subprocess.SubprocessError) as err:
         if missing_ok:
             return []
         raise BootEntryError(f"crontab -l failed: {err}") from None
     if out.returncode != 0:
-        if "no crontab" in out.stderr or missing_ok:          # "no crontab for USER": an empty one
+        said = out.stderr.decode(errors="replace").strip()
+        if "no crontab" in said or missing_ok:          # "no crontab for USER": an empty one
             return []
-        raise BootEntryError(f"crontab -l failed: {out.stderr.strip()}")
-    return out.stdout.splitlines()
+        raise BootEntryError(f"crontab -l failed: {said}")
+    table = out.stdout.decode(errors="surrogateescape")
+    return table.removesuffix("\n").split("\n") if table else []
 
 
 def _write_crontab(lines: list[str]) -> None:
+    """Install `lines` as the user's crontab; no lines: no crontab (crontab -r)."""
+    command = ["crontab", "-"] if lines else ["crontab", "-r"]
     try:
-        out = subprocess.run(["crontab", "-"], input="".join(line + "\n" for line in lines), capture_output=True,
-                             text=True, timeout=30)
+        out = subprocess.run(command, input="".join(line + "\n" for line in lines).encode(errors="surrogateescape"),
+                             capture_output=True, timeout=30)
     except (OSError, subprocess.SubprocessError) as err:
-        raise BootEntryError(f"crontab - failed: {err}") from None
+        raise BootEntryError(f"{shlex.join(command)} failed: {err}") from None
     if out.returncode != 0:
-        raise BootEntryError(f"crontab - failed: {out.stderr.strip()} (is cron allowed for you? /etc/cron.allow, "
-                             f"/etc/cron.deny)")
+        raise BootEntryError(f"{shlex.join(command)} failed: {out.stderr.decode(errors='replace').strip()} (is cron "
+                             f"allowed for you? /etc/cron.allow, /etc/cron.deny)")
 
 
 def _systemctl(*args: str) -> None:

@@ -125,3 +125,37 @@ def test_launch_list_runs_without_a_recipe(home, tmp_path):
     proc = subprocess.run([sys.executable, str(Path(__file__).parents[3] / "tools" / "launch.py"), "--list"],
                           capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 0 and proc.stdout.startswith("no supervised runs"), proc.stderr
+
+
+def test_remove_leaves_the_crontab_byte_for_byte_as_it_was(home, tmp_path):
+    """Whatever the user's table holds (a CR, a '%', a tab, blank lines), add then remove gives it back as it was;
+    a user who had none has none again."""
+    table = home / "crontab.txt"
+    before = b"0 3 * * * backup.sh --at 3%4\r\n# my notes\x0c here\n\n\t*/5 * * * * sync\n"
+    table.write_bytes(before)
+    registry.add(entry(tmp_path / "a"))
+    added = table.read_bytes()
+    assert added.startswith(before) and added[len(before):].startswith(b"@reboot ") and added.count(b"\n") == 5
+    registry.remove(tmp_path / "a")
+    assert table.read_bytes() == before
+    table.unlink()
+    registry.add(entry(tmp_path / "a"))
+    registry.remove(tmp_path / "a")
+    assert not table.exists()
+
+
+@pytest.mark.parametrize("kind", ["cron", "systemd"])
+def test_a_line_break_never_reaches_the_crontab_or_the_unit(home, tmp_path, monkeypatch, kind):
+    """A PATH (or a checkout's path) with a newline in it would split the @reboot line, the rest becoming a
+    job of its own that cron runs every minute; the unit file would break the same way."""
+    (home / "crontab.txt").write_text("0 3 * * * backup.sh\n")
+    (home / "bin" / "systemctl").write_text("#!/bin/sh\n")
+    (home / "bin" / "systemctl").chmod(0o755)
+    monkeypatch.setenv(boot_entry.KIND_ENV, kind)
+    monkeypatch.setenv("PATH", f"{os.environ['PATH']}:/x\n* * * * * touch {tmp_path}/pwned;")
+    said = registry.add(entry(tmp_path / "a"))
+    assert said.startswith("not restarted after a reboot: the command it would run holds a line break") and \
+        "touch" in said and "python tools/launch.py --boot" in said
+    assert (home / "crontab.txt").read_text() == "0 3 * * * backup.sh\n"
+    assert not (home / ".config/systemd/user/research-keep-alive.service").exists()
+    assert [e.run_dir for e in registry.entries()] == [str(tmp_path / "a")]      # the run itself is supervised
