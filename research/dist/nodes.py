@@ -7,6 +7,7 @@ lr schedule) is research/training/kvstore.py.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shlex
@@ -80,6 +81,8 @@ def read_hosts(path: str | Path) -> list[str]:
         if len(entry.split()) > 1:
             raise UserError(f"{path}:{number}: '{entry}': write one host per line (repeat a host to run "
                             f"several workers on it)")
+        if any(part.startswith("-") for part in entry.split("@")):      # ssh would read it as an option
+            raise UserError(f"{path}:{number}: '{entry}': a host or user name cannot start with '-'")
         if entry:
             hosts.append(entry)
     if not hosts:
@@ -136,27 +139,31 @@ def node_env(nodes: list[Node], index: int, port: int) -> dict[str, str]:
     return env
 
 
-def node_argv(node: Node, env: dict[str, str], command: list[str], grace: float = GRACE_S) -> list[str]:
-    """The agent that runs this node's process: here, or on its host over ssh in the same working directory."""
+def node_argv(node: Node, command: list[str], grace: float = GRACE_S) -> list[str]:
+    """The agent that runs this node's process: here, or on its host over ssh in the same working directory.
+    Its environment goes to it on stdin (`agent_env`), on no command line: ps shows those to every user."""
     target = command if node.role == "worker" else [sys.executable, "-c", NODE_CODE]
-    if not node.local:       # ssh starts a clean environment: pass the variables that matter explicitly
-        env = {**{k: v for k, v in os.environ.items() if k.startswith(PASSED_ENV)}, **env}
-    agent = [sys.executable, "-c", AGENT_CODE, "--grace", str(grace)]
-    agent += [arg for key, value in sorted(env.items()) for arg in ("--env", f"{key}={value}")]
-    agent += ["--", *target]
+    agent = [sys.executable, "-c", AGENT_CODE, "--grace", str(grace), "--", *target]
     if node.local:
         return agent
     remote = f"cd {shlex.quote(os.getcwd())} && exec {shlex.join(agent)}"
     return ["ssh", "-T", "-o", "BatchMode=yes", "-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3",
-            node.host, remote]
+            "--", node.host, remote]      # '--': the host is never read as an option
+
+
+def agent_env(node: Node, env: dict[str, str]) -> dict[str, str]:
+    """What the agent adds to its environment: `env`, and for a node over ssh, which starts a clean
+    environment, the variables that matter from this one (PASSED_ENV)."""
+    passed = {} if node.local else {k: v for k, v in os.environ.items() if k.startswith(PASSED_ENV)}
+    return {**passed, **env}
 
 
 class Job:
     """The processes of one job, each behind an agent: output relayed with a prefix, watched until all end."""
 
-    def __init__(self, nodes: list[Node], argvs: list[list[str]], timeout: float, grace: float = GRACE_S,
-                 root: str = "", out: TextIO | None = None):
-        self.nodes, self.argvs, self.timeout, self.grace = nodes, argvs, timeout, grace
+    def __init__(self, nodes: list[Node], argvs: list[list[str]], envs: list[dict[str, str]], timeout: float,
+                 grace: float = GRACE_S, root: str = "", out: TextIO | None = None):
+        self.nodes, self.argvs, self.envs, self.timeout, self.grace = nodes, argvs, envs, timeout, grace
         self.root = root or nodes[0].address     # the scheduler's address:port, for messages
         self.out = out or sys.stdout
         self.procs: list[subprocess.Popen] = []
@@ -202,6 +209,7 @@ class Job:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     start_new_session=True)   # Ctrl-C in the terminal reaches the launcher only
             self.procs.append(proc)
+            self._write(index, json.dumps(self.envs[index]))     # the agent's first line: its environment
             reader = threading.Thread(target=self._relay, args=(index,), daemon=True)
             reader.start()
             self._readers.append(reader)
@@ -275,8 +283,11 @@ class Job:
 
     def _send(self, index: int, name: str) -> None:
         """Ask node `index`'s agent to signal its process group (TERM, INT, HUP, KILL)."""
+        self._write(index, name)
+
+    def _write(self, index: int, line: str) -> None:
         try:
-            self.procs[index].stdin.write(f"{name}\n".encode())
+            self.procs[index].stdin.write(f"{line}\n".encode())
             self.procs[index].stdin.flush()
         except (BrokenPipeError, OSError, ValueError):
             pass
@@ -330,11 +341,12 @@ def launch(hosts: list[str], command: list[str], num_servers: int | None = None,
     nodes = plan_nodes(hosts, num_servers)
     if nodes[0].local:
         _check_port_free(port)
-    argvs = [node_argv(node, node_env(nodes, i, port), command, grace) for i, node in enumerate(nodes)]
+    argvs = [node_argv(node, command, grace) for node in nodes]
+    envs = [agent_env(node, node_env(nodes, i, port)) for i, node in enumerate(nodes)]
     servers = sum(node.role == "server" for node in nodes)
     print(f"launch_dist: scheduler {nodes[0].address}:{port}, {servers} server(s), {len(hosts)} worker(s) on "
           f"{', '.join(dict.fromkeys(hosts))}", file=sys.stderr, flush=True)
-    return Job(nodes, argvs, timeout, grace, root=f"{nodes[0].address}:{port}").run()
+    return Job(nodes, argvs, envs, timeout, grace, root=f"{nodes[0].address}:{port}").run()
 
 
 def _check_port_free(port: int) -> None:
@@ -352,20 +364,24 @@ def _check_port_free(port: int) -> None:
 def agent_main(argv: list[str]) -> int:
     """Run one node's process where the launcher put it; returns its exit status (128+N if killed by signal N).
 
-    Relays the signal names the launcher writes on stdin (TERM, INT, HUP, KILL) to the process group, and
-    ends the group when stdin closes: the launcher or the ssh connection is gone, and an MXNet process
-    left alone would wait for its peers forever.
+    The first line on stdin is the variables to add to the environment, as a JSON object (they may hold
+    credentials, so they are on no command line). Then relays the signal names the launcher writes on stdin
+    (TERM, INT, HUP, KILL) to the process group, and ends the group when stdin closes: the launcher or the
+    ssh connection is gone, and an MXNet process left alone would wait for its peers forever.
     """
     parser = argparse.ArgumentParser(prog="research.dist.nodes agent")
-    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--grace", type=float, default=GRACE_S)
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    try:
+        added = json.loads(sys.stdin.readline())
+    except ValueError:                       # stdin closed before the launcher said anything: it is gone
+        return 1
     env = dict(os.environ)
     # `python` in the command means the launcher's interpreter (its venv), also on the other machines
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.update(item.split("=", 1) for item in args.env)
+    env.update({str(key): str(value) for key, value in added.items()})
     child = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
 
     def end(signum: int = signal.SIGTERM, frame=None) -> None:

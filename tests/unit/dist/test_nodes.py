@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from research.dist.nodes import CONNECTED_LINE, Job, Node, launch, node_argv, node_env, plan_nodes, read_hosts
+from research.dist.nodes import (CONNECTED_LINE, Job, Node, agent_env, launch, node_argv, node_env, plan_nodes,
+                                read_hosts)
 from research.errors import UserError
 
 PY = sys.executable
@@ -40,6 +41,8 @@ def test_hosts_file_lists_one_worker_per_line(tmp_path):
     ("# only a comment\n", "lists no hosts"),
     ("localhost 2\n", "hosts:1"),
     ("localhost\n10.0.0.2\n", "mixes localhost"),
+    ("10.0.0.1\n-oProxyCommand=touch${IFS}/tmp/x\n", r"hosts:2: '-oProxyCommand=.*cannot start with '-'"),
+    ("-oProxyCommand=x@10.0.0.2\n", "cannot start with '-'"), ("alice@-oProxyCommand=x\n", "cannot start with '-'"),
 ])
 def test_bad_hosts_files_are_named(tmp_path, text, words):
     with pytest.raises(UserError, match=words):
@@ -62,11 +65,12 @@ def test_loopback_plan_pins_every_node_to_loopback():
         assert (env["DMLC_PS_ROOT_PORT"], env["DMLC_NUM_SERVER"], env["DMLC_NUM_WORKER"]) == ("9300", "1", "2")
     # every other node listens on its own port just above the scheduler's: one range to open in a firewall
     assert [e.get("PORT") for e in envs] == [None, "9301", "9302", "9303"]
-    assert all(argv[0] == PY and "ssh" not in argv for argv in (node_argv(n, envs[0], ["x"]) for n in nodes))
+    assert all(argv[0] == PY and "ssh" not in argv for argv in (node_argv(n, ["x"]) for n in nodes))
 
 
-def test_remote_plan_uses_ssh_batch_mode_and_passes_the_environment(monkeypatch):
+def test_remote_plan_uses_ssh_batch_mode_and_passes_the_environment_off_the_command_line(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracker:5000")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret-pw")
     monkeypatch.setenv("UNRELATED_SECRET", "x")
     nodes = plan_nodes(["10.0.0.1", "10.0.0.1", "me@10.0.0.2"])
     roles = [(n.role, n.host) for n in nodes]
@@ -75,14 +79,16 @@ def test_remote_plan_uses_ssh_batch_mode_and_passes_the_environment(monkeypatch)
     env = node_env(nodes, 5, 9091)
     assert env["DMLC_PS_ROOT_URI"] == "10.0.0.1" and env["DMLC_NODE_HOST"] == "10.0.0.2"
     assert "DMLC_INTERFACE" not in env
-    argv = node_argv(nodes[5], env, ["python", "tools/train.py", "r.yaml"])
-    assert argv[:4] == ["ssh", "-T", "-o", "BatchMode=yes"] and argv[-2] == "me@10.0.0.2"
+    argv = node_argv(nodes[5], ["python", "tools/train.py", "r.yaml"])
+    assert argv[:4] == ["ssh", "-T", "-o", "BatchMode=yes"] and argv[-3:-1] == ["--", "me@10.0.0.2"]
     remote = argv[-1]
-    assert remote.startswith(f"cd {os.getcwd()} && exec ")
-    for expected in ("DMLC_ROLE=worker", "DMLC_PS_ROOT_URI=10.0.0.1", "MLFLOW_TRACKING_URI=http://tracker:5000",
-                     "-- python tools/train.py r.yaml"):
-        assert expected in remote
-    assert "UNRELATED_SECRET" not in remote
+    assert remote.startswith(f"cd {os.getcwd()} && exec ") and remote.endswith("-- python tools/train.py r.yaml")
+    assert "s3cret-pw" not in " ".join(argv) and "tracker" not in " ".join(argv)
+    sent = agent_env(nodes[5], env)
+    assert (sent["DMLC_ROLE"], sent["DMLC_PS_ROOT_URI"], sent["MLFLOW_TRACKING_URI"]) == ("worker", "10.0.0.1",
+                                                                                          "http://tracker:5000")
+    assert sent["MLFLOW_TRACKING_PASSWORD"] == "s3cret-pw" and "UNRELATED_SECRET" not in sent
+    assert "MLFLOW_TRACKING_PASSWORD" not in agent_env(plan_nodes(["localhost"])[2], {})   # it has it already
 
 
 def test_a_host_that_resolves_to_loopback_is_refused(monkeypatch):
@@ -105,14 +111,14 @@ def fake_job(tmp_path: Path, worker_codes: list[str], timeout: float = 20.0, ser
     forever = "import time\nwhile True: time.sleep(1)"
     codes = [f"print('{CONNECTED_LINE} the others', flush=True)\n{forever}", server_code or forever]
     codes += worker_codes
-    argvs = []
+    argvs, envs = [], []
     for i, (node, code) in enumerate(zip(nodes, codes)):
         script = write(tmp_path / f"{node.label}.py", code)
-        argv = node_argv(Node("worker", 0, "localhost", "127.0.0.1"), {"PIDFILE": str(tmp_path / f"{i}.pid")},
-                         [PY, "-c", f"import os; open(os.environ['PIDFILE'], 'w').write(str(os.getpid()))\n"
-                                    f"exec(open({str(script)!r}).read())"], grace=2.0)
-        argvs.append(argv)
-    return Job(nodes, argvs, timeout=timeout, grace=2.0)
+        argvs.append(node_argv(Node("worker", 0, "localhost", "127.0.0.1"),
+                               [PY, "-c", f"import os; open(os.environ['PIDFILE'], 'w').write(str(os.getpid()))\n"
+                                          f"exec(open({str(script)!r}).read())"], grace=2.0))
+        envs.append({"PIDFILE": str(tmp_path / f"{i}.pid")})
+    return Job(nodes, argvs, envs, timeout=timeout, grace=2.0)
 
 
 def pids(tmp_path: Path) -> list[int]:
@@ -180,10 +186,12 @@ def test_signals_go_to_the_workers_and_their_status_comes_back(tmp_path, capsys)
 def test_the_agent_ends_its_process_when_the_launcher_goes_away(tmp_path):
     import subprocess
     pidfile = tmp_path / "child.pid"
-    argv = node_argv(Node("worker", 0, "localhost", "127.0.0.1"), {"PIDFILE": str(pidfile)},
+    argv = node_argv(Node("worker", 0, "localhost", "127.0.0.1"),
                      [PY, "-c", "import os, time; open(os.environ['PIDFILE'], 'w').write(str(os.getpid())); "
                                 "time.sleep(600)"], grace=2.0)
     agent = subprocess.Popen(argv, stdin=subprocess.PIPE)
+    agent.stdin.write(f'{{"PIDFILE": "{pidfile}"}}\n'.encode())
+    agent.stdin.flush()
     try:
         deadline = time.monotonic() + 20
         while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
@@ -198,31 +206,53 @@ def test_the_agent_ends_its_process_when_the_launcher_goes_away(tmp_path):
         agent.wait()
 
 
-def test_remote_nodes_run_over_ssh_in_this_directory_with_the_environment(tmp_path, monkeypatch, capsys):
-    """A stand-in ssh runs the remote command here, as sshd would after login."""
+@pytest.fixture
+def fake_ssh(tmp_path, monkeypatch) -> None:
+    """A stand-in ssh first on PATH: it runs the remote command here in a clean environment, as sshd would
+    after login; options end at '--' (or the first word that is not one)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     write(bin_dir / "ssh", """\
         #!/bin/bash
-        while [[ $1 == -* ]]; do [[ $1 == -o ]] && shift; shift; done
+        while [[ $1 == -* ]]; do [[ $1 == -- ]] && { shift; break; }; [[ $1 == -o ]] && shift; shift; done
         echo "ssh to $1" >&2
         exec env -i HOME="$HOME" PATH=/usr/bin:/bin bash -c "$2"
         """).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_remote_nodes_run_over_ssh_in_this_directory_with_the_environment(tmp_path, monkeypatch, capsys, fake_ssh):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///x.db")
     remote = Node("worker", 0, "alice@10.0.0.5", "10.0.0.5")
     show = ("import os, sys; print(os.getcwd(), os.environ['DMLC_ROLE'], os.environ['MLFLOW_TRACKING_URI'], "
             "sys.executable, flush=True)")
     nodes = [Node("scheduler", 0, "alice@10.0.0.5", "10.0.0.5"), remote]
     printed = tmp_path / "scheduler-printed"      # the worker ends the job: not before the scheduler's line is out
-    argvs = [node_argv(remote, {"DMLC_ROLE": "scheduler"},
-                       [PY, "-c", f"{show}; print('{CONNECTED_LINE}', flush=True); "
-                                  f"open('{printed}', 'w').close(); import time; time.sleep(60)"]),
-             node_argv(remote, {"DMLC_ROLE": "worker"},
-                       ["python", "-c", f"import os, time\nwhile not os.path.exists('{printed}'): time.sleep(0.05)\n"
-                                        f"{show}"])]
-    assert Job(nodes, argvs, timeout=30, grace=2.0).run() == 0
+    argvs = [node_argv(remote, [PY, "-c", f"{show}; print('{CONNECTED_LINE}', flush=True); "
+                                          f"open('{printed}', 'w').close(); import time; time.sleep(60)"]),
+             node_argv(remote, ["python", "-c", f"import os, time\nwhile not os.path.exists('{printed}'): "
+                                                f"time.sleep(0.05)\n{show}"])]
+    envs = [agent_env(remote, {"DMLC_ROLE": "scheduler"}), agent_env(remote, {"DMLC_ROLE": "worker"})]
+    assert Job(nodes, argvs, envs, timeout=30, grace=2.0).run() == 0
     out = capsys.readouterr()
     assert f"[worker0] {os.getcwd()} worker sqlite:///x.db {PY}" in out.out     # `python`: the launcher's
     assert f"[scheduler] {os.getcwd()} scheduler sqlite:///x.db {PY}" in out.out
     assert "ssh to alice@10.0.0.5" in out.out
+
+
+def test_a_secret_in_the_environment_is_on_no_command_line(tmp_path, monkeypatch, capsys, fake_ssh):
+    """As another user of either machine would look for it: in every process's /proc/PID/cmdline (what ps
+    shows), while the job runs; the worker over ssh still gets it in its environment."""
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret-d1st-pw")
+    remote = Node("worker", 0, "alice@10.0.0.5", "10.0.0.5")
+    nodes = [Node("scheduler", 0, "alice@10.0.0.5", "10.0.0.5"), remote]
+    look = ("import os\nsecret = os.environ['MLFLOW_TRACKING_PASSWORD'].encode()\nseen = []\n"
+            "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+            "    try: seen += [pid] if secret in open(f'/proc/{pid}/cmdline', 'rb').read() else []\n"
+            "    except OSError: pass\n"
+            "print('secret on', len(seen), 'command lines', flush=True)")
+    argvs = [node_argv(remote, [PY, "-c", f"print('{CONNECTED_LINE}', flush=True); import time; time.sleep(60)"]),
+             node_argv(remote, ["python", "-c", look])]
+    envs = [agent_env(remote, {"DMLC_ROLE": "scheduler"}), agent_env(remote, {"DMLC_ROLE": "worker"})]
+    assert Job(nodes, argvs, envs, timeout=30, grace=2.0).run() == 0
+    assert "[worker0] secret on 0 command lines" in capsys.readouterr().out
