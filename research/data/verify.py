@@ -245,7 +245,13 @@ def remember(rec: Path, idx: Path, labels: Labels, stamps: list[list[int]]) -> N
         atomic.write_text(memo, json.dumps({"version": MEMO_VERSION, "rec": str(rec.resolve()),
                                             "stamps": stamps, "labels": asdict(labels)}))
     except OSError:
-        pass
+        return
+    for other in memo.parent.glob("*.json"):          # notes of files since deleted go too
+        try:
+            if not Path(json.loads(other.read_text())["rec"]).exists():
+                other.unlink()
+        except (OSError, ValueError, KeyError, TypeError):
+            other.unlink(missing_ok=True)
 
 
 def check_rec(rec: Path, idx: Path) -> Damage | Labels:

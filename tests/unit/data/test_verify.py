@@ -85,6 +85,15 @@ def test_zeroed_block_in_the_middle(rec):
     assert all("zeroed" in d.problem for d in damage)
 
 
+def test_notes_of_deleted_files_are_dropped(rec, memo_home, tmp_path):
+    other = pack_like_im2rec(tmp_path / "other", [0, 1])
+    check_rec(other, other.with_suffix(".idx"))
+    other.unlink()
+    check_rec(rec, rec.with_suffix(".idx"))
+    (note,) = (memo_home / ".cache" / "research" / "verified").iterdir()
+    assert json.loads(note.read_text())["rec"] == str(rec)
+
+
 def test_a_changed_file_is_checked_again(rec, memo_home):
     assert not isinstance(check_rec(rec, rec.with_suffix(".idx")), verify.Damage)
     with open(rec, "ab") as f:
