@@ -211,7 +211,9 @@ def sweep(recipe: str | Path, *, grid: Mapping[str, Sequence[Any]] | None = None
           overrides: Mapping[str, Any] | Iterable[str] | None = None, metric: str = "val/top1",
           goal: Literal["max", "min"] | None = None, output: str | Path | None = None,
           gpus: str | Sequence[int] | None = None, gpus_per_trial: int = 1, parallel: int | None = None,
-          fresh: bool = False):
+          fresh: bool = False, sampler: Literal["grid", "random", "tpe", "cmaes"] | None = None, trials: int = 0,
+          prune: Literal["none", "median", "halving", "hyperband"] = "none", prune_warmup: int = 0,
+          max_epochs: int = 0, max_hours: float = 0.0):
     """Train the trials of a sweep as tools/sweep.py does (each a tools/train.py process; one MLflow parent run
     with the trials under it); calling it again with the same arguments continues the sweep.
 
@@ -220,6 +222,12 @@ def sweep(recipe: str | Path, *, grid: Mapping[str, Sequence[Any]] | None = None
         grid: {"train.lr": [0.01, 0.02], ...}: every combination (with `random`: a choice per trial).
         ranges: {"train.lr": (1e-3, 1e-1, "log")} or {"train.lr": "1e-3:1e-1:log"}: drawn for `random` trials.
         random: trials of a random search (seeded by `seed`); 0 trains the grid.
+        sampler, trials: "tpe" or "cmaes" with `trials` trials: a model-based search over `ranges` (and `grid`
+            values, tpe), each trial's values from the trials before it.
+        prune, prune_warmup: stop the trials that fall behind ("median", "halving", "hyperband") once they have
+            trained `prune_warmup` epochs (0: a tenth of their epochs).
+        max_epochs, max_hours: the budget: no new trial starts once the trials trained that many epochs, or ran
+            that many hours, in all (0: no limit).
         overrides: values for every trial, as in `train`.
         metric, goal: what ranks the trials (each one's best epoch); goal default min for a loss, else max.
         output: the sweep's folder; default runs/<recipe>-sweep-<keys>/.
@@ -234,7 +242,7 @@ def sweep(recipe: str | Path, *, grid: Mapping[str, Sequence[Any]] | None = None
         KeyboardInterrupt: interrupted; every running trial checkpointed first. Call again to continue.
     """
     from .sweeps.spec import make_spec
-    from .sweeps.sweeper import run_sweep
+    from .sweeps.sweeper import Budget, run_sweep
 
     if not isinstance(recipe, (str, Path)):
         raise UserError("research.sweep takes the recipe's file: each trial is tools/train.py on it "
@@ -243,9 +251,11 @@ def sweep(recipe: str | Path, *, grid: Mapping[str, Sequence[Any]] | None = None
              for key, values in (grid or {}).items()]
     spans = [f"{key}=" + (span if isinstance(span, str) else ":".join(map(str, span)))
              for key, span in (ranges or {}).items()]
-    spec = make_spec(str(recipe), texts, spans, random, seed, _assignments(overrides), metric, goal)
+    spec = make_spec(str(recipe), texts, spans, random, seed, _assignments(overrides), metric, goal, sampler, trials,
+                     prune, prune_warmup)
     spec_gpus = gpus if isinstance(gpus, str) or gpus is None else ",".join(map(str, gpus))
-    result = run_sweep(spec, output, spec_gpus, gpus_per_trial, parallel, fresh, [f"research.sweep({str(recipe)!r}, ...)"])
+    result = run_sweep(spec, output, spec_gpus, gpus_per_trial, parallel, fresh,
+                       [f"research.sweep({str(recipe)!r}, ...)"], Budget(max_epochs, max_hours))
     if result.exit_code > 128:
         raise KeyboardInterrupt(f"{signal.Signals(result.exit_code - 128).name}: the sweep stopped, its running "
                                 f"trials after a checkpoint; call research.sweep again with the same arguments to "

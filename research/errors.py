@@ -18,6 +18,7 @@ class ExitCode(IntEnum):
     USER_ERROR = 2        # a bad recipe, option, device or missing data: one line says what to fix
     UNHEALTHY = 3         # the loss became NaN, or the guard found the net's head dead or stalled
     SAVE_FAILED = 4       # a checkpoint could not be written (full disk, no permission)
+    PRUNED = 5            # a sweep's trial its pruner stopped early, after a checkpoint (tools/sweep.py --prune)
     SIGNAL = 128          # 128 + N: stopped by signal N after writing a checkpoint
 
 
@@ -29,6 +30,9 @@ MEANINGS = {
                         "(the message names the rule and the figures)",
     ExitCode.SAVE_FAILED: "4 a checkpoint could not be written (full disk, no permission): stopped at the last "
                           "good checkpoint, which the message names; free space and run the same command to resume",
+    ExitCode.PRUNED: "5 a sweep's trial stopped early by the sweep's pruner (tools/sweep.py --prune), after its "
+                     "checkpoint: its metric was behind the other trials'; the sweep does not train it again, "
+                     "and --resume trains it on by hand",
     ExitCode.SIGNAL: "128+N stopped by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP) after writing a checkpoint; "
                      "run the same command to resume",
 }

@@ -19,7 +19,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     "A run whose output folder holds a checkpoint of the same recipe resumes automatically.",
         epilog=exit_status_help(ExitCode.OK, ExitCode.FAILED, (ExitCode.USER_ERROR, "a user error (bad recipe, "
                                 "missing data, bad --gpus, the run directory in use)"), ExitCode.UNHEALTHY,
-                                ExitCode.SAVE_FAILED, ExitCode.SIGNAL))
+                                ExitCode.SAVE_FAILED, ExitCode.PRUNED, ExitCode.SIGNAL))
     add_run_options(parser)
     return parser.parse_args(argv)
 

@@ -18,6 +18,7 @@ TIMEOUT_S = 30.0
 EVENTS = {
     "restarted": "the run was started again; RESEARCH_MESSAGE says why (a kill -9, the OOM killer, a crash, a reboot)",
     "finished": "every epoch done",
+    "pruned": "a sweep's trial its pruner stopped early, after a checkpoint (RESEARCH_MESSAGE); not restarted",
     "failed": "ended with an exit status a rerun cannot fix (RESEARCH_EXIT_STATUS, RESEARCH_MESSAGE); not restarted",
     "guard": "stopped by the guard: the loss became NaN or the net's head is dead or stalled (RESEARCH_MESSAGE)",
     "stopped": "stopped on purpose (Ctrl-C, SIGTERM, tmux kill-session); not restarted",

@@ -45,6 +45,7 @@ RESTART_POLICY: dict[int, tuple[str, str]] = {
     3: (STAY, "the guard stopped it (NaN loss, dead or stalled head): a rerun repeats it; change the recipe"),
     4: (STAY, "a checkpoint could not be written (full disk, no permission): a rerun fails the same way "
               "until space is freed; free space, then launch again"),
+    5: (DONE, "pruned: its sweep's pruner stopped it early, after a checkpoint; a rerun would not train it on"),
     129: (STAY, "stopped on purpose by SIGHUP (tmux kill-session or kill-server, a closed terminal)"),
     130: (STAY, "stopped on purpose by Ctrl-C (SIGINT)"),
     137: (RESTART, "killed by SIGKILL: kill -9 or the OOM killer"),
@@ -52,7 +53,7 @@ RESTART_POLICY: dict[int, tuple[str, str]] = {
 }
 OTHER_SIGNAL = (RESTART, "killed by {signal}: a crash of the process")
 UNKNOWN = (STAY, "exit status {status}, which the restart policy does not know")
-FINAL = {"finished", "stopped", "failed", "guard", "crash-loop"}     # record states the supervisor is done with
+FINAL = {"finished", "stopped", "failed", "guard", "pruned", "crash-loop"}     # record states the supervisor is done with
 
 
 def policy(status: int) -> tuple[str, str]:
@@ -266,7 +267,7 @@ class Supervisor:
                 return status
             kind = "stopped"
         else:
-            kind = {0: "finished", 3: "guard"}.get(status, "failed")
+            kind = {0: "finished", 3: "guard", 5: "pruned"}.get(status, "failed")
         if kind in ("guard", "failed"):            # what the command said is the news; the policy's why after it
             said = self._last_error()
             message = f"{said} (not restarted: {why})" if said else f"{why} (see console.log)"

@@ -123,7 +123,8 @@ def summarize(client, run) -> RunRow:
     speeds = [value for _, value in curves["speed/img_per_s"]]
     return RunRow(
         run_id=info.run_id, name=info.run_name or "", recipe=data.tags.get("recipe", ""),
-        status=info.status, experiment_id=info.experiment_id, epochs_done=final_epoch or 0,
+        status=(f"PRUNED@{data.tags['sweep.pruned_at_epoch']}" if "sweep.pruned_at_epoch" in data.tags  # a sweep's
+                else info.status), experiment_id=info.experiment_id, epochs_done=final_epoch or 0,  # pruned trial
         epochs_planned=int(planned) if planned and planned.isdigit() else None,
         best_epoch=best_epoch, best_top1=top1.get(best_epoch), best_top5=top5.get(best_epoch),
         final_top1=top1.get(final_epoch), final_top5=top5.get(final_epoch),

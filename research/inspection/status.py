@@ -57,6 +57,7 @@ class RunStatus:
     restarts: int | None = None        # a supervised run (--keep-alive): restarts so far, and the last one's cause
     last_restart: str | None = None
     went_back: str | None = None       # resumed from a checkpoint older than MLflow's record: from which epoch, why
+    pruned: str | None = None          # a sweep's trial its pruner stopped: at which epoch, against what
 
 
 def read_status(run_dir: Path) -> dict | None:
@@ -176,7 +177,8 @@ def collect(root: Path, sessions: dict[Path, SessionInfo] | None = None,
             pid=info.get("pid"), run_id=info.get("run_id"), session=session and session.name,
             kind=info.get("kind", "run"), trials=info.get("trials"), trials_done=info.get("trials_done"),
             restarts=len(restarts) if restarts is not None else None,
-            last_restart=restarts[-1].get("cause") if restarts else None, went_back=info.get("went_back")))
+            last_restart=restarts[-1].get("cause") if restarts else None, went_back=info.get("went_back"),
+            pruned=info.get("pruned") if state == "pruned" else None))
     listed = {Path(run.run_dir) for run in runs}
     for run_dir, session in sorted(sessions.items()):
         if run_dir not in listed and (run_dir == root or root in run_dir.parents):
@@ -207,6 +209,7 @@ def format_table(runs: list[RunStatus]) -> str:
     table = tabulate(rows, headers=header + (("restarts",) if supervised else ()), tablefmt="plain",
                      disable_numparse=True)
     notes = [f"{run.name} resumed {run.went_back}" for run in runs if run.went_back]
+    notes += [f"{run.name} pruned {run.pruned}" for run in runs if run.pruned]
     return "\n".join([table, *notes])
 
 

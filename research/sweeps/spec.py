@@ -1,7 +1,9 @@
-"""Sweeps: the trials of one recipe over a grid (--grid, the product) or a random search (--random N over
---range), each a tools/train.py run in its own directory under the sweep's, several at once on groups of
-devices; in MLflow one parent run with the trials nested under it. The same command again continues it.
+"""Sweeps: the trials of one recipe over a grid (--grid, the product), a random search (--random N over
+--range) or a model-based search (--sampler tpe|cmaes --trials N), each a tools/train.py run in its own
+directory under the sweep's, several at once on groups of devices, optionally stopped early by a pruner
+(--prune); in MLflow one parent run with the trials nested under it. The same command again continues it.
 
+    SWEEP_DIR/study.db             the Optuna study: which trials exist, their states, their metric each epoch
     SWEEP_DIR/sweep.json           the spec, the parent run's id and each trial's outcome (rewritten atomically)
     SWEEP_DIR/status.json          for tools/status.py (a sweep row above its trials)
     SWEEP_DIR/sweep.log            what the sweep printed; summary.md, summary.csv, sweep.png at the end
@@ -24,6 +26,7 @@ from ..config import RecipeError, load_recipe
 from ..detached.launch import train_command
 from ..errors import ExitCode, UserError
 from ..paths import RUNS
+from ..study.store import STUDY_ENV, TRIAL_ENV, Pruner, Sampler
 from ..tracking.names import RUN_TAGS_ENV, label
 
 STATE = "sweep.json"
@@ -71,6 +74,10 @@ class SweepSpec:
     overrides: list[str] = field(default_factory=list)         # --set for every trial
     metric: str = "val/top1"         # a per-epoch metric; each trial's best epoch counts
     goal: Goal = "max"
+    sampler: Sampler = "grid"        # grid, random (--random N), tpe or cmaes (--trials N)
+    trials: int = 0                  # tpe, cmaes: trials asked for
+    pruner: Pruner = "none"          # which trials stop early (research/study/pruners.py)
+    warmup: int = 0                  # epochs before the pruner may stop a trial (0: a tenth of its epochs)
 
     @property
     def keys(self) -> list[str]:
@@ -83,6 +90,10 @@ class SweepSpec:
         out |= {f"sweep.range.{key}": spec.text() for key, spec in self.ranges.items()}
         if self.random:
             out |= {"sweep.random": str(self.random), "sweep.seed": str(self.seed)}
+        if self.trials:                  # only what differs from a sweep of before the study: its spec is unchanged
+            out |= {"sweep.sampler": self.sampler, "sweep.trials": str(self.trials), "sweep.seed": str(self.seed)}
+        if self.pruner != "none":
+            out |= {"sweep.prune": self.pruner, "sweep.prune_warmup": str(self.warmup or "auto")}
         out |= {f"sweep.set.{a.split('=', 1)[0]}": a.split("=", 1)[1] for a in self.overrides}
         return out
 
@@ -136,22 +147,42 @@ def parse_range(assignment: str) -> tuple[str, Range]:
 
 
 def make_spec(recipe: str, grid: list[str] = (), ranges: list[str] = (), random: int = 0, seed: int = 0,
-              overrides: list[str] = (), metric: str = "val/top1", goal: Goal | None = None) -> SweepSpec:
+              overrides: list[str] = (), metric: str = "val/top1", goal: Goal | None = None,
+              sampler: Sampler | None = None, trials: int = 0, pruner: Pruner = "none",
+              warmup: int = 0) -> SweepSpec:
     """A SweepSpec from the command line's texts. Raises SweepError naming the bad option."""
     grids = dict(parse_grid(a) for a in grid)
     spans = dict(parse_range(a) for a in ranges)
+    sampler = sampler or ("random" if random else "tpe" if trials else "grid")
     if len(grids) + len(spans) != len(grid) + len(ranges) or set(grids) & set(spans):
         raise SweepError("a key is swept twice: give each key one --grid or one --range.")
     if not grids and not spans:
         raise SweepError("nothing to sweep: add --grid KEY=V1,V2 (the product of all of them is trained), or "
                          "--random N with --range KEY=LOW:HIGH[:log].")
-    if spans and random < 1:
-        raise SweepError("--range draws values for a random search: add --random N (the number of trials).")
+    if sampler in ("tpe", "cmaes"):
+        if trials < 1 or random:
+            raise SweepError(f"--sampler {sampler} asks for trials one at a time: give their number with --trials N "
+                             f"(not --random).")
+    elif trials:
+        raise SweepError(f"--trials N is the count of a model-based search (--sampler tpe or cmaes); the "
+                         f"{sampler} search's trials are " + ("--random N." if sampler == "random" else "its grid's."))
+    elif sampler == "random" and random < 1:
+        raise SweepError("--sampler random: give the number of trials with --random N.")
+    elif spans and random < 1:
+        raise SweepError("--range draws values for a random search: add --random N (the number of trials), or "
+                         "--sampler tpe --trials N for a model-based search.")
+    if sampler == "cmaes" and (grids or len(spans) < 2):
+        raise SweepError("--sampler cmaes searches two or more numeric --range keys" +
+                         (f" (--grid {', '.join(grids)} is a list of choices)" if grids else "") +
+                         ": use --sampler tpe, which takes both.")
+    if warmup < 0 or (warmup and pruner == "none"):
+        raise SweepError(f"--prune-warmup {warmup}: the epochs before the pruner may stop a trial, 1 or more, with "
+                         f"--prune median|halving|hyperband.")
     fixed = {a.split("=", 1)[0].strip() for a in overrides}
     if both := fixed & (set(grids) | set(spans)):
         raise SweepError(f"{', '.join(sorted(both))}: both swept and --set; drop one.")
     return SweepSpec(recipe, grids, spans, random, seed, list(overrides), metric,
-                     goal or ("min" if "loss" in metric else "max"))
+                     goal or ("min" if "loss" in metric else "max"), sampler, trials, pruner, warmup)
 
 
 @dataclass
@@ -160,6 +191,8 @@ class Trial:
     values: dict[str, str]
     name: str = ""            # "lr=0.01 warmup_epochs=1": its MLflow run name
     folder: str = ""          # "lr-0.01_warmup_epochs-1" (trial_folder)
+    epochs: int = 0           # its recipe's train.epochs: what it trains unpruned
+    number: int | None = None     # its number in the sweep's study, once asked for
 
     @property
     def assignments(self) -> list[str]:
@@ -168,9 +201,13 @@ class Trial:
 
 def make_trials(spec: SweepSpec) -> list[Trial]:
     """The grid's product (scikit-learn's ParameterGrid) or N draws (ParameterSampler, seeded), in a fixed order:
-    the same spec always gives the same trials. Each trial's recipe is checked as tools/train.py --set would."""
+    the same spec always gives the same trials; none for a model-based search (the study draws them). Each
+    trial's recipe is checked as tools/train.py --set would."""
     from sklearn.model_selection import ParameterGrid, ParameterSampler
 
+    if spec.sampler in ("tpe", "cmaes"):
+        load_recipe(spec.recipe, spec.overrides)
+        return []
     if spec.random:
         space = {**spec.grid, **{key: r.distribution() for key, r in spec.ranges.items()}}
         draws = ParameterSampler(space, n_iter=spec.random, random_state=spec.seed)
@@ -181,13 +218,18 @@ def make_trials(spec: SweepSpec) -> list[Trial]:
         values = {key: _value_text(draw[key]) for key in spec.keys}      # the order the keys were given
         if tuple(values.values()) not in seen:                           # a draw repeated: trained once
             seen.add(tuple(values.values()))
-            trials.append(Trial(values, label(values), trial_folder(values, {t.folder for t in trials})))
-    for trial in trials:
-        try:
-            load_recipe(spec.recipe, [*spec.overrides, *trial.assignments])
-        except RecipeError as err:
-            raise SweepError(f"trial {trial.name}: {err}") from None
+            trials.append(checked_trial(spec, values, {t.folder for t in trials}))
     return trials
+
+
+def checked_trial(spec: SweepSpec, values: dict[str, str], taken: set[str] = frozenset()) -> Trial:
+    """The trial of `values`, its recipe checked as tools/train.py --set would (SweepError naming the trial)."""
+    trial = Trial(values, label(values), trial_folder(values, taken))
+    try:
+        trial.epochs = load_recipe(spec.recipe, [*spec.overrides, *trial.assignments]).train.epochs
+    except RecipeError as err:
+        raise SweepError(f"trial {trial.name}: {err}") from None
+    return trial
 
 
 def trial_folder(values: dict[str, str], taken: set[str] = frozenset()) -> str:
@@ -211,9 +253,10 @@ def _value_text(value) -> str:
 
 
 def default_sweep_dir(spec: SweepSpec) -> Path:
-    """runs/<recipe>-sweep-<keys> (a random search: -random-): the same command finds its sweep again."""
+    """runs/<recipe>-sweep-<keys> (a random search: -random-, a model-based one: -tpe-, -cmaes-): the same command
+    finds its sweep again."""
     name = load_recipe(spec.recipe, spec.overrides).name
-    kind = "random" if spec.random else "sweep"
+    kind = {"grid": "sweep"}.get(spec.sampler, spec.sampler)
     return RUNS / (f"{name}-{kind}-" + "-".join(key.rsplit(".", 1)[-1] for key in spec.keys))
 
 
@@ -272,7 +315,7 @@ def check_same_sweep(sweep_dir: Path, state: dict, spec: SweepSpec) -> None:
 
 # -- one trial's outcome ---------------------------------------------------------------------------------
 OUTCOMES = {ExitCode.OK: "finished", ExitCode.UNHEALTHY: "failed", ExitCode.SAVE_FAILED: "failed",
-            ExitCode.USER_ERROR: "failed", ExitCode.FAILED: "failed"}
+            ExitCode.USER_ERROR: "failed", ExitCode.FAILED: "failed", ExitCode.PRUNED: "pruned"}
 WHY = {ExitCode.UNHEALTHY: "exit 3, stopped by the guard (NaN loss, dead or stalled head)",
        ExitCode.SAVE_FAILED: "exit 4, a checkpoint could not be written (disk full, permissions)",
        ExitCode.USER_ERROR: "exit 2, a user error", ExitCode.FAILED: "exit 1, an unexpected error"}
@@ -284,8 +327,8 @@ def outcome(code: int, console_log: Path) -> tuple[str, str]:
     if code >= ExitCode.SIGNAL or code < 0:
         number = code - ExitCode.SIGNAL if code > 0 else -code
         return "killed", f"stopped by {signal.Signals(number).name}" if number in signal.valid_signals() else ""
-    if code == ExitCode.OK:
-        return "finished", ""
+    if code in (ExitCode.OK, ExitCode.PRUNED):
+        return OUTCOMES[code], ""
     why = WHY.get(code, f"exit {code}")
     return OUTCOMES.get(code, "failed"), f"{why}: {last_error(console_log)}".rstrip(": ")
 
@@ -309,11 +352,13 @@ def trial_command(spec: SweepSpec, trial: Trial, run_dir: Path, slot: Slot) -> l
     return [sys.executable, "-c", DIE_WITH_SWEEP, str(os.getpid()), *command]
 
 
-def trial_env(slot: Slot, tags: dict[str, str]) -> dict[str, str]:
-    """The sweep's environment, with this slot's thread count and the tags of the trial's new MLflow run."""
+def trial_env(slot: Slot, tags: dict[str, str], study_url: str, number: int) -> dict[str, str]:
+    """The sweep's environment, with this slot's thread count, the tags of the trial's new MLflow run, and the
+    study and trial it reports to (research/study/trial.py)."""
     from ..tracking import tracking_uri
     return {**os.environ, "OMP_NUM_THREADS": str(len(slot.cores)), "PYTHONUNBUFFERED": "1",
-            "MLFLOW_TRACKING_URI": tracking_uri(), RUN_TAGS_ENV: json.dumps(tags)}
+            "MLFLOW_TRACKING_URI": tracking_uri(), RUN_TAGS_ENV: json.dumps(tags), STUDY_ENV: study_url,
+            TRIAL_ENV: str(number)}
 
 
 def stamp() -> str:

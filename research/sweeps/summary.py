@@ -1,5 +1,6 @@
-"""A sweep's summary: one row per trial (its values, outcome and the chosen metric's best epoch, read from its
-MLflow run), the best trial, the table (summary.md, summary.csv), the metric against each swept value
+"""A sweep's summary: one row per trial (its values, outcome and the chosen metric's best epoch, as it reported it
+to the sweep's study, or read from its MLflow run), the best trial, the table (summary.md, summary.csv) with the
+epochs spent against what the same trials would have cost unpruned, the metric against each swept value
 (sweep.png), all of it on the parent MLflow run as artifacts, tags and metrics."""
 from __future__ import annotations
 
@@ -30,20 +31,31 @@ def best_of(points: list[tuple[int, float]], goal: str) -> tuple[int, float] | N
     return max(points, key=lambda point: (sign * point[1], -point[0]))
 
 
-def summary_rows(spec: SweepSpec, trials: list[Trial], entries: dict[str, dict], parent: Tracker,
-                 sweep_dir: Path) -> list[dict]:
-    """One row per trial, in the sweep's order: values, state ('waiting' if never started), best and final metric."""
+def summary_rows(spec: SweepSpec, trials: list[Trial], entries: dict[str, dict],
+                 points: dict[str, list[tuple[int, float]]], sweep_dir: Path) -> list[dict]:
+    """One row per trial, in the sweep's order: values, state ('waiting' if never started), best and final metric
+    (from `points`: trial name -> (epoch, metric)), epochs trained and planned (`planned`: its recipe's epochs)."""
     rows = []
     for trial in trials:
-        entry = entries.get(trial.name, {})
-        points = history(parent, entry, spec.metric)
-        best = best_of(points, spec.goal)
-        rows.append({"trial": trial.name, "state": entry.get("state", "waiting"), "values": trial.values,
+        entry, mine = entries.get(trial.name, {}), points.get(trial.name, [])
+        best = best_of(mine, spec.goal)
+        state = entry.get("state", "waiting")
+        reason = (f"at epoch {entry.get('pruned_at_epoch')}: " if state == "pruned" else "") + entry.get("reason", "")
+        rows.append({"trial": trial.name, "state": state, "values": trial.values,
                      "best": best[1] if best else None, "epoch": best[0] if best else None,
-                     "final": points[-1][1] if points else None, "epochs": len(points),
-                     "run_id": entry.get("run_id"), "run_dir": str(sweep_dir / trial.folder),
-                     "reason": entry.get("reason", "")})
+                     "final": mine[-1][1] if mine else None, "epochs": len(mine),
+                     "planned": trial.epochs or entry.get("epochs") or len(mine),
+                     "run_id": entry.get("run_id"), "run_dir": str(sweep_dir / trial.folder), "reason": reason})
     return rows
+
+
+def epochs_line(rows: list[dict]) -> str | None:
+    """'epochs trained: 46, against 120 for the same trials unpruned (38%)'; None when no trial was pruned."""
+    spent = sum(row["epochs"] for row in rows)
+    unpruned = spent + sum(max(row["planned"] - row["epochs"], 0) for row in rows if row["state"] == "pruned")
+    if unpruned == spent:
+        return None
+    return f"epochs trained: {spent}, against {unpruned} for the same trials unpruned ({spent / unpruned:.0%})"
 
 
 def best_row(rows: list[dict], goal: str) -> dict | None:
@@ -70,10 +82,10 @@ def csv_text(spec: SweepSpec, rows: list[dict]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["trial", "state", *spec.keys, f"best {spec.metric}", "best_epoch", f"final {spec.metric}",
-                     "epochs", "run_id", "run_dir", "note"])
+                     "epochs", "planned_epochs", "run_id", "run_dir", "note"])
     for row in rows:
         writer.writerow([row["trial"], row["state"], *row["values"].values(), _blank(row["best"]),
-                         _blank(row["epoch"]), _blank(row["final"]), row["epochs"], row["run_id"] or "",
+                         _blank(row["epoch"]), _blank(row["final"]), row["epochs"], row["planned"], row["run_id"] or "",
                          row["run_dir"], row["reason"]])
     return out.getvalue()
 
@@ -88,6 +100,10 @@ def format_summary(spec: SweepSpec, rows: list[dict], best: dict | None, parent:
     failed = [row for row in rows if row["state"] == "failed"]
     if failed:
         lines += [f"{len(failed)} failed:"] + [f"  {row['trial']}: {row['reason']}" for row in failed] + [""]
+    pruned = [row for row in rows if row["state"] == "pruned"]
+    if pruned:
+        lines += [f"{len(pruned)} pruned:"] + [f"  {row['trial']}: {row['reason']}" for row in pruned]
+        lines += [epochs_line(rows) or "", ""]
     if best:
         lines.append(f"best: {best['trial']} ({spec.metric} {best['best']:.4f} at epoch {best['epoch']}), "
                      f"{best['run_dir']}")
@@ -103,21 +119,27 @@ def publish(spec: SweepSpec, rows: list[dict], best: dict | None, parent: Tracke
             final: bool) -> None:
     """summary.md, summary.csv and sweep.png in the sweep's folder and on the parent run, with the best trial
     as tags and metrics; `final` (not stopped): the children no trial names are removed."""
-    atomic.write_text(sweep_dir / "summary.md", table(spec, rows, "github") + "\n")
+    atomic.write_text(sweep_dir / "summary.md", table(spec, rows, "github") + "\n" +
+                      (f"\n{epochs_line(rows)}\n" if epochs_line(rows) else ""))
     atomic.write_text(sweep_dir / "summary.csv", csv_text(spec, rows))
     plot_sweep(spec, rows, best, sweep_dir / "sweep.png")
     for name in ("summary.md", "summary.csv", "sweep.png"):
         parent.log_artifact(sweep_dir / name)
     failed = [row for row in rows if row["state"] == "failed"]
     finished = [row for row in rows if row["state"] == "finished"]
-    tags = {"sweep.failed": "; ".join(f"{row['trial']}: {row['reason']}" for row in failed)[:5000] or "none"}
-    metrics = {"trials/finished": len(finished), "trials/failed": len(failed)}
+    pruned = [row for row in rows if row["state"] == "pruned"]
+    tags = {"sweep.failed": "; ".join(f"{row['trial']}: {row['reason']}" for row in failed)[:5000] or "none",
+            "sweep.pruned": "; ".join(f"{row['trial']}: {row['reason']}" for row in pruned)[:5000] or "none"}
+    spent = sum(row["epochs"] for row in rows)
+    metrics = {"trials/finished": len(finished), "trials/failed": len(failed), "trials/pruned": len(pruned),
+               "epochs/trained": spent, "epochs/unpruned": spent + sum(max(row["planned"] - row["epochs"], 0)
+                                                                       for row in pruned)}
     if best:
         tags |= {"best.trial": best["trial"], "best.run_id": best["run_id"] or "", "best.run_dir": best["run_dir"]}
         metrics[f"best/{spec.metric}"] = best["best"]
         metrics |= {f"best/{key}": float(value) for key, value in best["values"].items() if _number(value) is not None}
     parent.set_tags(tags)
-    parent.log_metrics(metrics, step=len(finished) + len(failed))
+    parent.log_metrics(metrics, step=len(finished) + len(failed) + len(pruned))
     if final:
         parent.flush()
         remove_strays(parent, {row["run_id"] for row in rows if row["run_id"]})
@@ -143,9 +165,10 @@ def plot_sweep(spec: SweepSpec, rows: list[dict], best: dict | None, path: Path)
     fig = Figure(figsize=(4.6 * len(keys) + 0.8, 3.8), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(keys), squeeze=False)[0]
-    scored = [row for row in rows if row["best"] is not None]
+    scored = [row for row in rows if row["best"] is not None and row["state"] != "pruned"]
+    pruned = [row for row in rows if row["best"] is not None and row["state"] == "pruned"]
     for ax, key in zip(axes, keys):
-        position = _axis(ax, spec, key, [row["values"][key] for row in scored])
+        position = _axis(ax, spec, key, [row["values"][key] for row in scored + pruned])
         others = [k for k in keys if k != key]
         series: dict[str, list[dict]] = {}
         for row in scored:
@@ -161,15 +184,19 @@ def plot_sweep(spec: SweepSpec, rows: list[dict], best: dict | None, path: Path)
         for (x, y), count in counts.items():
             if count > 1:
                 ax.annotate(f"x{count}", (x, y), textcoords="offset points", xytext=(6, -10), fontsize="small")
+        if pruned:                      # their best before the pruner stopped them: fewer epochs than the others
+            ax.scatter([position(row["values"][key]) for row in pruned], [row["best"] for row in pruned], marker="x",
+                       color="grey", zorder=3, label=f"pruned ({len(pruned)}): best before it stopped")
         if best is not None and best in scored:
             ax.scatter([position(best["values"][key])], [best["best"]], marker="*", s=240, color="gold",
                        edgecolors="black", zorder=3, label=f"best: {best['trial']}")
         ax.set(xlabel=key, ylabel=f"best {spec.metric}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="x-small", loc="best")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="x-small", loc="best")
     failed = sum(row["state"] == "failed" for row in rows)
-    fig.suptitle(f"{len(scored)} trial(s) with a {spec.metric}" + (f", {failed} failed" if failed else ""),
-                 fontsize="medium")
+    fig.suptitle(f"{len(scored)} trial(s) with a {spec.metric}" + (f", {len(pruned)} pruned" if pruned else "")
+                 + (f", {failed} failed" if failed else ""), fontsize="medium")
     fig.tight_layout()
     with atomic.writing(path) as tmp:
         fig.savefig(tmp, format="png")

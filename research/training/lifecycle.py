@@ -157,6 +157,15 @@ class Lifecycle:
         self.exit_code = exit_code
         self._settle("KILLED", "killed")
 
+    def pruned(self, verdict) -> None:
+        """A sweep's trial its pruner stopped after a checkpoint (research.study.trial.Pruned): FINISHED in
+        MLflow (it did what its sweep asked; not FAILED) with the tags sweep.pruned_at_epoch and
+        sweep.pruned_against, status.json pruned, exit status PRUNED."""
+        self.tracker.set_tags({"sweep.pruned_at_epoch": str(verdict.epoch), "sweep.pruned_against": verdict.against[:5000]})
+        self.figures["pruned"] = f"at epoch {verdict.epoch}: {verdict.against}"
+        self.exit_code = ExitCode.PRUNED
+        self._settle("FINISHED", "pruned")
+
     def leave_as_is(self) -> None:
         """Nothing was done (the run had finished already): the directory and MLflow run stay as they were."""
         self._settled = True

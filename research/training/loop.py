@@ -6,7 +6,7 @@ import itertools
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -14,6 +14,7 @@ import mxnet as mx
 from mxnet import autograd, gluon
 
 from ..config import Recipe
+from ..study.trial import NoTrial, StudyTrial
 from . import health, precision
 from .checkpoint import FOLDER, CheckpointWriter, TrainState
 from .evaluate import evaluate
@@ -23,7 +24,7 @@ from .report import Report
 from .schedules import lr_at
 
 log = logging.getLogger("research.training")
-Outcome = Literal["finished", "stopped", "paused"]
+Outcome = Literal["finished", "stopped", "paused", "pruned"]
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Setup:
     num_workers: int = 1       # distributed kvstore workers (machines), each with len(ctxs) devices
     rank: int = 0              # this worker's rank; rank 0 alone reports, checkpoints and tracks
     lr_on_servers: bool = False   # dist kvstore: the servers' optimizer follows lr_at (set by kvstore.prepare_workers)
+    trial: StudyTrial | NoTrial = field(default_factory=NoTrial)   # a sweep's trial: reports each epoch, may be pruned
 
     @property
     def rank0(self) -> bool:
@@ -55,8 +57,9 @@ class Setup:
 def fit(setup: Setup, state: TrainState, run, stop, steps: int | None = None) -> Outcome:
     """Train from `state` to the recipe's last epoch, reporting through `run` (the run's Lifecycle: its
     tracker and status.json). Returns "finished"; "stopped" (`stop.requested`, set by a signal: rank 0
-    writes a checkpoint first); or "paused" after `steps` more steps, with nothing written (the seam
-    tools/benchmark.py measures the trainer through: fit again continues where it paused).
+    writes a checkpoint first); "pruned" (a sweep's trial its pruner stopped after an epoch's checkpoint:
+    `setup.trial.verdict` says when and against what); or "paused" after `steps` more steps, with nothing
+    written (the seam tools/benchmark.py measures the trainer through: fit again continues where it paused).
 
     Raises:
         NonFiniteLoss: the loss became NaN/inf; the last good checkpoint is kept.
@@ -133,7 +136,7 @@ def fit(setup: Setup, state: TrainState, run, stop, steps: int | None = None) ->
                     last_save = time.monotonic()
 
             # The epoch's end, in the order it runs: validate, guard, keep, checkpoint (MLflow's metrics once
-            # it is on disk), report (log line, status.json, pace), curves.
+            # it is on disk), report (log line, status.json, pace), curves, the sweep's pruner.
             mx.nd.waitall()
             train_seconds = time.monotonic() - tic
             val = evaluate(net, setup.val_iter, ctxs, loss_fn, train.dtype)
@@ -156,6 +159,9 @@ def fit(setup: Setup, state: TrainState, run, stop, steps: int | None = None) ->
                 report.end_epoch(metrics, metrics["time/epoch_s"])
                 tracker.log_artifact(curves.path, after=curves.update(state.history))
             last_save = time.monotonic()
+            if setup.trial.report(state.epoch, metrics):      # a sweep's trial: the metric to its study; pruned?
+                checkpoint_now(writer)                         # the epoch's checkpoint on disk before it stops
+                return "pruned"
         if setup.rank0:
             checkpoint_now(writer)                 # the last epoch's file on disk before the run is called done
         return "finished"

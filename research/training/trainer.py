@@ -12,7 +12,9 @@ from .. import atomic
 from ..config import Recipe, RecipeError, TrainConfig
 from ..data import get_iterators
 from ..data.describe import describe_datasets
+from ..errors import ExitCode
 from ..nets import build_net
+from ..study.trial import trial_from_environment
 from ..tracking import run_url, ui_command
 from . import checkpoint, kvstore, precision
 from .lifecycle import Lifecycle
@@ -56,6 +58,12 @@ def train(recipe: Recipe, ctxs: list, run_dir: Path, resume: bool, fresh: bool, 
                   f"Use {again} to train again, or {extend} to extend it.")
             run.leave_as_is()
             return run.exit_code
+        if not resume and read_status(run_dir).get("status") == "pruned":
+            again, fresh = ("resume='require'", "resume='fresh'") if interactive else ("--resume", "--fresh")
+            print(f"{run_dir} holds a sweep's trial its pruner stopped ({read_status(run_dir).get('pruned')}). "
+                  f"Use {again} to train it on anyway, or {fresh} to start over.")
+            run.leave_as_is()
+            return ExitCode.PRUNED
         tracker = run.start_tracking(ctxs, state.run_id, state.history)
         state.run_id = tracker.run_id or state.run_id     # a store that is down must not orphan the run id
         if recipe.tracking.enabled and recipe.tracking.system_metrics:
@@ -66,6 +74,9 @@ def train(recipe: Recipe, ctxs: list, run_dir: Path, resume: bool, fresh: bool, 
             log.info("run %s: %s on %s, global batch %d, lr %.4g, output %s", tracker.run_id or "(untracked)",
                      recipe.name, ",".join(map(str, ctxs)), setup.global_batch, setup.base_lr, run_dir)
         run.write_status("running")
+        if setup.trial.start(state.history):       # a sweep's trial pruned before a kill: not trained on
+            run.pruned(setup.trial.verdict)
+            return run.exit_code
         stop = StopRequest(interactive) if setup.rank0 else FollowerStop()   # rank 0 decides when a job stops
         stop.install()
         if setup.num_workers > 1:
@@ -83,6 +94,11 @@ def train(recipe: Recipe, ctxs: list, run_dir: Path, resume: bool, fresh: bool, 
                 log.warning("stopped by %s at epoch %d, step %d; checkpoint written. Resume with:\n  %s",
                             stop.signal_name, state.epoch, state.step, how)
             run.stopped(stop.signal_name, stop.exit_code)
+            return run.exit_code
+        if outcome == "pruned":
+            log.warning("pruned by the sweep after epoch %d (%s); checkpoint written", setup.trial.verdict.epoch,
+                        setup.trial.verdict.against)
+            run.pruned(setup.trial.verdict)
             return run.exit_code
         if setup.rank0:
             export_final(setup, run)
@@ -132,7 +148,7 @@ def build_setup(recipe: Recipe, ctxs: list, run_dir: Path, kv) -> Setup:
                             update_on_kvstore=False if train.amp != "off" else None)
     precision.attach_scaler(trainer, train.amp)
     return Setup(recipe, net, trainer, train_iter, val_iter, ctxs, global_batch, base_lr, run_dir,
-                 num_workers=num_workers, rank=rank)
+                 num_workers=num_workers, rank=rank, trial=trial_from_environment(rank0=rank == 0))
 
 
 def optimizer_params(train: TrainConfig, base_lr: float) -> dict:

@@ -67,7 +67,7 @@ def test_grid_of_four_two_at_a_time_with_a_dead_head(tmp_path, store, env, monke
 
     # The same command again trains nothing: the finished trials are kept, the dead heads not retried.
     again = run_tool("sweep.py", *args, env=env, timeout=120, check=True)
-    assert "2 finished, 2 failed (stopped by the guard: not retried), 0 to train" in again.stdout
+    assert "2 finished, 2 failed (not trained again), 0 to resume, 0 to start" in again.stdout
     _, parent_again, children_again = sweep_runs(store)
     assert parent_again.info.run_id == parent.info.run_id and len(children_again) == 4
     # research.sweep is the same from a notebook: the same spec finds the same sweep.
@@ -100,7 +100,7 @@ def test_detached_sweep_killed_with_9_continues_with_the_same_command(tmp_path, 
     # The same command again (in the foreground now): the trials killed mid-run resume, the finished ones stay.
     proc = run_tool("sweep.py", *args, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "2 finished, 2 to train" in proc.stdout
+    assert "2 finished, 2 to resume, 0 to start" in proc.stdout
     client, parent, children = sweep_runs(tmp_path / "mlruns")
     assert parent.info.run_id == state["parent_run_id"] and parent.info.status == "FINISHED"
     assert len(children) == 4 and all(run.info.status == "FINISHED" for run in children)
@@ -124,11 +124,53 @@ def test_a_sweep_without_output_goes_under_the_runs_root_and_an_old_folder_name_
     assert result.sweep_dir == sweep_dir and result.best["trial"] == "lr=0.02"
     assert json.loads((sweep_dir / "lr-0.02" / "status.json").read_text())["status"] == "finished"
 
-    # A sweep begun by an earlier version named its trials' folders key=value,...: the same call continues it there.
+    # A sweep begun by an earlier version (no study) named its trials' folders key=value,...: the same call
+    # continues it there.
+    (sweep_dir / "study.db").unlink()
     (sweep_dir / "lr-0.02").rename(sweep_dir / "lr=0.02")
     state = json.loads((sweep_dir / "sweep.json").read_text())
     state["trials"]["lr=0.02"]["folder"] = "lr=0.02"
     (sweep_dir / "sweep.json").write_text(json.dumps(state))
     again = research.sweep(recipe, grid={"train.lr": [0.02]}, overrides=overrides)
     assert again.best["run_dir"] == str(sweep_dir / "lr=0.02") and not (sweep_dir / "lr-0.02").exists()
-    assert "1 finished, 0 to train" in (sweep_dir / "sweep.log").read_text()
+    assert "lr=0.02: finished before (its folder says so), not trained again" in (sweep_dir / "sweep.log").read_text()
+
+
+def test_a_pruned_sweep_stops_the_trial_that_barely_moves_after_its_checkpoint(tmp_path, store, env):
+    # lr 0.0002 barely moves LeNet in an epoch: once lr 0.05 and 0.02 have finished (one trial at a time), the
+    # median pruner stops it at the end of its first epoch (the warm-up), where the other two were far ahead.
+    # A pruned grid runs in an order shuffled by --seed: seed 4 gives 0.05, 0.02, 0.0002.
+    sweep_dir = tmp_path / "sweep"
+    args = [SMOKE, "--grid", "train.lr=0.0002,0.02,0.05", "--prune", "median", "--prune-warmup", "1", "--seed", "4",
+            "--output", sweep_dir]
+    proc = run_tool("sweep.py", *args, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    started = [line.split(": started")[0].rsplit(" ", 1)[1] for line in proc.stdout.splitlines() if ": started" in line]
+    assert started == ["lr=0.05", "lr=0.02", "lr=0.0002"]
+    assert "1 pruned:\n  lr=0.0002: at epoch 1: best val/top1" in proc.stdout
+    assert "epochs trained: 9, against 12 for the same trials unpruned (75%)" in proc.stdout
+
+    pruned = sweep_dir / "lr-0.0002"
+    entry = json.loads((sweep_dir / "sweep.json").read_text())["trials"]["lr=0.0002"]
+    assert (entry["state"], entry["pruned_at_epoch"], entry["exit_code"]) == ("pruned", 1, 5)
+    assert "below the median" in entry["reason"]
+    from research.training.checkpoint import find_latest
+    assert find_latest(pruned / "checkpoints")[1]["state"].epoch == 1          # its checkpoint: epoch 1, kept
+    client, parent, children = sweep_runs(store)
+    (run,) = [r for r in children if r.info.run_name == "lr=0.0002"]
+    assert run.info.status == "FINISHED" and run.data.tags["sweep.pruned_at_epoch"] == "1"
+    assert "below the median" in run.data.tags["sweep.pruned_against"]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/top1")] == [1]
+    assert parent.data.tags["best.trial"] in ("lr=0.05", "lr=0.02") and "lr=0.0002" in parent.data.tags["sweep.pruned"]
+    assert parent.data.metrics["epochs/trained"] == 9 and parent.data.metrics["epochs/unpruned"] == 12
+    rows = {row["name"]: row for row in json.loads(run_tool("status.py", "--root", tmp_path, "--format", "json",
+                                                            env=env, check=True).stdout)}
+    assert rows["sweep/lr-0.0002"]["state"] == "pruned" and "below the median" in rows["sweep/lr-0.0002"]["pruned"]
+    compared = run_tool("compare.py", "--experiment", "lenet_digits_tiny", env=env, check=True).stdout
+    assert "PRUNED@1" in compared
+
+    # The trial's own command does not quietly train it on; the sweep's command again trains nothing.
+    own = run_tool("train.py", SMOKE, "--set", "train.lr=0.0002", "--output", pruned, env=env, timeout=120)
+    assert own.returncode == 5 and "--resume to train it on anyway" in own.stdout
+    again = run_tool("sweep.py", *args, env=env, timeout=120, check=True)
+    assert "2 finished, 1 pruned, 0 to resume, 0 to start" in again.stdout

@@ -109,7 +109,8 @@ def test_the_policy_restarts_what_a_rerun_can_fix_and_nothing_else():
     assert policy(128 + signal.SIGSEGV) == (RESTART, "killed by SIGSEGV: a crash of the process")
     for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):         # stopped on purpose, checkpointed
         assert policy(128 + stop)[0] == STAY
-    assert policy(5)[0] == STAY
+    assert policy(ExitCode.PRUNED)[0] == "done"                        # its sweep stopped it: not restarted
+    assert policy(6)[0] == STAY                                          # a status the policy does not know
 
 
 def test_killed_twice_comes_back_each_time_and_the_events_arrive_in_order(run_dir, capsys):
