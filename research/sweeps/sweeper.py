@@ -417,7 +417,12 @@ class Sweeper:
         return f"{self.spec.sampler} sweep of {self._count()} trials{pruned}"
 
     def _write_status(self, status: str) -> None:
+        """status.json for tools/status.py; sweep.json with the running trials' seconds so far (--max-hours counts
+        them after a kill -9 too)."""
         trials = self.state["trials"]
+        for name, (start, before) in self.clock.items():
+            trials[name]["seconds"] = before + time.monotonic() - start
+        write_state(self.sweep_dir, self.state)
         counts = {word: sum(entry.get("state") == word for entry in trials.values())
                   for word in ("finished", "pruned", "failed", "running")}
         write_status(self.sweep_dir, status, self.parent.run_id, kind="sweep", trials=self._count(),
