@@ -28,7 +28,7 @@ class NoTrial:
     def start(self, history: list[dict]) -> Pruned | None:
         return None
 
-    def report(self, epoch: int, metrics: dict[str, float]) -> Pruned | None:
+    def report(self, epoch: int, metrics: dict[str, float], last: bool = False) -> Pruned | None:
         return None
 
 
@@ -62,11 +62,12 @@ class StudyTrial:
             self._warn(err)
             return None
 
-    def report(self, epoch: int, metrics: dict[str, float]) -> Pruned | None:
-        """After epoch `epoch` (its checkpoint written): its metric to the study, and the pruner's verdict."""
+    def report(self, epoch: int, metrics: dict[str, float], last: bool = False) -> Pruned | None:
+        """After epoch `epoch` (its checkpoint written): its metric to the study, and the pruner's verdict; none
+        after the `last` epoch (the trial is done: it finishes, whatever the pruner would say)."""
         try:
             self._report(epoch, metrics)
-            return self._judge(epoch)
+            return None if last else self._judge(epoch)
         except Exception as err:  # noqa: BLE001
             self._warn(err)
             return None

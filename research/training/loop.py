@@ -159,7 +159,7 @@ def fit(setup: Setup, state: TrainState, run, stop, steps: int | None = None) ->
                 report.end_epoch(metrics, metrics["time/epoch_s"])
                 tracker.log_artifact(curves.path, after=curves.update(state.history))
             last_save = time.monotonic()
-            if setup.trial.report(state.epoch, metrics):      # a sweep's trial: the metric to its study; pruned?
+            if setup.trial.report(state.epoch, metrics, last=state.epoch == train.epochs):   # a sweep's trial: pruned?
                 checkpoint_now(writer)                         # the epoch's checkpoint on disk before it stops
                 return "pruned"
         if setup.rank0:

@@ -110,3 +110,10 @@ def test_a_trainer_that_is_no_trial_reports_nothing_and_imports_no_optuna(monkey
     monkeypatch.setenv(STUDY_ENV, "sqlite:////nonexistent/folder/study.db")
     monkeypatch.setenv(TRIAL_ENV, "0")
     assert isinstance(trial_from_environment(), NoTrial)            # a study that cannot be opened: trains unpruned
+
+
+def test_a_trial_behind_at_its_last_epoch_finishes(trial_env):
+    trial = trial_from_environment()
+    assert trial.report(1, {"val/top1": 0.0}) is None                  # warm-up
+    assert trial.report(2, {"val/top1": 0.0}, last=True) is None       # done: nothing left for the pruner to save
+    assert trial_env.record(2).state == "running" and trial_env.record(2).points == {1: 0.0, 2: 0.0}
