@@ -36,7 +36,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     from research.inspection.compare import collect, format_rows, plot_runs
-    from research.tracking.ui import compare_url
+    from research.tracking.ui import compare_url, serve_hint
     from research.errors import UserError
 
     try:
@@ -49,7 +49,7 @@ def main(argv: list[str]) -> int:
     print(format_rows(rows, args.format), end="")
     if args.format != "csv":
         link = compare_url([r.run_id for r in rows], [r.experiment_id for r in rows], args.port)
-        print(f"\nIn the MLflow UI (python tools/ui.py --serve): {link}")
+        print(f"\nIn the MLflow UI ({serve_hint()}): {link}")
         if args.plot:
             print(f"Plot: {args.plot}")
     return 0

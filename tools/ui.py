@@ -17,7 +17,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     "settings), the SSH tunnel for a remote box, and links to each experiment's "
                     "training runs; with --serve, start the server too.")
     parser.add_argument("--experiment", default=None, help="link only this experiment (default: all)")
-    parser.add_argument("--port", type=int, default=5000, help="port to serve on (default 5000)")
+    parser.add_argument("--port", type=int, default=None,
+                        help="port to serve on and to link to (default $RESEARCH_UI_PORT, else 5000)")
     parser.add_argument("--serve", action="store_true",
                         help="start the server in this terminal (Ctrl-C stops it)")
     return parser.parse_args(argv)
@@ -26,10 +27,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     from research.inspection.compare import open_client
-    from research.tracking.ui import SERVER_ENV, experiment_url, server_args
+    from research.tracking.ui import QUIET_ENV, SERVER_ENV, experiment_url, server_args, ui_port
     from research.errors import UserError
     from research.tracking import tracking_uri, ui_command
 
+    args.port = args.port or ui_port()
     print(f"Serve the UI (with the repo virtualenv active):\n  {ui_command(args.port)}")
     print(f"From a laptop, tunnel to this machine, then open the links there:\n"
           f"  ssh -N -L {args.port}:127.0.0.1:{args.port} {getpass.getuser()}@{platform.node()}")
@@ -51,8 +53,8 @@ def main(argv: list[str]) -> int:
     if not args.serve:
         return 0
     sys.stdout.flush()
-    env = {"MLFLOW_DISABLE_TELEMETRY": "true", **os.environ, **SERVER_ENV}     # ui_command()'s settings
-    os.execve(sys.executable, [sys.executable, "-m", "mlflow", *server_args(args.port)], env)
+    env = {"MLFLOW_DISABLE_TELEMETRY": "true", **QUIET_ENV, **os.environ, **SERVER_ENV}   # ui_command()'s settings
+    os.execve(sys.executable, [sys.executable, "-m", "mlflow", *server_args(args.port, quiet=True)], env)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from .. import atomic
-from ..tracking import Tracker, compare_url, experiment_url
+from ..tracking import Tracker, compare_url, experiment_url, serve_hint
 from ..tracking.names import label
 from ..tracking.sweeps import metric_history, remove_strays
 from .spec import SweepSpec, Trial
@@ -94,7 +94,8 @@ def _blank(value) -> str:
     return "" if value is None else str(value)
 
 
-def format_summary(spec: SweepSpec, rows: list[dict], best: dict | None, parent: Tracker, port: int = 5000) -> str:
+def format_summary(spec: SweepSpec, rows: list[dict], best: dict | None, parent: Tracker,
+                   port: int | None = None) -> str:
     """What the sweep prints at its end: the table, which trials failed and why, the best one, the links."""
     lines = ["", table(spec, rows), ""]
     failed = [row for row in rows if row["state"] == "failed"]
@@ -109,7 +110,7 @@ def format_summary(spec: SweepSpec, rows: list[dict], best: dict | None, parent:
                      f"{best['run_dir']}")
     if parent.enabled:
         children = [row["run_id"] for row in rows if row["run_id"]]
-        lines += [f"In the MLflow UI (python tools/ui.py --serve), the sweep's runs: "
+        lines += [f"In the MLflow UI ({serve_hint(port)}), the sweep's runs: "
                   f"{experiment_url(parent.experiment_id, port)}",
                   f"its trials side by side: {compare_url(children, [parent.experiment_id], port)}"]
     return "\n".join(lines)

@@ -291,7 +291,8 @@ class Sweeper:
         run_dir = self.run_dir(trial)
         run_dir.mkdir(parents=True, exist_ok=True)
         command = trial_command(self.spec, trial, run_dir, slot)
-        env = trial_env(slot, child_tags(self.parent, trial.name, self.sweep_dir), self.study.url, trial.number)
+        tags = child_tags(self.parent, trial.name, self.sweep_dir, trial.values)
+        env = trial_env(slot, tags, self.study.url, trial.number)
         with open(run_dir / "console.log", "a") as log:
             log.write(f"[sweep] {stamp()} {shlex.join(command[4:])}\n")
             log.flush()

@@ -1,5 +1,6 @@
-"""What a run is called in MLflow: what differs from its recipe file (`lr=0.05 epochs=3`), so runs of one
-recipe tell apart in the runs table, the chart legends and tools/compare.py."""
+"""What a run is called in MLflow: what differs from its recipe file (`lr=0.05 epochs=3`), short enough for the
+runs table's default Run Name column (about 15 characters show), so runs of one recipe tell apart in the runs
+table, the chart legends, the models list and tools/compare.py. The full values stay the run's params."""
 from __future__ import annotations
 
 import json
@@ -14,12 +15,21 @@ if TYPE_CHECKING:
 RUN_TAGS_ENV = "RESEARCH_RUN_TAGS"
 
 
-def label(values: dict[str, Any]) -> str:
+# Short names for long recipe keys in a run's name (`warmup=1` for train.warmup_epochs=1); any other key goes by
+# its last part. Two keys that would read alike are named in full.
+SHORT = {"warmup_epochs": "warmup", "batch_size": "bs", "base_batch_size": "base_bs", "momentum": "mom",
+         "lr_schedule": "sched", "lr_steps": "steps", "lr_factor": "factor", "lr_power": "power",
+         "clip_gradient": "clip", "batch_per": "per"}
+
+
+def label(values: dict[str, Any], short: bool = False) -> str:
     """'lr=0.05 epochs=3' for {"train.lr": 0.05, "train.epochs": 3}: the last part of each key, unless two
-    keys share it (then the whole key)."""
-    short = [key.rsplit(".", 1)[-1] for key in values]
-    return " ".join(f"{name if short.count(name) == 1 else key}={format_value(value)}"
-                    for key, name, value in zip(values, short, values.values()))
+    keys share it (then the whole key). `short`: the names of SHORT ('warmup=1'), for the MLflow run name."""
+    names = [key.rsplit(".", 1)[-1] for key in values]
+    if short:
+        names = [SHORT.get(name, name) for name in names]
+    return " ".join(f"{name if names.count(name) == 1 else key}={format_value(value)}"
+                    for key, name, value in zip(values, names, values.values()))
 
 
 def format_value(value: Any) -> str:
@@ -45,8 +55,15 @@ def changed_values(recipe: Recipe) -> dict[str, Any]:
 
 
 def run_name(recipe: Recipe) -> str:
-    """What differs from the recipe file, else the recipe's name."""
-    return label(changed_values(recipe)) or recipe.name
+    """What differs from the recipe file (short names), else the recipe's name."""
+    return label(changed_values(recipe), short=True) or recipe.name
+
+
+def model_name(recipe_name: str, name: str) -> str:
+    """The logged model's name: the recipe and the run's name ('lenet_digits lr=0·05'), in the characters MLflow
+    allows a model name (no / : . % or quotes: a decimal point becomes a middle dot)."""
+    text = " ".join(dict.fromkeys(part for part in (recipe_name, name) if part))
+    return text.replace(".", "\u00b7").translate(str.maketrans({c: "_" for c in "/:%\"'"}))
 
 
 def tags_from_env() -> dict[str, str]:

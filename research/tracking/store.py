@@ -64,8 +64,9 @@ def _local_dir(uri: str) -> Path | None:
 
 
 @contextmanager
-def _store_lock(uri: str):
-    """Serialise store creation: two processes creating a fresh sqlite store corrupt it."""
+def store_lock(uri: str):
+    """Serialise store creation (two processes creating a fresh sqlite store corrupt it), and a new run's choice of
+    colour (two trials starting at once would take the same)."""
     folder = _local_dir(uri)
     if folder is None:
         yield
@@ -84,16 +85,22 @@ def get_client(uri: str | None = None):
     from mlflow.tracking import MlflowClient
 
     uri = with_credentials(uri) if uri else tracking_uri()
-    with _store_lock(uri):
-        client = MlflowClient(tracking_uri=uri)
-        client.search_experiments(max_results=1)     # creates the sqlite schema on first use
+    schema_log = logging.getLogger("mlflow.store.db.utils")
+    level = schema_log.level
+    schema_log.setLevel(logging.WARNING)     # "Creating initial MLflow database tables..." on a user's first run
+    try:
+        with store_lock(uri):
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)     # creates the sqlite schema on first use
+    finally:
+        schema_log.setLevel(level)
     return client
 
 
 def get_experiment_id(client, name: str) -> str:
     """Id of experiment `name`, created (artifacts beside the store) if missing."""
     uri = tracking_uri()
-    with _store_lock(uri):
+    with store_lock(uri):
         experiment = client.get_experiment_by_name(name)
         if experiment is not None:
             return experiment.experiment_id

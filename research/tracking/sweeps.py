@@ -6,7 +6,7 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
-from .names import RUN_TAGS_ENV
+from .names import RUN_TAGS_ENV, label
 from .tags import git_state, source_tags
 from .tracker import Tracker
 
@@ -39,12 +39,14 @@ def continue_parent(run_id: str, argv: list[str]) -> Tracker:
     return tracker
 
 
-def child_tags(parent: Tracker, trial_name: str, sweep_dir: Path) -> dict[str, str]:
-    """What a trial's trainer tags its new run with (through RESEARCH_RUN_TAGS): its parent and its name."""
+def child_tags(parent: Tracker, trial_name: str, sweep_dir: Path,
+               values: dict[str, str] | None = None) -> dict[str, str]:
+    """What a trial's trainer tags its new run with (through RESEARCH_RUN_TAGS): its parent and its name (its
+    `values` with the short key names, which the runs table's Run Name column shows whole)."""
     if not parent.enabled:
         return {}
-    return {PARENT_TAG: parent.run_id, "mlflow.runName": trial_name, "sweep.trial": trial_name,
-            "sweep.dir": str(sweep_dir)}
+    return {PARENT_TAG: parent.run_id, "mlflow.runName": label(values, short=True) if values else trial_name,
+            "sweep.trial": trial_name, "sweep.dir": str(sweep_dir)}
 
 
 def metric_history(parent: Tracker, run_id: str, key: str) -> list[tuple[int, float]]:

@@ -14,8 +14,9 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..paths import REPO
-from .names import run_name, tags_from_env
-from .store import get_client, get_experiment_id, public_uri, tracking_uri
+from .colors import COLOR_TAG, next_color
+from .names import model_name, run_name, tags_from_env
+from .store import get_client, get_experiment_id, public_uri, store_lock, tracking_uri
 from .tags import environment_tags
 
 if TYPE_CHECKING:
@@ -55,14 +56,17 @@ class Tracker:
     @classmethod
     def start(cls, experiment: str, run_name: str, tags: dict[str, str] | None = None,
               description: str = "") -> "Tracker":
-        """Create a run; on any store failure warn and return a disabled tracker."""
+        """Create a run, in a colour no other run of the experiment has (research.tracking.colors); on any store
+        failure warn and return a disabled tracker."""
         try:
             client = get_client()
             experiment_id = get_experiment_id(client, experiment)
             all_tags = {"mlflow.runName": run_name, **(tags or {})}
             if description:
                 all_tags["mlflow.note.content"] = description
-            run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+            with store_lock(tracking_uri()):
+                all_tags.setdefault(COLOR_TAG, next_color(client, experiment_id))
+                run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
             return cls(client, run.info.run_id, experiment_id)
         except Exception as err:  # noqa: BLE001 - tracking must never stop a run
             log.warning("MLflow tracking is off for this run: could not create a run at %s (%s)",
@@ -221,7 +225,8 @@ class Tracker:
             self.client.delete_logged_model(old.model_id)
         run = self.client.get_run(self.run_id)
         source = {k: v for k, v in run.data.tags.items() if k.startswith("mlflow.source.") or k == "mlflow.user"}
-        model = self.client.create_logged_model(self.experiment_id, name=logged_model.ARTIFACT,
+        name = model_name(run.data.tags.get("recipe", ""), run.info.run_name or "") or logged_model.ARTIFACT
+        model = self.client.create_logged_model(self.experiment_id, name=name,
                                                 source_run_id=self.run_id, params=run.data.params,
                                                 tags=source, model_type="image-classifier")
         try:

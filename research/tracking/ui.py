@@ -6,25 +6,49 @@ Every link opens the training-runs view: MLflow 3.17 opens a run, an experiment 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 from .store import public_uri, tracking_uri
 
 TRAINING_VIEW = "workflowType=machine_learning"
 # Without the job runner: 2 processes and about 580 MB instead of 16 and 3.7 GB.
 SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+# What `tools/ui.py --serve` adds to keep the console to what matters: MLflow 3.17's server imports a Starlette
+# module that warns it is deprecated, at every start.
+QUIET_ENV = {"PYTHONWARNINGS": "ignore:starlette.middleware.wsgi is deprecated"}
+# The port the UI is served on and every printed link names (tools/ui.py --port overrides it for one call).
+PORT_ENV = "RESEARCH_UI_PORT"
+DEFAULT_PORT = 5000
 
 
-def server_args(port: int = 5000, uri: str | None = None) -> list[str]:
+def ui_port() -> int:
+    """$RESEARCH_UI_PORT, else 5000."""
+    try:
+        return int(os.environ.get(PORT_ENV) or DEFAULT_PORT)
+    except ValueError:
+        return DEFAULT_PORT
+
+
+def serve_hint(port: int | None = None) -> str:
+    """How the README serves the UI: `python tools/ui.py --serve`, with the port when it is not the default."""
+    port = port or ui_port()
+    return "python tools/ui.py --serve" + (f" --port {port}" if port != DEFAULT_PORT else "")
+
+
+def server_args(port: int | None = None, uri: str | None = None, quiet: bool = False) -> list[str]:
     """`mlflow server` arguments with the light settings, on localhost. The access log is off: uvicorn
-    otherwise prints a line for every file the UI loads (531 lines after about 15 pages)."""
-    return ["server", "--backend-store-uri", uri or tracking_uri(), "--host", "127.0.0.1", "--port", str(port),
-            "--workers", "1", "--uvicorn-opts=--no-access-log"]
+    otherwise prints a line for every file the UI loads (531 lines after about 15 pages). `quiet`: the model
+    registry named too (the same store), which MLflow otherwise says at every start."""
+    store = uri or tracking_uri()
+    return ["server", "--backend-store-uri", store, *(["--registry-store-uri", store] if quiet else []),
+            "--host", "127.0.0.1", "--port", str(port or ui_port()), "--workers", "1", "--uvicorn-opts=--no-access-log"]
 
 
-def ui_command(port: int = 5000) -> str:
+def ui_command(port: int | None = None) -> str:
     """The one-liner that serves this store's UI on localhost with the light settings.
 
     Names the mlflow beside this interpreter, so it works without activating the virtualenv.
@@ -36,17 +60,24 @@ def ui_command(port: int = 5000) -> str:
     return f"{env} {shlex.join([mlflow, *server_args(port, public_uri(tracking_uri()))])}"
 
 
-def run_url(run_id: str, experiment_id: str, port: int = 5000) -> str:
-    return f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
+def run_url(run_id: str, experiment_id: str, port: int | None = None) -> str:
+    return f"http://127.0.0.1:{port or ui_port()}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
 
 
-def experiment_url(experiment_id: str, port: int = 5000) -> str:
+def experiment_url(experiment_id: str, port: int | None = None) -> str:
     """The experiment's training-runs table (children folded under their parent run)."""
-    return f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs?{TRAINING_VIEW}"
+    return f"http://127.0.0.1:{port or ui_port()}/#/experiments/{experiment_id}/runs?{TRAINING_VIEW}"
 
 
-def compare_url(run_ids: list[str], experiment_ids: list[str], port: int = 5000) -> str:
-    """MLflow's compare-runs view: params, metrics and overlaid curves of these runs."""
+def compare_url(run_ids: list[str], experiment_ids: list[str], port: int | None = None) -> str:
+    """These runs' curves overlaid, one chart per metric: the experiment's runs table in its chart view, filtered to
+    them. Runs of several experiments: MLflow's compare-runs page (a parallel-coordinates plot and a table of
+    params and metrics; it draws no curves)."""
+    experiments, port = sorted(set(experiment_ids)), port or ui_port()
+    if len(experiments) == 1:
+        only = "attributes.run_id IN (" + ",".join(f"'{run_id}'" for run_id in run_ids) + ")"
+        return (f"http://127.0.0.1:{port}/#/experiments/{experiments[0]}/runs?{TRAINING_VIEW}&compareRunsMode=CHART"
+                f"&searchFilter={quote(only)}")
     runs = json.dumps(list(run_ids), separators=(",", ":"))
-    experiments = json.dumps(sorted(set(experiment_ids)), separators=(",", ":"))
-    return f"http://127.0.0.1:{port}/#/compare-runs?runs={runs}&experiments={experiments}&{TRAINING_VIEW}"
+    return (f"http://127.0.0.1:{port}/#/compare-runs?runs={runs}&experiments={json.dumps(experiments, separators=(',', ':'))}"
+            f"&{TRAINING_VIEW}")

@@ -15,7 +15,7 @@ from ..data.describe import describe_datasets
 from ..errors import ExitCode
 from ..nets import build_net
 from ..study.trial import trial_from_environment
-from ..tracking import run_url, ui_command
+from ..tracking import run_url, serve_hint
 from . import checkpoint, kvstore, precision
 from .lifecycle import Lifecycle
 from .loop import Setup, fit
@@ -204,4 +204,4 @@ def _print_summary(setup: Setup, state: checkpoint.TrainState, run: Lifecycle) -
           f"({state.elapsed_s / 60:.1f} min). Run directory: {setup.run_dir}")
     if tracker.enabled:
         print(f"MLflow run {tracker.run_id} in experiment '{setup.recipe.tracking.experiment or setup.recipe.name}'. "
-              f"Open the UI with:\n  {ui_command()}\nthen browse {run_url(tracker.run_id, tracker.experiment_id)}")
+              f"Open the UI with:\n  {serve_hint()}\nthen browse {run_url(tracker.run_id, tracker.experiment_id)}")

@@ -103,6 +103,7 @@ def test_mlflow_server_serves_both_runs(runs):
     printed = server.stdout.read()
     assert f"--port {port}" in printed and f"#/experiments/{experiment_id}/runs?workflowType=machine_learning" in printed
     assert '"GET /' not in printed and '"POST /' not in printed         # no access log line per request
+    assert "Registry store URI not provided" not in printed and "deprecated" not in printed, printed
 
 
 def test_compare_lists_both_runs_and_the_lr_that_differs(runs, tmp_path):
@@ -114,8 +115,8 @@ def test_compare_lists_both_runs_and_the_lr_that_differs(runs, tmp_path):
     value_lines = values.strip().splitlines()
     assert value_lines[0].split() == ["run", "train.lr"]               # the one recipe value that differs
     assert {tuple(line.split()) for line in value_lines[2:4]} == {(i[:8], lr) for i, lr in zip(ids, LRS)}
-    link = next(line for line in proc.stdout.splitlines() if "#/compare-runs?runs=" in line)
-    assert all(f'"{i}"' in link for i in ids)
+    link = next(line for line in proc.stdout.splitlines() if "compareRunsMode=CHART" in line)
+    assert all(f"%27{i}%27" in link for i in ids)
 
     png = (tmp_path / "runs.png").read_bytes()
     assert len(png) > 0 and png[:8] == b"\x89PNG\r\n\x1a\n"

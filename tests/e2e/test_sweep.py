@@ -41,7 +41,11 @@ def test_grid_of_four_two_at_a_time_with_a_dead_head(tmp_path, store, env, monke
     client, parent, children = sweep_runs(store)
     assert len(children) == 4 and parent.info.status == "FINISHED"
     by_name = {run.info.run_name: run for run in children}
-    assert set(by_name) == {f"lr={lr} momentum={m}" for lr in ("0.02", "2") for m in ("0.9", "0.8")}
+    # named short enough for the runs table's Run Name column ('mom' for momentum); the tag keeps the trial's name
+    assert set(by_name) == {f"lr={lr} mom={m}" for lr in ("0.02", "2") for m in ("0.9", "0.8")}
+    assert {run.data.tags["sweep.trial"] for run in children} == \
+        {f"lr={lr} momentum={m}" for lr in ("0.02", "2") for m in ("0.9", "0.8")}
+    assert len({run.data.tags["mlflow.runColor"] for run in children + [parent]}) == 5     # a colour each
     for name, run in by_name.items():
         lr, momentum = (part.split("=")[1] for part in name.split())
         assert (float(run.data.params["train.lr"]), float(run.data.params["train.momentum"])) == \
@@ -51,11 +55,12 @@ def test_grid_of_four_two_at_a_time_with_a_dead_head(tmp_path, store, env, monke
     learned = {name: max(m.value for m in client.get_metric_history(run.info.run_id, "val/top1"))
                for name, run in by_name.items() if name.startswith("lr=0.02")}
     best = max(learned, key=learned.get)
-    assert parent.data.tags["best.trial"] == best and parent.data.tags["best.run_id"] == by_name[best].info.run_id
+    assert parent.data.tags["best.trial"] == by_name[best].data.tags["sweep.trial"]
+    assert parent.data.tags["best.run_id"] == by_name[best].info.run_id
     assert parent.data.metrics["best/val/top1"] == learned[best] > 0.3          # chance is 0.1
     assert parent.data.params["sweep.grid.train.lr"] == "0.02,2" and "dead head" in parent.data.tags["sweep.failed"]
     assert {"summary.md", "summary.csv", "sweep.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert f"best: {best}" in proc.stdout and "workflowType=machine_learning" in proc.stdout
+    assert f"best: {parent.data.tags['best.trial']}" in proc.stdout and "workflowType=machine_learning" in proc.stdout
 
     table = run_tool("compare.py", "--experiment", "lenet_digits_tiny", "--format", "csv", env=env, check=True).stdout
     compared = list(csv.DictReader(io.StringIO(table)))            # the trials, not the parent that trained nothing
@@ -74,7 +79,7 @@ def test_grid_of_four_two_at_a_time_with_a_dead_head(tmp_path, store, env, monke
     monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
     result = research.sweep(SMOKE, grid={"train.lr": [0.02, 2], "train.momentum": [0.9, 0.8]},
                             overrides={"train.epochs": 2, "train.lr_steps": [1]}, parallel=2, output=tmp_path / "sweep")
-    assert result.best["trial"] == best and result.parent_run_id == parent.info.run_id
+    assert result.best["trial"] == parent.data.tags["best.trial"] and result.parent_run_id == parent.info.run_id
 
 
 @pytest.mark.slow          # about 50-70 s: four trials of 6 epochs, two at a time, stopped once
@@ -104,7 +109,7 @@ def test_detached_sweep_killed_with_9_continues_with_the_same_command(tmp_path, 
     client, parent, children = sweep_runs(tmp_path / "mlruns")
     assert parent.info.run_id == state["parent_run_id"] and parent.info.status == "FINISHED"
     assert len(children) == 4 and all(run.info.status == "FINISHED" for run in children)
-    by_name = {run.info.run_name: run for run in children}
+    by_name = {run.data.tags["sweep.trial"]: run for run in children}
     for name, run_id in finished_before.items():
         assert by_name[name].info.run_id == run_id
     for run_dir in trials.values():

@@ -27,7 +27,7 @@ def finished_run(tmp_path_factory):
 
 def test_run_learns_and_reports(finished_run):
     proc, run_dir, _, _ = finished_run
-    assert "val top-1" in proc.stdout and "mlflow server" in proc.stdout
+    assert "val top-1" in proc.stdout and "Open the UI with:\n  python tools/ui.py --serve\n" in proc.stdout   # the README's command
     link = proc.stdout.strip().splitlines()[-1]         # "then browse <the run in the training-runs view>"
     assert link.endswith("?workflowType=machine_learning") and "/#/experiments/" in link
     assert f"model exported to {run_dir / 'model'}: lenet-symbol.json" in proc.stderr and ".tmp" not in proc.stderr

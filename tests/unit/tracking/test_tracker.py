@@ -103,3 +103,14 @@ def test_system_metrics_continue_after_mlflow_s_monitor_stopped(sqlite_store):
     steps = [m.step for m in MlflowClient(sqlite_store).get_metric_history(tracker.run_id,
                                                                          "system/cpu_utilization_percentage")]
     assert len(steps) >= 2 and len(steps) == len(set(steps))     # the restarted monitor went on counting
+
+
+def test_runs_of_an_experiment_get_colours_no_other_run_has(sqlite_store):
+    # MLflow's UI otherwise colours a run by a hash of its id: runs of one sweep shared a colour in the charts
+    trackers = [Tracker.start("exp", f"run {i}") for i in range(3)] + [Tracker.start("other", "run 0")]
+    client = MlflowClient(sqlite_store)
+    colors = [client.get_run(t.run_id).data.tags["mlflow.runColor"] for t in trackers]
+    assert len(set(colors[:3])) == 3 and all(c.startswith("#") and len(c) == 7 for c in colors)
+    assert colors[3] == colors[0]                       # another experiment starts its own palette
+    given = Tracker.start("exp", "mine", tags={"mlflow.runColor": "#123456"})
+    assert client.get_run(given.run_id).data.tags["mlflow.runColor"] == "#123456"
