@@ -28,8 +28,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="text tables (default), markdown tables, or one CSV with a row per run")
     parser.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
                         help="also write a plot overlaying val top-1 and train loss per epoch of the runs")
-    parser.add_argument("--port", type=int, default=5000,
-                        help="port of the MLflow UI in the printed compare link (default 5000)")
+    parser.add_argument("--port", type=int, default=None,
+                        help="port of the MLflow UI in the printed compare link (default $RESEARCH_UI_PORT, else 5000)")
     return parser.parse_args(argv)
 
 
@@ -49,7 +49,7 @@ def main(argv: list[str]) -> int:
     print(format_rows(rows, args.format), end="")
     if args.format != "csv":
         link = compare_url([r.run_id for r in rows], [r.experiment_id for r in rows], args.port)
-        print(f"\nIn the MLflow UI ({serve_hint()}): {link}")
+        print(f"\nIn the MLflow UI ({serve_hint(args.port)}): {link}")
         if args.plot:
             print(f"Plot: {args.plot}")
     return 0

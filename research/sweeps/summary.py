@@ -14,7 +14,7 @@ from tabulate import tabulate
 from .. import atomic
 from ..tracking import Tracker, compare_url, experiment_url, serve_hint
 from ..tracking.names import label
-from ..tracking.sweeps import metric_history, remove_strays
+from ..tracking.sweeps import describe_summary, metric_history, remove_strays
 from .spec import SweepSpec, Trial
 
 
@@ -131,19 +131,40 @@ def publish(spec: SweepSpec, rows: list[dict], best: dict | None, parent: Tracke
     pruned = [row for row in rows if row["state"] == "pruned"]
     tags = {"sweep.failed": "; ".join(f"{row['trial']}: {row['reason']}" for row in failed)[:5000] or "none",
             "sweep.pruned": "; ".join(f"{row['trial']}: {row['reason']}" for row in pruned)[:5000] or "none"}
-    spent = sum(row["epochs"] for row in rows)
-    metrics = {"trials/finished": len(finished), "trials/failed": len(failed), "trials/pruned": len(pruned),
-               "epochs/trained": spent, "epochs/unpruned": spent + sum(max(row["planned"] - row["epochs"], 0)
-                                                                       for row in pruned)}
     if best:
         tags |= {"best.trial": best["trial"], "best.run_id": best["run_id"] or "", "best.run_dir": best["run_dir"]}
-        metrics[f"best/{spec.metric}"] = best["best"]
-        metrics |= {f"best/{key}": float(value) for key, value in best["values"].items() if _number(value) is not None}
     parent.set_tags(tags)
-    parent.log_metrics(metrics, step=len(finished) + len(failed) + len(pruned))
+    describe_summary(parent, "\n\n".join(filter(None, [table(spec, rows, "github"), epochs_line(rows), best and (
+        f"best: {best['trial']} ({spec.metric} {best['best']:.4f} at epoch {best['epoch']})")])))
+    for step, metrics in enumerate(metrics_by_trial(spec, rows), start=1):
+        parent.log_metrics(metrics, step=step)
     if final:
         parent.flush()
         remove_strays(parent, {row["run_id"] for row in rows if row["run_id"]})
+
+
+def metrics_by_trial(spec: SweepSpec, rows: list[dict]) -> list[dict[str, float]]:
+    """What the parent run logs at step k (the sweep's k-th trial), so its charts are lines over the trials, not
+    one point each: the trial's own best (trial/<metric>), the best so far and its values (best/...), and the
+    counts so far (trials/finished, failed, pruned; epochs/trained and, had none been pruned, epochs/unpruned)."""
+    out, counts, best = [], {"finished": 0, "failed": 0, "pruned": 0}, None
+    spent = unpruned = 0
+    for row in rows:
+        if row["state"] in counts:
+            counts[row["state"]] += 1
+        spent += row["epochs"]
+        unpruned += max(row["planned"], row["epochs"]) if row["state"] == "pruned" else row["epochs"]
+        best = best_row([r for r in (best, row) if r is not None], spec.goal) or best
+        metrics = {f"trials/{state}": count for state, count in counts.items()}
+        metrics |= {"epochs/trained": spent, "epochs/unpruned": unpruned}
+        if row["best"] is not None:
+            metrics[f"trial/{spec.metric}"] = row["best"]
+        if best is not None:
+            metrics[f"best/{spec.metric}"] = best["best"]
+            metrics |= {f"best/{key}": float(value) for key, value in best["values"].items()
+                        if _number(value) is not None}
+        out.append(metrics)
+    return out
 
 
 def _number(text: str) -> float | None:

@@ -11,8 +11,10 @@ from .tags import git_state, source_tags
 from .tracker import Tracker
 
 PARENT_TAG = "mlflow.parentRunId"
-__all__ = ["PARENT_TAG", "RUN_TAGS_ENV", "child_tags", "continue_parent", "is_sweep_parent", "metric_history",
-           "remove_strays", "start_parent"]
+NOTE_TAG = "mlflow.note.content"          # a run's description, which its Overview page shows as Markdown
+SUMMARY_MARK = "**Summary**"
+__all__ = ["PARENT_TAG", "RUN_TAGS_ENV", "child_tags", "continue_parent", "describe_summary", "is_sweep_parent",
+           "metric_history", "remove_strays", "start_parent"]
 
 
 def start_parent(experiment: str, name: str, params: dict[str, str], argv: list[str]) -> Tracker:
@@ -79,3 +81,17 @@ def remove_strays(parent: Tracker, keep: set[str]) -> list[str]:
     except Exception:  # noqa: BLE001 - a stray child is untidy, not wrong
         return []
     return strays
+
+
+def describe_summary(parent: Tracker, markdown: str) -> None:
+    """The parent run's description: the command that started it, then `markdown` (the trials' table and the best),
+    which the run's Overview page shows; a summary written before (a sweep continued) is replaced."""
+    if not parent.enabled:
+        return
+    parent.flush()
+    try:
+        note = parent.client.get_run(parent.run_id).data.tags.get(NOTE_TAG, "")
+    except Exception:  # noqa: BLE001 - the description then holds the summary alone
+        note = ""
+    head = note.split(SUMMARY_MARK)[0].rstrip()
+    parent.set_tags({NOTE_TAG: f"{head}\n\n{SUMMARY_MARK}\n\n{markdown}".strip()[:60000]})
