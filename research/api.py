@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, Sequence
 
 from .errors import UserError
+from .rundir.files import CHECKPOINTS, MODEL, RECIPE
 
 if TYPE_CHECKING:
     import numpy as np
@@ -44,20 +45,21 @@ class Run:
         """The recipe the run trained (its run_dir/recipe.yaml, overrides applied)."""
         if self._recipe is None:
             from .config import load_recipe
-            self._recipe = load_recipe(self.run_dir / "recipe.yaml")
+            self._recipe = load_recipe(self.run_dir / RECIPE)
         return self._recipe
 
     @property
     def run_id(self) -> str | None:
         """The MLflow run id (from run.json), None for a run trained without tracking."""
-        path = self.run_dir / "run.json"
-        return json.loads(path.read_text()).get("run_id") if path.is_file() else None
+        from .rundir.run_json import read_run_json
+        return read_run_json(self.run_dir).run_id
 
     @property
     def status(self) -> str | None:
-        """"running", "finished", "killed" or "failed", as tools/status.py reads it."""
-        path = self.run_dir / "status.json"
-        return json.loads(path.read_text()).get("status") if path.is_file() else None
+        """"running", "finished", "killed" or "failed" as its status.json says (None without one; "unreadable"
+        for a damaged one); tools/status.py also tells a dead "running" apart."""
+        from .rundir.status import run_state
+        return run_state(self.run_dir)
 
     @property
     def history(self):
@@ -76,7 +78,7 @@ class Run:
         """The final weights, loaded on first use: the exported model (a SymbolBlock on the CPU, what
         `predict` runs) for a finished run, else the recipe's net with the newest checkpoint's weights."""
         if self._net is None:
-            if (self.run_dir / "model").is_dir():
+            if (self.run_dir / MODEL).is_dir():
                 self._net = self._predictor_or_load().net
             else:
                 self._net = self._checkpoint_net()
@@ -111,7 +113,7 @@ class Run:
     def _latest(self) -> dict | None:
         if self._checkpoint is None:
             from .training.checkpoint import find_latest
-            found = find_latest(self.run_dir / "checkpoints")
+            found = find_latest(self.run_dir / CHECKPOINTS)
             self._checkpoint = found[1] if found else {}
         return self._checkpoint or None
 
@@ -142,7 +144,7 @@ def load_run(run_dir: str | Path) -> Run:
         UserError: the folder is not a run directory.
     """
     run_dir = Path(run_dir)
-    if not (run_dir / "recipe.yaml").is_file():
+    if not (run_dir / RECIPE).is_file():
         raise UserError(f"{run_dir}: not a run directory (no recipe.yaml). Runs are written to runs/<recipe "
                         f"name>/ unless trained with output=... (tools/train.py --output).")
     return Run(run_dir)
@@ -197,7 +199,7 @@ def train_recipe(recipe: Recipe, gpus: str | None, output: str | Path | None, re
 
     ctxs = get_contexts(gpus)
     check_recipe(recipe, ctxs)
-    from .training.run_dir import default_run_dir
+    from .training.resume import default_run_dir
     run_dir = Path(output) if output else default_run_dir(recipe)
     if recipe.task == "transfer":
         from .transfer.job import run_transfer_job
@@ -299,9 +301,10 @@ def compare(runs_or_experiment: str | Iterable[str | Path | Run] | None = None, 
     import pandas as pd
 
     from .inspection.compare import collect, summary_table
+    from .rundir.run_json import has_run_json
 
     experiment, refs = None, []
-    if isinstance(runs_or_experiment, str) and not Path(runs_or_experiment, "run.json").is_file():
+    if isinstance(runs_or_experiment, str) and not has_run_json(Path(runs_or_experiment)):
         experiment = runs_or_experiment
     elif isinstance(runs_or_experiment, (str, Path, Run)):
         refs = [_run_ref(runs_or_experiment)]

@@ -13,10 +13,10 @@ from tabulate import tabulate
 
 from ..durations import format_duration
 from ..errors import UserError
-from ..inspection.status import classify, read_keep_alive, read_status, supervisor_alive
+from ..rundir.status import is_alive, read_status
+from ..rundir.supervision import FINAL, read_keep_alive, supervisor_alive
 from . import boot_entry, registry
 from .launch import list_sessions, new_session, supervised_pane_script, tmux
-from .supervise import FINAL
 
 
 def boot() -> list[str]:
@@ -34,7 +34,7 @@ def boot() -> list[str]:
             registry.remove(run_dir)
             said.append(f"{run_dir}: {record['state']} already; no longer supervised")
             continue
-        if supervisor_alive(record) or _trainer_alive(run_dir):
+        if supervisor_alive(record) or is_alive(read_status(run_dir)):
             said.append(f"{run_dir}: still running; left alone")
             continue
         session = next((s for s in list_sessions(entry.socket) if s.name == entry.session), None)
@@ -57,8 +57,8 @@ def boot() -> list[str]:
 
 def restart_cause(record: dict, run_dir: Path) -> str:
     """Why the run needs starting: the machine rebooted since it was last seen, or its supervisor was gone."""
-    info = _status(run_dir)
-    last_seen = max(float(record.get("updated") or 0), float(info.get("updated") or 0))
+    status = read_status(run_dir)
+    last_seen = max(float(record.get("updated") or 0), float(status.updated or 0) if status else 0.0)
     booted = psutil.boot_time()
     if booted > last_seen:
         return f"the machine restarted (booted {datetime.fromtimestamp(booted):%Y-%m-%d %H:%M})"
@@ -95,18 +95,6 @@ def forget(run_dir: Path) -> str:
     if not registry.remove(Path(run_dir).resolve()):
         raise UserError(f"{run_dir} is not a supervised run; `python tools/launch.py --list` shows them.")
     return f"{run_dir}: forgotten; a reboot no longer starts it"
-
-
-def _trainer_alive(run_dir: Path) -> bool:
-    info = _status(run_dir)
-    return bool(info) and classify(info) == "running"
-
-
-def _status(run_dir: Path) -> dict:
-    try:
-        return read_status(run_dir) or {}
-    except ValueError:
-        return {}
 
 
 def _ago(when: float) -> str:

@@ -21,15 +21,18 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from ..cli import RESUME_COMMAND_ENV
 from ..durations import format_duration
 from ..errors import UserError
-from ..inspection.status import SessionInfo, classify, read_keep_alive, read_status, supervisor_alive
 from ..paths import RUNS, TOOLS
+from ..rundir.console import console_log
+from ..rundir.status import classify, read_status
+from ..rundir.supervision import FINAL, read_keep_alive, supervisor_alive
 from . import registry
 from .notify import NOTIFY_ENV
-from .supervise import FINAL, MAX_RESTARTS, supervise_command
+from .supervise import MAX_RESTARTS, supervise_command
 
 SOCKET_ENV = "RESEARCH_TMUX_SOCKET"
 RUN_DIR_OPTION = "@research_run_dir"       # a tmux user option: which run a session trains
@@ -53,6 +56,13 @@ def require_tmux() -> None:
 def session_name(text: str) -> str:
     """A tmux-safe session name: tmux forbids '.' and ':'; other odd characters are awkward to type."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", text).strip("_") or "run"
+
+
+class SessionInfo(NamedTuple):
+    """What tools/status.py needs from the tmux session that runs a run directory."""
+    name: str
+    alive: bool          # its command still runs (a finished one stays open, showing the exit status)
+    created: float       # epoch seconds
 
 
 @dataclass
@@ -93,15 +103,12 @@ def check_run_dir_free(run_dir: Path) -> None:
         raise UserError(f"{run_dir} is supervised by a keep-alive supervisor that is still running (pid "
                         f"{record['supervisor']['pid']}, tmux session '{record.get('name')}'). Stop it with Ctrl-C in "
                         f"that session or tmux kill-session, or use --output for another folder.")
-    try:
-        info = read_status(run_dir)
-    except ValueError:
+    status = read_status(run_dir)
+    if status is None or classify(status) != "running":
         return
-    if info is None or classify(info) != "running":
-        return
-    age = format_duration(datetime.now().timestamp() - float(info.get("updated") or 0))
-    raise UserError(f"{run_dir} is in use by a trainer that is still running (pid {info.get('pid')} on "
-                    f"{info.get('host')}, status updated {age} ago). If it is stopping after Ctrl-C or "
+    age = format_duration(datetime.now().timestamp() - float(status.updated or 0))
+    raise UserError(f"{run_dir} is in use by a trainer that is still running (pid {status.pid} on "
+                    f"{status.host}, status updated {age} ago). If it is stopping after Ctrl-C or "
                     f"SIGHUP, wait for it to exit, then run this command again; or use --output for another folder.")
 
 
@@ -123,7 +130,7 @@ class Launch:
 
     def instructions(self, relaunch: str) -> str:
         t = "tmux" + (f" -L {self.socket}" if self.socket else "")
-        log = shlex.quote(str(self.run_dir / "console.log"))
+        log = shlex.quote(str(console_log(self.run_dir)))
         status = "python tools/status.py"
         if self.run_dir.parent != RUNS:
             status += f" --root {shlex.quote(str(self.run_dir.parent))}"
@@ -165,7 +172,7 @@ def pane_script(command: list[str], run_dir: Path, cwd: Path, env: dict[str, str
     resume) still reach console.log after the tmux server dies or Ctrl-C reaches the whole pane.
     The script exits with the trainer's status, which the dead pane shows (remain-on-exit).
     """
-    log = shlex.quote(str(run_dir / "console.log"))
+    log = shlex.quote(str(console_log(run_dir)))
     return "\n".join([
         *_pane_setup(cwd, env),
         f"{shlex.join(command)} 2>&1 | {_TEE.format(log=log)}",
@@ -179,7 +186,7 @@ def supervised_pane_script(supervisor: list[str], run_dir: Path, cwd: Path, env:
     """The pane script under keep-alive: it runs the supervisor, and runs it again if it is killed (137:
     kill -9 or the OOM killer). The pipe to tee ends only when the orphaned trainer has exited too (the
     supervisor's death sends it SIGTERM: it checkpoints first), so two trainers never overlap."""
-    log = shlex.quote(str(run_dir / "console.log"))
+    log = shlex.quote(str(console_log(run_dir)))
     again = "the keep-alive supervisor was killed (SIGKILL: kill -9 or the OOM killer)"
     return "\n".join([
         *_pane_setup(cwd, env),
@@ -241,7 +248,7 @@ def launch(recipe_path: str, overrides: list[str] = (), gpus: str | None = None,
     parse_gpus(gpus)
     name = session_name(name or recipe.name)
     check_session_free(name, socket)
-    from ..training.run_dir import default_run_dir, prepare_run_dir   # imports mxnet: after the cheap checks
+    from ..training.resume import default_run_dir, prepare_run_dir   # imports mxnet: after the cheap checks
     run_dir = Path(output).resolve() if output else default_run_dir(recipe)
     check_run_dir_free(run_dir)
     prepare_run_dir(run_dir, recipe, resume, fresh)
@@ -272,7 +279,7 @@ def start_session(name: str, run_dir: Path, command: list[str], socket: str | No
     run_dir.mkdir(parents=True, exist_ok=True)
     if any(s.name == name for s in list_sessions(socket)):     # the previous run's pane, kept to show its exit status
         subprocess.run(tmux("kill-session", "-t", f"={name}", socket=socket), capture_output=True)
-    with open(run_dir / "console.log", "a") as log:
+    with open(console_log(run_dir), "a") as log:
         log.write(f"[launch] {datetime.now():%Y-%m-%d %H:%M:%S} tmux session '{name}': {shlex.join(command)}\n")
     env = {**passed_env(), **({RESUME_COMMAND_ENV: resume_command} if resume_command else {})}
     if keep_alive is None:

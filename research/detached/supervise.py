@@ -11,7 +11,6 @@ shows it; the MLflow run gets it as tags) and told to the user's notify command 
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import shlex
 import signal
@@ -23,10 +22,14 @@ from datetime import datetime
 from pathlib import Path
 
 from .. import atomic
-from ..inspection.status import KEEP_ALIVE, read_keep_alive, read_status
 from ..paths import TOOLS
+from ..rundir import console
+from ..rundir.files import CHECKPOINTS, KEEP_ALIVE
+from ..rundir.run_json import read_run_json
+from ..rundir.settle import settle_abandoned
+from ..rundir.status import read_status
+from ..rundir.supervision import keep_alive_path, read_keep_alive, write_keep_alive
 from ..training import checkpoint
-from ..training.run_dir import read_run_json
 from . import registry
 from .notify import Event, notify
 
@@ -53,7 +56,6 @@ RESTART_POLICY: dict[int, tuple[str, str]] = {
 }
 OTHER_SIGNAL = (RESTART, "killed by {signal}: a crash of the process")
 UNKNOWN = (STAY, "exit status {status}, which the restart policy does not know")
-FINAL = {"finished", "stopped", "failed", "guard", "pruned", "crash-loop"}     # record states the supervisor is done with
 
 
 def policy(status: int) -> tuple[str, str]:
@@ -159,7 +161,7 @@ class Supervisor:
 
     def _run_once(self) -> tuple[int, str | None]:
         """Start the command, watch it until it exits; (exit status as a shell shows it, a sharper cause or None)."""
-        self._log_offset = _size(self.run_dir / "console.log")
+        self._log_offset = console.size(console.console_log(self.run_dir))
         kills_before = oom_kills()
         try:
             self.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
@@ -184,10 +186,10 @@ class Supervisor:
                 return 128 - code if code < 0 else code        # Popen's -N for signal N: a shell's 128+N
             except subprocess.TimeoutExpired:
                 pass
-            info = _read_status(self.run_dir)
-            if info.get("pid") == proc.pid and float(info.get("updated") or 0) > last_seen:
-                longest_gap = max(longest_gap, float(info["updated"]) - last_seen)
-                last_seen = float(info["updated"])
+            status = read_status(self.run_dir)
+            if status is not None and status.pid == proc.pid and float(status.updated or 0) > last_seen:
+                longest_gap = max(longest_gap, float(status.updated) - last_seen)
+                last_seen = float(status.updated)
                 if stalled:
                     self._say(f"{self._what()} is reporting again")
                     stalled = False
@@ -224,10 +226,8 @@ class Supervisor:
                                          f"ended again: {cause}")
             return False
         self.record["without_progress"] += 1
-        info = _read_status(self.run_dir)          # where it was when it ended: what the notification tells
-        self.record.setdefault("restarts", []).append({
-            "time": time.time(), "cause": cause, "exit_status": status, "epoch": info.get("epoch"),
-            "epochs": info.get("epochs"), "val_top1": info.get("val_top1"), "notified": False})
+        self.record.setdefault("restarts", []).append({       # where it was when it ended: what the notification tells
+            "time": time.time(), "cause": cause, "exit_status": status, **_figures(self.run_dir), "notified": False})
         self._tags_due = True
         return True
 
@@ -252,7 +252,6 @@ class Supervisor:
     def _give_up(self, status: int | None) -> int:
         why = self.record["crash_loop"]
         self._say(f"giving up: {why}. Read console.log, fix the cause, then launch again")
-        from ..training.lifecycle import settle_abandoned
         settle_abandoned(self.run_dir, f"{why}; the supervisor gave up")     # not RUNNING for ever in MLflow
         self._finish("crash-loop", why, exit_status=status)
         return 1
@@ -297,9 +296,9 @@ class Supervisor:
     def _write_record(self, state: str, message: str) -> None:
         self.record.update(state=state, message=message, updated=time.time())
         try:
-            atomic.write_text(self.run_dir / KEEP_ALIVE, json.dumps(self.record, indent=1))
+            write_keep_alive(self.run_dir, self.record)
         except OSError as err:            # a full disk: the trainer says so itself; supervision goes on
-            self._say(f"could not write {KEEP_ALIVE}: {atomic.explain(self.run_dir / KEEP_ALIVE, err)}")
+            self._say(f"could not write {KEEP_ALIVE}: {atomic.explain(keep_alive_path(self.run_dir), err)}")
 
     def _say(self, text: str) -> None:
         try:
@@ -314,17 +313,17 @@ class Supervisor:
 
     def _send(self, kind: str, message: str, figures: dict | None = None, **extra) -> None:
         """Tell the notify command; `figures` (epoch, epochs, val_top1) default to status.json's now."""
-        info = _read_status(self.run_dir) if figures is None else figures
+        info = _figures(self.run_dir) if figures is None else figures
         run = read_run_json(self.run_dir)
         epoch = f"epoch {info['epoch']}/{info['epochs']}" if info.get("epochs") else "before its first epoch"
         top1 = f", val top-1 {info['val_top1']:.2%}" if info.get("val_top1") is not None else ""
         news = kind if message == kind else f"{kind}: {message}"
         summary = f"{self.name}: {news} ({epoch}{top1}; {self.run_dir} on {socket.gethostname()})"
         link = ""
-        if run.get("run_id") and run.get("experiment_id"):
+        if run.run_id and run.experiment_id:
             from ..tracking import run_url
-            link = run_url(run["run_id"], run["experiment_id"])
-        fields = {"run_name": self.name, "run_dir": self.run_dir, "mlflow_url": link, "mlflow_run_id": run.get("run_id"),
+            link = run_url(run.run_id, run.experiment_id)
+        fields = {"run_name": self.name, "run_dir": self.run_dir, "mlflow_url": link, "mlflow_run_id": run.run_id,
                   "epoch": info.get("epoch"), "epochs": info.get("epochs"), "val_top1": info.get("val_top1"),
                   "message": message, "host": socket.gethostname(), "restarts": len(self.record["restarts"]), **extra}
         failure = notify(self.notify_command, Event(kind, summary, fields))
@@ -334,53 +333,36 @@ class Supervisor:
     def _tag_mlflow_run(self) -> None:
         """keep_alive.restarts / .last_cause / .causes on the run's MLflow run (named by run.json)."""
         run = read_run_json(self.run_dir)
-        if not run.get("run_id"):
+        if not run.run_id:
             return
         from ..tracking import Tracker
         restarts = self.record["restarts"]
         causes = "; ".join(f"{datetime.fromtimestamp(r['time']):%Y-%m-%d %H:%M} {r['cause']}" for r in restarts)
-        tracker = Tracker.attach(run["run_id"], run.get("tracking_uri"))
+        tracker = Tracker.attach(run.run_id, run.tracking_uri)
         tracker.set_tags({"keep_alive.restarts": len(restarts), "keep_alive.last_cause": restarts[-1]["cause"]
                           if restarts else "", "keep_alive.causes": causes[-5000:]})
         tracker.close()
         self._tags_due = False
 
     def _last_error(self) -> str:
-        """The command's last error line in console.log (a UserError's 'error: ...', a logged ERROR such as the
-        guard's message, or a traceback's last line), once tee has written it."""
-        path = self.run_dir / "console.log"
+        """The command's last error line in console.log (research/rundir/console.py), once tee has written it."""
+        path = console.console_log(self.run_dir)
         size, deadline = -1, time.monotonic() + 2.0
-        while _size(path) != size and time.monotonic() < deadline:      # tee may still be writing
-            size = _size(path)
+        while console.size(path) != size and time.monotonic() < deadline:      # tee may still be writing
+            size = console.size(path)
             time.sleep(0.2)
-        try:
-            with open(path, "rb") as log:
-                log.seek(self._log_offset)
-                lines = log.read().decode(errors="replace").splitlines()
-        except OSError:
-            return ""
-        found = [line for line in lines if line.startswith("error: ") or " ERROR " in line or
-                 (line[:1].isalpha() and ("Error: " in line or "Exception: " in line))]
-        return found[-1].split(" ERROR ", 1)[-1].strip()[:500] if found else ""
+        return console.last_error(path, self._log_offset)
 
 
-def _read_status(run_dir: Path) -> dict:
-    try:
-        return read_status(run_dir) or {}
-    except ValueError:
-        return {}
+def _figures(run_dir: Path) -> dict:
+    """Where the run is by its status.json: epoch, epochs and val_top1 (None where not known)."""
+    status = read_status(run_dir)
+    return {key: getattr(status, key, None) for key in ("epoch", "epochs", "val_top1")}
 
 
 def _newest_checkpoint(run_dir: Path) -> str | None:
-    found = checkpoint.list_checkpoints(Path(run_dir) / checkpoint.FOLDER)
+    found = checkpoint.list_checkpoints(Path(run_dir) / CHECKPOINTS)
     return found[-1].name if found else None
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
 
 
 def _kill_group(pgid: int) -> None:

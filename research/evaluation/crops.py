@@ -4,7 +4,6 @@ the 4 corners and the centre of each image, and their mirrors, softmax averaged 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -19,6 +18,8 @@ from ..data.recordio import (RecordEvalIter, check_data_shape, check_labels, cpu
 from ..errors import UserError
 from ..model.export import input_shape
 from ..nets import build_net
+from ..rundir.files import CHECKPOINTS
+from ..rundir.run_json import read_run_json
 from ..tracking import Tracker, public_uri, tracking_uri
 from ..training.checkpoint import CheckpointError, find_latest, load_checkpoint, load_net_arrays
 
@@ -117,9 +118,9 @@ def load_trained(source: str | Path, ctxs: list[mx.Context]) -> Trained:
     if source.suffix in (".yaml", ".yml"):
         return _pretrained_from_recipe(source, ctxs)
     if source.is_dir():
-        latest = find_latest(source / "checkpoints")
+        latest = find_latest(source / CHECKPOINTS)
         if latest is None:
-            raise UserError(f"{source}: no valid checkpoint in {source / 'checkpoints'}. Pass a run directory "
+            raise UserError(f"{source}: no valid checkpoint in {source / CHECKPOINTS}. Pass a run directory "
                             f"written by tools/train.py (runs/<recipe name>/) or a .ckpt file.")
         path, content = latest
     elif source.is_file():
@@ -144,10 +145,9 @@ def load_trained(source: str | Path, ctxs: list[mx.Context]) -> Trained:
     if recipe.train.dtype == "float16" and all(c.device_type == "gpu" for c in ctxs):
         net.cast("float16")
     net.hybridize(static_alloc=True, static_shape=True)
-    run_json = path.parent.parent / "run.json"
-    run_info = json.loads(run_json.read_text()) if run_json.is_file() else {}
+    run_info = read_run_json(path.parent.parent)          # RUN_DIR/checkpoints/<file>: the run's MLflow run
     return Trained(net, recipe, path, state.epoch, state.batch_in_epoch > 0,
-                   state.run_id or run_info.get("run_id"), run_info.get("tracking_uri"))
+                   state.run_id or run_info.run_id, run_info.tracking_uri)
 
 
 def _pretrained_from_recipe(path: Path, ctxs: list[mx.Context]) -> Trained:

@@ -15,6 +15,7 @@ from tabulate import tabulate
 
 from ..durations import format_duration
 from ..errors import UserError
+from ..rundir.run_json import has_run_json, read_run_json
 from ..tracking import get_client, public_uri, tracking_uri
 from ..tracking.sweeps import is_sweep_parent
 
@@ -95,11 +96,10 @@ def _names(experiments: dict) -> str:
 
 def _find_run(client, experiment_ids: list[str], ref: str, where: str = ""):
     """A run by full id, unique id prefix, or run directory (its run.json)."""
-    run_json = Path(ref) / "run.json"
-    if run_json.is_file():
-        ref = json.loads(run_json.read_text()).get("run_id") or ""
+    if has_run_json(Path(ref)):
+        run_dir, ref = ref, read_run_json(Path(ref)).run_id or ""
         if not ref:
-            raise UserError(f"{run_json} names no MLflow run: that run was trained without tracking.")
+            raise UserError(f"{run_dir}: its run.json names no MLflow run: that run was trained without tracking.")
     if not re.fullmatch(r"[0-9a-f]{4,32}", ref):
         raise UserError(f"--runs {ref}: not a run id (32 hex digits, or a unique prefix of 4 or more) "
                         f"nor a run directory holding run.json.")

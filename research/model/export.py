@@ -18,6 +18,9 @@ from ..config import DigitsData, MnistData, RecordData, Recipe, SyntheticData, d
 from .input_check import FILE as INPUT_STATS, training_stats
 
 log = logging.getLogger(__name__)
+# The model folder's own files: it is copied to where it serves, away from its run directory.
+RECIPE = "recipe.yaml"            # the deployable recipe (its preprocessing); RUN_DIR/recipe.yaml has the same name
+CLASSES = "classes.json"
 
 
 def export_model(net: gluon.HybridBlock, folder: str | Path, recipe: Recipe) -> list[Path]:
@@ -40,15 +43,15 @@ def _write_model(net: gluon.HybridBlock, folder: Path, recipe: Recipe) -> list[P
     prefix = folder / recipe.net.name
     net.export(str(prefix), epoch=0)
     written = [Path(f"{prefix}-symbol.json"), Path(f"{prefix}-0000.params")]
-    (folder / "recipe.yaml").write_text(dump_recipe(deployable_recipe(recipe)))
-    written.append(folder / "recipe.yaml")
+    (folder / RECIPE).write_text(dump_recipe(deployable_recipe(recipe)))
+    written.append(folder / RECIPE)
     onnx_path = export_onnx(prefix, input_shape(recipe), recipe.train.dtype)
     if onnx_path is not None:
         written.append(onnx_path)
     names = class_names(recipe)
     if names is not None:
-        (folder / "classes.json").write_text(json.dumps(names, indent=1))
-        written.append(folder / "classes.json")
+        (folder / CLASSES).write_text(json.dumps(names, indent=1))
+        written.append(folder / CLASSES)
     stats = training_stats(recipe)                 # what tools/predict.py compares an image with
     if stats is not None:
         (folder / INPUT_STATS).write_text(json.dumps(stats, indent=1))

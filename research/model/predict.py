@@ -11,7 +11,7 @@ import numpy as np
 
 from ..config import DigitsData, MnistData, Recipe, RecipeError, RecordData, SyntheticData, load_recipe
 from ..errors import UserError
-from .export import deployable_recipe, input_shape
+from .export import CLASSES, RECIPE, deployable_recipe, input_shape
 from .input_check import UnusualInput, read_stats, unusual
 
 
@@ -30,7 +30,7 @@ def find_model(path: str | Path) -> ModelFiles:
         UserError: nothing exported there, or several models to choose from.
     """
     path = Path(path)
-    if path.is_dir() and (path / "model").is_dir():
+    if path.is_dir() and (path / "model").is_dir():        # a run directory: its model/ folder
         path = path / "model"
     if path.is_dir():
         symbols = sorted(path.glob("*-symbol.json"))
@@ -51,8 +51,8 @@ def find_model(path: str | Path) -> ModelFiles:
     if not params:
         raise UserError(f"{symbol}: no {Path(prefix).name}-NNNN.params beside it; the export is incomplete.")
     folder = symbol.parent
-    recipe = next((p for p in (folder / "recipe.yaml", folder.parent / "recipe.yaml") if p.is_file()), None)
-    classes = folder / "classes.json"
+    recipe = next((p for p in (folder / RECIPE, folder.parent / RECIPE) if p.is_file()), None)
+    classes = folder / CLASSES
     return ModelFiles(symbol, params[-1], recipe, classes if classes.is_file() else None)
 
 

@@ -3,7 +3,7 @@ and the study's settings, which the sweep writes once and every trial's process 
 
     SWEEP_DIR/study.db        the Optuna study: every trial's values, state, and the metric after each epoch
 
-The sweep creates the study while it holds the sweep folder's lock (research/training/run_dir.py RunDirLock):
+The sweep creates the study while it holds the sweep folder's lock (research/rundir/lock.py RunDirLock):
 two processes creating one fresh SQLite file at once can break it. Trials only open it.
 """
 from __future__ import annotations

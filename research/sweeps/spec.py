@@ -26,6 +26,7 @@ from ..config import RecipeError, load_recipe
 from ..detached.launch import train_command
 from ..errors import ExitCode, UserError
 from ..paths import RUNS
+from ..rundir.console import last_error
 from ..study.store import STUDY_ENV, TRIAL_ENV, Pruner, Sampler
 from ..tracking.names import RUN_TAGS_ENV, label
 
@@ -321,29 +322,17 @@ WHY = {ExitCode.UNHEALTHY: "exit 3, stopped by the guard (NaN loss, dead or stal
        ExitCode.USER_ERROR: "exit 2, a user error", ExitCode.FAILED: "exit 1, an unexpected error"}
 
 
-def outcome(code: int, console_log: Path) -> tuple[str, str]:
+def outcome(code: int, console_log: Path, offset: int = 0) -> tuple[str, str]:
     """(state, reason) of a trial's trainer that exited with `code`: finished, failed (why, with the last error
-    line of its console.log) or killed (stopped by a signal after its checkpoint: resumed next time)."""
+    line of its console.log after byte `offset`) or killed (stopped by a signal after its checkpoint: resumed
+    next time)."""
     if code >= ExitCode.SIGNAL or code < 0:
         number = code - ExitCode.SIGNAL if code > 0 else -code
         return "killed", f"stopped by {signal.Signals(number).name}" if number in signal.valid_signals() else ""
     if code in (ExitCode.OK, ExitCode.PRUNED):
         return OUTCOMES[code], ""
     why = WHY.get(code, f"exit {code}")
-    return OUTCOMES.get(code, "failed"), f"{why}: {last_error(console_log)}".rstrip(": ")
-
-
-def last_error(console_log: Path) -> str:
-    """The last line of a trainer's output that says what went wrong ('' if none), shortened."""
-    try:
-        lines = console_log.read_text(errors="replace").splitlines()[-200:]
-    except OSError:
-        return ""
-    marked = [line for line in lines if " ERROR " in line or line.startswith(("error:", "Traceback"))
-              or re.match(r"^\w+(Error|Exception): ", line)]
-    text = marked[-1] if marked else ""
-    text = re.sub(r"^\S+ \S+ ERROR ", "", text)                 # the log line's date, time and level
-    return text[:300] + ("..." if len(text) > 300 else "")
+    return OUTCOMES.get(code, "failed"), f"{why}: {last_error(console_log, offset)}".rstrip(": ")
 
 
 def trial_command(spec: SweepSpec, trial: Trial, run_dir: Path, slot: Slot) -> list[str]:

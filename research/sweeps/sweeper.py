@@ -22,13 +22,16 @@ from ..config import load_recipe
 from ..detached.launch import Launch, check_session_free, require_tmux, session_name, start_session
 from ..errors import ExitCode
 from ..paths import TOOLS
+from ..rundir.console import console_log, size
+from ..rundir.lock import RunDirBusy, RunDirLock, set_aside
+from ..rundir.run_json import read_run_json
+from ..rundir.status import Status, read_status, run_state, write_status
 from ..study.pruners import default_warmup
 from ..study.store import Settings
 from ..study.sweep_study import SweepStudy, TrialRecord
 from ..tracking import Tracker
 from ..tracking.names import label
 from ..tracking.sweeps import child_tags, continue_parent, start_parent
-from ..training.run_dir import RunDirBusy, RunDirLock, read_run_json, read_status, set_aside, write_status
 from ..training.signals import StopSignals
 from . import summary
 from .spec import (Slot, SweepError, SweepSpec, Trial, check_same_sweep, checked_trial, default_sweep_dir,
@@ -143,6 +146,7 @@ class Sweeper:
         self.running: dict[int, tuple[Trial, subprocess.Popen]] = {}
         self.resume: list[TrialRecord] = []
         self.clock: dict[str, tuple[float, float]] = {}     # trial -> (its start, the seconds it ran before)
+        self.console_at: dict[str, int] = {}       # trial -> console.log's size when it started: its own output after
 
     def run(self) -> SweepResult:
         self.parent = self._open_parent()
@@ -159,9 +163,9 @@ class Sweeper:
                  f"{len(self.slots)} at a time ({', '.join(self._where(s) for s in self.slots)})"
                  + (f"; budget {self.budget.text()}" if self.budget != Budget() else ""))
         for trial in self.planned.values():
-            if read_status(self.run_dir(trial)).get("status") is None:
+            if run_state(self.run_dir(trial)) is None:
                 self.run_dir(trial).mkdir(parents=True, exist_ok=True)
-                write_status(self.run_dir(trial), "waiting", None)
+                write_status(self.run_dir(trial), Status("waiting"))
         self.stop.install()
         try:
             self._loop()
@@ -234,7 +238,7 @@ class Sweeper:
         """A trial whose folder says it ended (its sweep killed before hearing of it, or a sweep begun before the
         study): told to the study, not trained again. Not a trial the guard stopped (exit 3): the same recipe and
         seed would fail the same way (delete its folder to train it again)."""
-        status = read_status(self.run_dir(trial)).get("status")
+        status = run_state(self.run_dir(trial))
         saved = self.state["trials"].get(trial.name, {})
         if status == "finished":
             self._settle(trial, "finished", ExitCode.OK, "")
@@ -293,7 +297,8 @@ class Sweeper:
         command = trial_command(self.spec, trial, run_dir, slot)
         tags = child_tags(self.parent, trial.name, self.sweep_dir, trial.values)
         env = trial_env(slot, tags, self.study.url, trial.number)
-        with open(run_dir / "console.log", "a") as log:
+        self.console_at[trial.name] = size(console_log(run_dir))      # its output from now on
+        with open(console_log(run_dir), "a") as log:
             log.write(f"[sweep] {stamp()} {shlex.join(command[4:])}\n")
             log.flush()
             proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -308,7 +313,7 @@ class Sweeper:
         return proc
 
     def _ended(self, trial: Trial, code: int) -> None:
-        state, reason = outcome(code, self.run_dir(trial) / "console.log")
+        state, reason = outcome(code, console_log(self.run_dir(trial)), self.console_at.get(trial.name, 0))
         if state in ("finished", "pruned") or code == ExitCode.UNHEALTHY:
             self._settle(trial, state, code, reason)
         else:                                # stopped, or a failure a rerun may fix: running in the study, resumed
@@ -328,7 +333,7 @@ class Sweeper:
             self.study.tell(trial.number, state, best[1] if best else None)
         elif state == "pruned":
             record = self.study.record(trial.number)
-            reason = record.attrs.get("pruned_against") or read_status(self.run_dir(trial)).get("pruned") or ""
+            reason = record.attrs.get("pruned_against") or getattr(read_status(self.run_dir(trial)), "pruned", "") or ""
             self.study.tell(trial.number, "pruned")       # the trainer told it already, unless it was killed
             self._record(trial, pruned_at_epoch=record.attrs.get("pruned_at_epoch"))
         else:
@@ -361,7 +366,7 @@ class Sweeper:
     def _record(self, trial: Trial, **fields) -> None:
         entry = self.state["trials"].setdefault(trial.name, {})
         entry.update(folder=trial.folder, values=trial.values, number=trial.number, epochs=trial.epochs, **fields)
-        entry["run_id"] = read_run_json(self.run_dir(trial)).get("run_id") or entry.get("run_id")
+        entry["run_id"] = read_run_json(self.run_dir(trial)).run_id or entry.get("run_id")
         if trial.name in self.clock and fields.get("state") != "running":       # its process ended
             start, before = self.clock.pop(trial.name)
             entry["seconds"] = before + time.monotonic() - start
@@ -426,9 +431,9 @@ class Sweeper:
         write_state(self.sweep_dir, self.state)
         counts = {word: sum(entry.get("state") == word for entry in trials.values())
                   for word in ("finished", "pruned", "failed", "running")}
-        write_status(self.sweep_dir, status, self.parent.run_id, kind="sweep", trials=self._count(),
-                     trials_done=counts["finished"] + counts["pruned"] + counts["failed"],
-                     **{f"trials_{k}": v for k, v in counts.items()})
+        write_status(self.sweep_dir, Status(status, run_id=self.parent.run_id, kind="sweep", trials=self._count(),
+                                            trials_done=counts["finished"] + counts["pruned"] + counts["failed"],
+                                            **{f"trials_{k}": v for k, v in counts.items()}))
 
     def _where(self, slot: Slot) -> str:
         cores = f"{len(slot.cores)} core{'s' * (len(slot.cores) > 1)}"

@@ -29,7 +29,6 @@ if TYPE_CHECKING:      # mxnet is imported where it is used: the keep-alive supe
 
 NAME = re.compile(r"^step-(\d{10})\.ckpt$")
 BEST = "best.ckpt"
-FOLDER = "checkpoints"      # RUN_DIR/checkpoints/
 log = logging.getLogger(__name__)
 
 

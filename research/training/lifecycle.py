@@ -22,11 +22,14 @@ from .. import atomic
 from ..cli import RESUME_COMMAND_ENV
 from ..config import Recipe, dump_recipe
 from ..errors import ExitCode, UserError
+from ..rundir.files import CHECKPOINTS, RECIPE, RUN_JSON, TRACEBACK, TRAIN_LOG
+from ..rundir.lock import RunDirLock, remove_leftovers, set_aside
+from ..rundir.run_json import read_run_json, write_run_json
+from ..rundir.status import Status, write_status
 from ..tracking import Tracker, resume_run, start_run
 from . import checkpoint
 from .health import DeadHead, Unhealthy
 from .logs import add_file_log, flush_logs, remove_file_log, setup_logging
-from .run_dir import RunDirLock, read_run_json, read_status, remove_leftovers, set_aside, write_run_json, write_status
 from .signals import on_stop_signal_even_if_blocked
 
 log = logging.getLogger("research.training")
@@ -44,22 +47,6 @@ def status_figures(state: checkpoint.TrainState, epochs: int) -> dict:
     last = state.history[-1] if state.history else {}
     return {"epoch": state.epoch, "epochs": epochs, "val_top1": last.get("val/top1"),
             "img_per_s": last.get("speed/img_per_s")}
-
-
-def settle_abandoned(run_dir: Path, why: str) -> None:
-    """A run whose process died unsettled (kill -9) and that nothing will restart (a supervisor gave up):
-    status.json "failed" with `why`, its MLflow run FAILED with `why` as the failure tag. A later rerun of
-    the same command resumes it as usual."""
-    info = read_status(run_dir)
-    if info.get("status") != "running":
-        return
-    kept = {k: v for k, v in info.items() if k not in ("status", "run_id", "pid", "host", "updated")}
-    write_status(run_dir, "failed", info.get("run_id"), **kept, failure=why)
-    run = read_run_json(run_dir)
-    if run.get("run_id"):
-        tracker = Tracker.attach(run["run_id"], run.get("tracking_uri"))
-        tracker.set_tags({"failure": why[:500]})
-        tracker.end("FAILED")
 
 
 class Lifecycle:
@@ -101,20 +88,20 @@ class Lifecycle:
         new run. Writes run.json and the recipe copy (also an artifact)."""
         if not self.rank0:
             return self.tracker
-        atomic.write_text(self.run_dir / "recipe.yaml", dump_recipe(self.recipe))
+        atomic.write_text(self.run_dir / RECIPE, dump_recipe(self.recipe))
         if self.recipe.tracking.enabled:
-            run_id = resume_id or read_run_json(self.run_dir).get("run_id")
+            run_id = resume_id or read_run_json(self.run_dir).run_id
             tracker = resume_run(run_id, list(history), self.argv) if run_id else None
             if tracker is None or tracker.not_found:
                 if run_id:
                     log.warning("MLflow run %s (named by %s) is not in this store: starting a new run", run_id,
-                                self.run_dir / "run.json")
+                                self.run_dir / RUN_JSON)
                 tracker = start_run(self.recipe, ctxs, self.argv, tags)
             self.tracker = tracker
             self.tracker.set_tags({"run_dir": str(self.run_dir.resolve())})    # where it is now (a column of compare)
             self._note_went_back(len(history))
         write_run_json(self.run_dir, self.tracker.run_id, self.tracker.experiment_id)
-        self.tracker.log_artifact(self.run_dir / "recipe.yaml")
+        self.tracker.log_artifact(self.run_dir / RECIPE)
         return self.tracker
 
     def _note_went_back(self, epochs: int) -> None:
@@ -125,7 +112,7 @@ class Lifecycle:
         if logged <= epochs:
             return
         step = self.state.step if self.state is not None else 0
-        why = checkpoint.unusable_after(self.run_dir / checkpoint.FOLDER, step)
+        why = checkpoint.unusable_after(self.run_dir / CHECKPOINTS, step)
         text = f"from epoch {logged} back to epoch {epochs}: {why}"
         log.warning("MLflow has this run's epochs up to %d, but the newest usable checkpoint is at epoch %d (%s). "
                     "Epochs %d-%d are trained again; MLflow keeps the figures it has for them.",
@@ -139,7 +126,7 @@ class Lifecycle:
             return
         self.started = True
         own = status_figures(self.state, self.recipe.train.epochs) if self.state is not None else {}
-        write_status(self.run_dir, status, self.tracker.run_id, **{**own, **self.figures, **figures})
+        write_status(self.run_dir, Status(status, run_id=self.tracker.run_id, **{**own, **self.figures, **figures}))
 
     def watch_for_blocked_stop(self) -> None:
         """Several workers: mark the run KILLED from a thread at the first stop signal, in case a dead peer
@@ -192,7 +179,7 @@ class Lifecycle:
         if isinstance(err, checkpoint.CheckpointError):
             log.error("%s Stopped; %s. Once there is space, this resumes into the same MLflow run:\n  %s",
                       err, self.newest_checkpoint(), self.resume_command())
-            saved = checkpoint.find_latest(self.run_dir / checkpoint.FOLDER)     # status.json claims no unsaved epoch
+            saved = checkpoint.find_latest(self.run_dir / CHECKPOINTS)     # status.json claims no unsaved epoch
             self.state = saved[1]["state"] if saved else self.state
             self.tracker.set_tags({"checkpoint.error": str(err)[:500]})
         elif isinstance(err, Unhealthy):
@@ -200,8 +187,8 @@ class Lifecycle:
             self.tracker.set_tags({"failure": str(err)[:500]})
         elif not isinstance(err, UserError) and self.rank0 and self.started:
             try:
-                atomic.write_text(self.run_dir / "traceback.txt", traceback.format_exc())
-                self.tracker.log_artifact(self.run_dir / "traceback.txt")
+                atomic.write_text(self.run_dir / TRACEBACK, traceback.format_exc())
+                self.tracker.log_artifact(self.run_dir / TRACEBACK)
             except OSError:
                 pass                   # the traceback still reaches the console
         self._settle("FAILED", "failed")
@@ -215,7 +202,7 @@ class Lifecycle:
         if not self.rank0 or not self.started:
             return
         flush_logs()
-        self.tracker.log_artifact(self.run_dir / "train.log")
+        self.tracker.log_artifact(self.run_dir / TRAIN_LOG)
         self.tracker.end(mlflow_status)
         self.write_status(word)                      # last: the run is settled
 
@@ -232,7 +219,7 @@ class Lifecycle:
     # -- what the messages name -------------------------------------------------------------
     def newest_checkpoint(self) -> str:
         """'the last good checkpoint is PATH (epoch E, step S)', or that none was written yet."""
-        latest = checkpoint.find_latest(self.run_dir / checkpoint.FOLDER)
+        latest = checkpoint.find_latest(self.run_dir / CHECKPOINTS)
         if latest is None:
             return "no checkpoint had been written yet"
         path, content = latest
@@ -240,7 +227,7 @@ class Lifecycle:
 
     def _where_to_go_on(self, err: Unhealthy) -> str:
         """After the guard stopped the run: its good weights, and a resume only if there is a checkpoint."""
-        folder = self.run_dir / checkpoint.FOLDER
+        folder = self.run_dir / CHECKPOINTS
         latest = checkpoint.find_latest(folder)
         if latest is None:
             return "no checkpoint had been written yet: make the change and run the command again (it starts afresh)."

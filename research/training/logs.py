@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .. import atomic
+from ..rundir.files import TRAIN_LOG
 
 LOG_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
 
@@ -48,7 +49,7 @@ def add_file_log(run_dir: Path, rank0: bool) -> None:
     target = None
     remove_file_log()                       # a previous run in this process (a notebook) logged elsewhere
     if rank0:
-        target = _RunLog(run_dir / "train.log")
+        target = _RunLog(run_dir / TRAIN_LOG)
         target.setFormatter(LOG_FORMAT)
         target._research = "file"
         root.addHandler(target)

@@ -14,9 +14,10 @@ import mxnet as mx
 from mxnet import autograd, gluon
 
 from ..config import Recipe
+from ..rundir.files import CHECKPOINTS, CURVES
 from ..study.trial import NoTrial, StudyTrial
 from . import health, precision
-from .checkpoint import FOLDER, CheckpointWriter, TrainState
+from .checkpoint import CheckpointWriter, TrainState
 from .evaluate import evaluate
 from .health import DeadHead, NonFiniteLoss, Overflowing
 from .plots import CurvesWriter
@@ -74,8 +75,8 @@ def fit(setup: Setup, state: TrainState, run, stop, steps: int | None = None) ->
     train = recipe.train
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     steps_per_epoch = setup.train_iter.num_samples // setup.local_batch
-    writer = CheckpointWriter(setup.run_dir / FOLDER, recipe.checkpoint.keep_last)
-    curves = CurvesWriter(setup.run_dir / "curves.png", recipe.name)
+    writer = CheckpointWriter(setup.run_dir / CHECKPOINTS, recipe.checkpoint.keep_last)
+    curves = CurvesWriter(setup.run_dir / CURVES, recipe.name)
     report = Report(run, tracker, state, train.epochs, steps_per_epoch, setup.local_batch, setup.num_workers,
                     logged_until=tracker.last_step("iter/loss"), enabled=setup.rank0,
                     warn_data_wait=recipe.data.kind == "recordio")

@@ -102,7 +102,7 @@ class Report:
             self.tracker.log_metrics({"iter/loss": (loss * images - last_loss_sum) / max(new_images, 1), "iter/lr": lr,
                                       "iter/img_per_s": new_images / max(spent, 1e-6) * self.num_workers},
                                      step=state.step, tags=self._pace_tags(eta))
-        self.run.write_status("running", **self.run.figures, batch=state.batch_in_epoch, batches=self.steps_per_epoch,
+        self.run.write_status("running", batch=state.batch_in_epoch, batches=self.steps_per_epoch,
                               step=state.step, train_loss=loss, img_per_s=img_per_s,
                               eta_epoch_s=(self.steps_per_epoch - state.batch_in_epoch) * self.batch_s, eta_s=eta)
 
@@ -124,7 +124,7 @@ class Report:
             self._pace(f"measured: mean of {len(state.history)} epoch(s)")
         else:
             self.tracker.set_tags(self._pace_tags(eta, basis=f"measured: mean of {len(state.history)} epoch(s)"))
-        self.run.write_status("running", **self.run.figures, eta_s=eta)
+        self.run.write_status("running", eta_s=eta)
 
     def epoch_wait_share(self) -> float:
         """The devices' mean idle share waiting on data over this epoch's intervals (0 without any)."""

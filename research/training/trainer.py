@@ -14,12 +14,14 @@ from ..data import get_iterators
 from ..data.describe import describe_datasets
 from ..errors import ExitCode
 from ..nets import build_net
+from ..rundir.files import MODEL
+from ..rundir.status import read_status, run_state
 from ..study.trial import trial_from_environment
 from ..tracking import run_url, serve_hint
 from . import checkpoint, kvstore, precision
 from .lifecycle import Lifecycle
 from .loop import Setup, fit
-from .run_dir import find_resume, read_status
+from .resume import find_resume
 from .schedules import scaled_lr
 from .signals import FollowerStop, StopRequest
 
@@ -51,16 +53,16 @@ def train(recipe: Recipe, ctxs: list, run_dir: Path, resume: bool, fresh: bool, 
                         "and the guard counts it so.", recipe.net.classes, labels, recipe.net.classes - labels, labels)
         if setup.num_workers > 1:     # rank 0's weights and position on every worker, lr schedule on the servers
             kvstore.prepare_workers(kv, setup, state)
-        if state.epoch >= recipe.train.epochs and read_status(run_dir).get("status") == "finished":
+        if state.epoch >= recipe.train.epochs and run_state(run_dir) == "finished":
             again, extend = (("resume='fresh'", "overrides={'train.epochs': N}") if interactive
                              else ("--fresh", "--set train.epochs=N"))
             print(f"{run_dir} already holds the finished run ({state.epoch} epochs). "
                   f"Use {again} to train again, or {extend} to extend it.")
             run.leave_as_is()
             return run.exit_code
-        if not resume and read_status(run_dir).get("status") == "pruned":
+        if not resume and run_state(run_dir) == "pruned":
             again, fresh = ("resume='require'", "resume='fresh'") if interactive else ("--resume", "--fresh")
-            print(f"{run_dir} holds a sweep's trial its pruner stopped ({read_status(run_dir).get('pruned')}). "
+            print(f"{run_dir} holds a sweep's trial its pruner stopped ({read_status(run_dir).pruned}). "
                   f"Use {again} to train it on anyway, or {fresh} to start over.")
             run.leave_as_is()
             return ExitCode.PRUNED
@@ -188,7 +190,7 @@ def export_final(setup: Setup, run: Lifecycle) -> None:
     """Final weights as symbol + params (and ONNX where supported), logged as artifacts and as the
     MLflow logged model. A failure is logged, not raised: the checkpoint has the weights."""
     from ..model.export import export_model
-    model_dir = setup.run_dir / "model"
+    model_dir = setup.run_dir / MODEL
     try:
         export_model(setup.net, model_dir, setup.recipe)
         run.tracker.log_artifacts(model_dir, "model")

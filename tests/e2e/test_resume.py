@@ -1,6 +1,7 @@
 """Multi-day survival with real processes: kill -9, SIGTERM, SIGHUP, a truncated checkpoint."""
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -142,11 +143,15 @@ def test_resume_with_a_recipe_change_that_alters_a_shape_names_the_key(tmp_path,
     assert error.startswith("error: ") and "Keys changed since: data.size 28 -> 32" in error and "--fresh" in error
 
 
+# The recipe both fixtures below were written with, and the thread count.
+FIXTURE_ARGS = [SMOKE, "--set", "data.size=16", "--set", "train.epochs=3", "--set", "train.lr_steps=[2]",
+                "--set", "checkpoint.keep_last=1", "--set", "tracking.enabled=false", "--set", "train.log_every=2"]
+
+
 def test_a_run_directory_from_before_the_training_package_moved_resumes(tmp_path):
     """tests/fixtures/run_before_layout was stopped by SIGTERM in epoch 2 by commit 8ae53b1 (research/train/,
     before research/training/): today's trainer resumes it and ends where an uninterrupted run ends."""
-    args = [SMOKE, "--set", "data.size=16", "--set", "train.epochs=3", "--set", "train.lr_steps=[2]",
-            "--set", "checkpoint.keep_last=1", "--set", "tracking.enabled=false", "--set", "train.log_every=2"]
+    args = FIXTURE_ARGS
     env = make_env(tmp_path, OMP_NUM_THREADS="1")          # the thread count the fixture was written with
     shutil.copytree(REPO / "tests/fixtures/run_before_layout", tmp_path / "old")
     resumed = run_tool("train.py", *args, "--output", tmp_path / "old", env=env, check=True)
@@ -154,6 +159,24 @@ def test_a_run_directory_from_before_the_training_package_moved_resumes(tmp_path
     run_tool("train.py", *args, "--output", tmp_path / "new", env=env, check=True)
     assert_same_params(final_params(tmp_path / "old"), final_params(tmp_path / "new"))
     assert '"status": "finished"' in (tmp_path / "old" / "status.json").read_text()
+
+
+def test_a_supervised_run_directory_from_before_the_run_directory_had_one_owner_is_shown_and_resumes(tmp_path):
+    """tests/fixtures/run_before_rundir was written by commit ae9eb69 (before research/rundir/): a run under the
+    keep-alive supervisor that stopped on SIGTERM at batch 6 of epoch 2, its status.json, run.json, keep-alive.json
+    and console.log as that code wrote them. tools/status.py shows it, and today's trainer resumes it and ends
+    where an uninterrupted run ends."""
+    env = make_env(tmp_path, OMP_NUM_THREADS="1")
+    shutil.copytree(REPO / "tests/fixtures/run_before_rundir", tmp_path / "runs" / "old")
+    listed = run_tool("status.py", "--root", tmp_path / "runs", "--format", "json", env=env, check=True)
+    [row] = json.loads(listed.stdout)
+    assert (row["name"], row["state"], row["epoch"], row["epochs"], row["restarts"]) == ("old", "killed", 1, 3, 0)
+    assert abs(row["val_top1"] - 0.7306) < 1e-4
+    resumed = run_tool("train.py", *FIXTURE_ARGS, "--output", tmp_path / "runs" / "old", env=env, check=True)
+    assert "resuming from" in resumed.stderr and "(epoch 1, step 28)" in resumed.stderr
+    run_tool("train.py", *FIXTURE_ARGS, "--output", tmp_path / "new", env=env, check=True)
+    assert_same_params(final_params(tmp_path / "runs" / "old"), final_params(tmp_path / "new"))
+    assert '"status": "finished"' in (tmp_path / "runs" / "old" / "status.json").read_text()
 
 
 # Inside the first checkpoint's write: its temp file is fsynced, its rename not done yet; MLflow has the run

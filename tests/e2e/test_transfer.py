@@ -153,7 +153,7 @@ def test_a_transfer_run_is_a_run_to_status_compare_and_load_run(dataset, first_r
 
 
 def test_a_second_job_on_a_run_directory_in_use_is_refused(dataset, tmp_path):
-    from research.training.run_dir import RunDirLock
+    from research.rundir.lock import RunDirLock
     lock = RunDirLock(tmp_path / "run").acquire()          # as a transfer job or a trainer holds it
     try:
         proc = run_tool("train.py", RECIPE, *dataset["args"], "--output", tmp_path / "run", env=dataset["env"])

@@ -94,3 +94,38 @@ def test_no_file_imports_a_file_of_its_package_that_imports_it():
 def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b": ["x"]}, "b": {"c": ["y"]}, "c": {"a": ["z"]}}) is not None
     assert find_cycle({"a": {"b": ["x"]}, "b": {"c": ["y"]}}) is None
+
+
+RUN_DIR_FILES = RESEARCH / "rundir" / "files.py"
+# Spelled elsewhere on purpose: the exported model folder's own recipe (RUN_DIR/model/recipe.yaml, a deployable
+# copy that travels without its run directory) is its owner's constant.
+OTHER_OWNERS = {("recipe.yaml", "research/model/export.py")}
+NOT_REFUSED = {"model"}        # also the MLflow artifact path of the logged model and an argument's name
+
+
+def run_dir_file_names() -> set[str]:
+    """The names research/rundir/files.py holds (its module-level string constants)."""
+    tree = ast.parse(RUN_DIR_FILES.read_text())
+    return {node.value.value for node in tree.body if isinstance(node, ast.Assign)
+            and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)}
+
+
+def spelled_in(path: Path, names: set[str], where: str) -> list[str]:
+    """'where:line "name"' for every string literal in `path` equal to one of `names`, except its other owners'."""
+    return [f'{where}:{node.lineno} "{node.value}"' for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Constant) and node.value in names and (node.value, where) not in OTHER_OWNERS]
+
+
+def test_a_run_directory_file_is_named_by_its_owner_alone():
+    names = run_dir_file_names() - NOT_REFUSED
+    assert {"run.json", "status.json", "console.log", "checkpoints"} <= names      # the scan reads the owner
+    spelled = [hit for path in sorted([*RESEARCH.rglob("*.py"), *(RESEARCH.parent / "tools").glob("*.py")])
+               if path != RUN_DIR_FILES for hit in spelled_in(path, names, str(path.relative_to(RESEARCH.parent)))]
+    assert not spelled, ("a run directory's file spelled outside research/rundir/files.py (import its constant): "
+                         + ", ".join(spelled))
+
+
+def test_the_file_name_scan_finds_a_name_spelled_in_code_not_in_a_sentence(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text('PATH = "status.json"\nSAID = f"see {PATH} or the status.json beside it"\n')
+    assert spelled_in(probe, {"status.json"}, "probe.py") == ['probe.py:1 "status.json"']

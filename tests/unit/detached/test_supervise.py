@@ -17,7 +17,7 @@ from research.errors import ExitCode
 from research.detached import registry
 from research.detached.launch import passed_env, supervised_pane_script
 from research.detached.supervise import RESTART, STAY, Supervisor, policy, supervise_command
-from research.inspection.status import read_keep_alive
+from research.rundir.supervision import read_keep_alive
 
 # The k-th run of the stand-in does the k-th '+'-joined list of steps (the last one again after that).
 STAND_IN = r'''

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import psutil
 
-from research.inspection.status import SessionInfo, classify, collect, format_table
+from research.detached.launch import SessionInfo
+from research.inspection.status import collect, format_table
+from research.rundir.status import Status, classify
 
 HOST = socket.gethostname()
 
@@ -62,12 +64,12 @@ def test_pid_reused_after_a_reboot_is_dead(tmp_path):
 def test_other_host_is_stale_only_after_two_epochs_without_update():
     now = time.time()
     # 8,400 s an epoch (ETA 70 epochs x 8,400 s): 3 h without news is normal, 6 h is not.
-    info = {"status": "running", "epoch": 10, "epochs": 80, "eta_s": 70 * 8400.0, "pid": 1, "host": "gpubox"}
-    assert classify({**info, "updated": now - 3 * 3600}, now, hostname=HOST) == "running"
-    assert classify({**info, "updated": now - 6 * 3600}, now, hostname=HOST) == "stale"
-    unknown = {"status": "running", "epoch": 0, "epochs": 80, "eta_s": None, "pid": 1, "host": "gpubox"}
-    assert classify({**unknown, "updated": now - 60}, now, hostname=HOST) == "running"
-    assert classify({**unknown, "updated": now - 2 * 86400}, now, hostname=HOST) == "stale"
+    info = {"epoch": 10, "epochs": 80, "eta_s": 70 * 8400.0, "pid": 1, "host": "gpubox"}
+    assert classify(Status("running", **info, updated=now - 3 * 3600), now, hostname=HOST) == "running"
+    assert classify(Status("running", **info, updated=now - 6 * 3600), now, hostname=HOST) == "stale"
+    unknown = {"epoch": 0, "epochs": 80, "eta_s": None, "pid": 1, "host": "gpubox"}
+    assert classify(Status("running", **unknown, updated=now - 60), now, hostname=HOST) == "running"
+    assert classify(Status("running", **unknown, updated=now - 2 * 86400), now, hostname=HOST) == "stale"
 
 
 def test_ended_states_are_shown_as_written_even_without_their_process(tmp_path):

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from research.tracking.store import public_uri, with_credentials
-from research.training.run_dir import read_run_json, write_run_json
+from research.rundir.run_json import read_run_json, write_run_json
 
 
 @pytest.mark.parametrize("uri, shown", [
@@ -28,7 +28,7 @@ def test_run_json_holds_no_credentials_and_the_environment_gives_them_back(tmp_p
     monkeypatch.setenv("MLFLOW_TRACKING_URI", secret)
     write_run_json(tmp_path, "r1", "0")
     assert "S3CRET" not in (tmp_path / "run.json").read_text()
-    stored = read_run_json(tmp_path)["tracking_uri"]
+    stored = read_run_json(tmp_path).tracking_uri
     assert stored == "http://tracker.lab:5000/" and with_credentials(stored) == secret
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:other@elsewhere:5000/")    # another store: not its password
     assert with_credentials(stored) == stored

@@ -36,6 +36,6 @@ def test_exception_marks_run_failed_with_traceback(tmp_path, monkeypatch):
 
 def _lock_is_free(run_dir: Path) -> bool:
     """The run directory's lock was released: another owner can take it at once."""
-    from research.training.run_dir import RunDirLock
+    from research.rundir.lock import RunDirLock
     RunDirLock(run_dir).acquire().release()
     return True
