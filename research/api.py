@@ -10,7 +10,7 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, Sequence
 
-from .errors import UserError
+from .errors import UserError, signal_of
 from .rundir.files import CHECKPOINTS, MODEL, RECIPE
 
 if TYPE_CHECKING:
@@ -180,8 +180,8 @@ def train(recipe: str | Path | Recipe, *, gpus: str | Sequence[int] | None = Non
     call = f"research.train({str(recipe) if isinstance(recipe, (str, Path)) else loaded.name!r}, ...)"
     run_dir, code = train_recipe(loaded, spec, output, resume == "require", resume == "fresh", [call],
                                interactive=True)
-    if code > 128:
-        name = signal.Signals(code - 128).name
+    if signal_of(code):
+        name = signal.Signals(signal_of(code)).name
         raise KeyboardInterrupt(f"{name}: stopped after a checkpoint in {run_dir}; call research.train again "
                                 f"with the same arguments to resume into the same MLflow run.")
     return Run(run_dir)
@@ -258,8 +258,8 @@ def sweep(recipe: str | Path, *, grid: Mapping[str, Sequence[Any]] | None = None
     spec_gpus = gpus if isinstance(gpus, str) or gpus is None else ",".join(map(str, gpus))
     result = run_sweep(spec, output, spec_gpus, gpus_per_trial, parallel, fresh,
                        [f"research.sweep({str(recipe)!r}, ...)"], Budget(max_epochs, max_hours))
-    if result.exit_code > 128:
-        raise KeyboardInterrupt(f"{signal.Signals(result.exit_code - 128).name}: the sweep stopped, its running "
+    if signal_of(result.exit_code):
+        raise KeyboardInterrupt(f"{signal.Signals(signal_of(result.exit_code)).name}: the sweep stopped, its running "
                                 f"trials after a checkpoint; call research.sweep again with the same arguments to "
                                 f"continue it ({result.sweep_dir}).")
     return result

@@ -7,6 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from research.devices import set_cpu_threads  # noqa: E402  (before mxnet is imported, as tools/train.py)
+from research.errors import UserError, tool_exit  # noqa: E402
 
 set_cpu_threads()
 
@@ -94,8 +95,7 @@ def run_data(args: argparse.Namespace) -> int:
     try:
         threads = [int(t) for t in args.threads.split(",") if t.strip()]
     except ValueError:
-        print(f"error: --threads {args.threads!r}: expected integers such as 1,2,4", file=sys.stderr)
-        return 2
+        raise UserError(f"--threads {args.threads!r}: expected integers such as 1,2,4") from None
     recipe = load_recipe(args.recipe, args.overrides)
     rows = benchmark_data(recipe, threads, args.seconds)
     print(f"{'pipeline':<16} {'threads':>7} {'instances':>9} {'decode_thr':>10} {'img/s':>8} "
@@ -154,16 +154,9 @@ def run_rec(args: argparse.Namespace) -> int:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    from research.errors import UserError
-
-    try:
-        commands = {"plan": run_plan, "data": run_data, "train": run_train, "checkpoint": run_checkpoint,
-                    "rec": run_rec}
-        return commands[args.command](args)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    commands = {"plan": run_plan, "data": run_data, "train": run_train, "checkpoint": run_checkpoint, "rec": run_rec}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    tool_exit(main)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from research.errors import ExitCode, UserError, tool_exit  # noqa: E402
 
 SHOWN = 20     # bad files printed; the report file lists them all
 
@@ -59,23 +60,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def verify(rec: Path) -> int:
     from research.data.verify import remember, stamp, walk
-    from research.errors import UserError
 
     idx = rec.with_suffix(".idx")
     for path in (rec, idx):
         if not path.is_file():
-            print(f"error: --verify: {path} not found", file=sys.stderr)
-            return 2
+            raise UserError(f"--verify: {path} not found")
     stamps = [stamp(rec), stamp(idx)]
     try:
         damage, labels = walk(rec, idx)
     except UserError as err:            # an .idx that is not one: bad lines, empty, past the end of the .rec
-        print(f"error: --verify: {err}", file=sys.stderr)
-        return 2
+        raise UserError(f"--verify: {err}") from None
     print_some(map(str, damage), len(damage))
     if damage:
         print(f"{rec}: {len(damage)} damaged record(s); copy it again or rebuild it with tools/build_rec.py")
-        return 1
+        return ExitCode.FAILED           # as its --help says: 1, --verify found damaged records
     remember(rec, idx, labels, stamps)
     print(f"{rec}: {labels.records} records, none damaged, labels {labels.low[0]:g} to {labels.high[0]:g} "
           f"(RecordIO keeps no checksum of the image bytes: this checks the record framing and headers)")
@@ -87,21 +85,15 @@ def main(argv: list[str]) -> int:
     if args.verify is not None:
         return verify(args.verify)
     from research.data.build import build_rec
-    from research.data.layouts import LayoutError
-    from research.errors import UserError
 
     for option in ("ground_truth", "synset_order", "classes", "synset_words"):
         path = getattr(args, option)
         if path is not None and not path.is_file():
-            print(f"error: --{option.replace('_', '-')} {path}: file not found", file=sys.stderr)
-            return 2
-    try:
-        result = build_rec(args.src, args.out_prefix, args.layout, args.resize, args.quality, args.holdout,
-                           args.seed, args.workers, args.ground_truth, args.synset_order, args.classes,
-                           args.synset_words, progress=not args.quiet, follow_links=args.follow_links)
-    except (LayoutError, UserError) as err:     # UserError: unwritable output, full disk (partials removed)
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+            raise UserError(f"--{option.replace('_', '-')} {path}: file not found")
+    # A LayoutError or UserError (an unwritable output, a full disk: partials removed) is one line, exit 2.
+    result = build_rec(args.src, args.out_prefix, args.layout, args.resize, args.quality, args.holdout,
+                       args.seed, args.workers, args.ground_truth, args.synset_order, args.classes,
+                       args.synset_words, progress=not args.quiet, follow_links=args.follow_links)
     for prefix, count in result.sets.items():
         print(f"wrote {prefix}.rec: {count} images")
     for kind, entries in (("converted", result.converted), ("skipped", result.skipped)):
@@ -120,4 +112,4 @@ def print_some(lines, count: int) -> None:
         print(f"  ... {count - SHOWN} more")
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    tool_exit(main)

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from research.errors import ExitCode, exit_status_help  # noqa: E402
+from research.errors import ExitCode, exit_status_help, tool_exit  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -37,15 +37,10 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     from research.inspection.compare import collect, format_rows, plot_runs
     from research.tracking.ui import compare_url, serve_hint
-    from research.errors import UserError
 
-    try:
-        rows = collect(args.experiment, args.runs, args.last)
-        if args.plot:
-            plot_runs(rows, args.plot)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    rows = collect(args.experiment, args.runs, args.last)
+    if args.plot:
+        plot_runs(rows, args.plot)
     print(format_rows(rows, args.format), end="")
     if args.format != "csv":
         link = compare_url([r.run_id for r in rows], [r.experiment_id for r in rows], args.port)
@@ -56,4 +51,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    tool_exit(main)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from research.devices import set_cpu_threads  # noqa: E402  (before mxnet is imported, as tools/train.py)
-from research.errors import ExitCode, exit_status_help  # noqa: E402
+from research.errors import ExitCode, exit_status_help, tool_exit  # noqa: E402
 from research.paths import RUNS  # noqa: E402
 
 set_cpu_threads()
@@ -38,4 +38,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    tool_exit(main)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from research.errors import ExitCode, exit_status_help  # noqa: E402
+from research.errors import ExitCode, UserError, exit_status_help, tool_exit  # noqa: E402
 from research.devices import set_cpu_threads  # noqa: E402  (before mxnet is imported)
 
 set_cpu_threads()
@@ -44,20 +44,14 @@ def main(argv: list[str]) -> int:
         if not crops or set(crops) - {1, 10} or args.batch_size < 1:
             raise ValueError
     except ValueError:
-        print(f"error: --crops {args.crops!r} --batch-size {args.batch_size}: crops are 1, 10 or 1,10 "
-              f"and the batch size a positive integer", file=sys.stderr)
-        return 2
+        raise UserError(f"--crops {args.crops!r} --batch-size {args.batch_size}: crops are 1, 10 or 1,10 and the "
+                        f"batch size a positive integer") from None
     from research.devices import get_contexts
-    from research.errors import UserError
     from research.evaluation.crops import evaluate_rec, load_trained, log_to_run
 
-    try:
-        ctxs = get_contexts(args.gpus)
-        trained = load_trained(args.source, ctxs)
-        metrics = evaluate_rec(trained, args.rec, ctxs, crops, args.batch_size)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    ctxs = get_contexts(args.gpus)
+    trained = load_trained(args.source, ctxs)
+    metrics = evaluate_rec(trained, args.rec, ctxs, crops, args.batch_size)
     mid = " (mid-epoch checkpoint)" if trained.mid_epoch else ""
     print(f"{trained.recipe.net.name} from {trained.checkpoint}, epoch {trained.epoch}{mid}, on {args.rec}")
     print(f"{'':<12} {'top-1':>8} {'top-5':>8} {'images':>8}")
@@ -73,4 +67,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    tool_exit(main)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from research.cli import add_run_options  # noqa: E402
-from research.errors import ExitCode, exit_status_help  # noqa: E402
 from research.detached.notify import EVENTS, NOTIFY_ENV  # noqa: E402
 from research.detached.supervise import MAX_RESTARTS, policy_help  # noqa: E402
+from research.errors import ExitCode, exit_status_help, tool_exit  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -62,25 +62,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    from research.errors import UserError
     from research.detached.launch import SOCKET_ENV, KeepAlive, launch
 
-    try:
-        if args.list or args.forget or args.boot:
-            from research.detached import keep_alive
-            print(keep_alive.format_list() if args.list else keep_alive.forget(args.forget) if args.forget
-                  else "\n".join(keep_alive.boot()) or "no supervised runs")
-            return 0
-        supervised = KeepAlive(args.max_restarts, args.notify) if args.keep_alive else None
-        relaunch = shlex.join(["python", "tools/launch.py", *resume_argv(argv)])
-        notified = any(arg == "--notify" or arg.startswith("--notify=") for arg in argv)
-        note = f" (and your --notify command, or export {NOTIFY_ENV})" if notified else ""
-        started = launch(args.recipe, args.overrides, gpus=args.gpus, name=args.name, output=args.output,
-                         fresh=args.fresh, resume=args.resume, socket=os.environ.get(SOCKET_ENV) or None,
-                         keep_alive=supervised, resume_command=relaunch)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if args.list or args.forget or args.boot:
+        from research.detached import keep_alive
+        print(keep_alive.format_list() if args.list else keep_alive.forget(args.forget) if args.forget
+              else "\n".join(keep_alive.boot()) or "no supervised runs")
+        return 0
+    supervised = KeepAlive(args.max_restarts, args.notify) if args.keep_alive else None
+    relaunch = shlex.join(["python", "tools/launch.py", *resume_argv(argv)])
+    notified = any(arg == "--notify" or arg.startswith("--notify=") for arg in argv)
+    note = f" (and your --notify command, or export {NOTIFY_ENV})" if notified else ""
+    started = launch(args.recipe, args.overrides, gpus=args.gpus, name=args.name, output=args.output,
+                     fresh=args.fresh, resume=args.resume, socket=os.environ.get(SOCKET_ENV) or None,
+                     keep_alive=supervised, resume_command=relaunch)
     print(started.instructions(relaunch + note))
     return 0
 
@@ -97,4 +92,4 @@ def resume_argv(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    tool_exit(main)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from research.errors import tool_exit  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -42,15 +43,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     from research.dist.nodes import DEFAULT_PORT, launch, read_hosts
-    from research.errors import UserError
 
-    try:
-        hosts = read_hosts(args.hosts)
-        return launch(hosts, args.command, args.servers, args.port or DEFAULT_PORT, args.timeout)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    hosts = read_hosts(args.hosts)
+    return launch(hosts, args.command, args.servers, args.port or DEFAULT_PORT, args.timeout)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    tool_exit(main)

@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from research.errors import ExitCode, exit_status_help  # noqa: E402
+from research.errors import ExitCode, UserError, exit_status_help, tool_exit  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -31,20 +31,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.top < 1:
-        print(f"error: --top {args.top}: print at least 1 class per image, e.g. --top 5", file=sys.stderr)
-        return 2
-    from research.errors import UserError
+        raise UserError(f"--top {args.top}: print at least 1 class per image, e.g. --top 5")
     from research.model.input_check import UnusualInput
     from research.model.predict import Predictor
 
-    try:
-        predictor = Predictor(args.model, args.recipe)
-        with warnings.catch_warnings(record=True) as unusual:      # an image unlike the training images
-            warnings.simplefilter("always", UnusualInput)
-            results = predictor.predict(args.images, k=args.top)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    predictor = Predictor(args.model, args.recipe)
+    with warnings.catch_warnings(record=True) as unusual:      # an image unlike the training images
+        warnings.simplefilter("always", UnusualInput)
+        results = predictor.predict(args.images, k=args.top)
     for warning in unusual:
         print(f"warning: {warning.message}", file=sys.stderr, flush=True)
     width = max(len(name) for name in predictor.classes)
@@ -56,4 +50,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    tool_exit(main)

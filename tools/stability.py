@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from research.errors import ExitCode, exit_status_help  # noqa: E402
+from research.errors import ExitCode, UserError, exit_status_help, tool_exit  # noqa: E402
 from research.devices import set_cpu_threads  # noqa: E402  (before mxnet is imported)
 
 set_cpu_threads()
@@ -40,8 +40,7 @@ def main(argv: list[str]) -> int:
         names = args.variants or list(VARIANTS)
         unknown = [n for n in names if n not in VARIANTS]
         if unknown:
-            print(f"error: unknown variants {unknown}; valid: {', '.join(VARIANTS)}", file=sys.stderr)
-            return 2
+            raise UserError(f"unknown variants {unknown}; valid: {', '.join(VARIANTS)}")
         args.out.parent.mkdir(parents=True, exist_ok=True)
         sweep(names, args.seeds, args.steps, args.size, args.out)
         return 0
@@ -54,4 +53,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    tool_exit(main)

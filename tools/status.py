@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from research.errors import UserError, tool_exit  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -36,9 +37,8 @@ def main(argv: list[str]) -> int:
     from research.inspection.status import as_json, collect, format_table
 
     if not args.root.is_dir():
-        print(f"error: no output root at {args.root}: start a run with tools/launch.py RECIPE, "
-              f"or pass --root to the folder given as --output", file=sys.stderr)
-        return 2
+        raise UserError(f"no output root at {args.root}: start a run with tools/launch.py RECIPE, "
+                        f"or pass --root to the folder given as --output")
     runs = collect(args.root, sessions_by_run_dir(os.environ.get(SOCKET_ENV) or None))
     if args.format == "json":
         print(as_json(runs))
@@ -50,4 +50,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    tool_exit(main)

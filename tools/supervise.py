@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from research.errors import tool_exit  # noqa: E402
 from research.detached.supervise import MAX_RESTARTS, policy_help  # noqa: E402
 
 
@@ -48,4 +49,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    tool_exit(main)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from research.errors import MEANINGS, ExitCode, exit_status_help  # noqa: E402
+from research.errors import ExitCode, exit_status_help, help_words, tool_exit  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -25,7 +25,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                                    "use or holding another sweep)"), ExitCode.SIGNAL)
                + " A stop signal reaches every running trial, which checkpoints first. A trial stopped by the guard "
                "(NaN, dead head) is not trained again by the same command: delete its folder to retry it. A trial "
-               "the pruner stops exits " + MEANINGS[ExitCode.PRUNED] + ".")
+               "the pruner stops exits " + help_words(ExitCode.PRUNED) + ".")
     parser.add_argument("recipe", help="recipe YAML file, e.g. recipes/lenet_digits.yaml")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                         help="values of one recipe key, as --set takes them (lists in [...]); repeatable: the "
@@ -85,27 +85,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    from research.errors import UserError
     from research.detached.launch import SOCKET_ENV
     from research.sweeps.spec import make_spec
     from research.sweeps.sweeper import Budget, launch_sweep, run_sweep
 
-    try:
-        spec = make_spec(args.recipe, args.grid, args.ranges, args.random, args.seed, args.overrides, args.metric,
-                         args.goal, args.sampler, args.trials, args.prune, args.prune_warmup)
-        if args.detach:
-            inner = [a for i, a in enumerate(argv) if a != "--detach" and a != "--name" and argv[i - 1:i] != ["--name"]
-                     and not a.startswith("--name=")]
-            started = launch_sweep(spec, inner, args.output, args.fresh, args.name, os.environ.get(SOCKET_ENV) or None)
-            print(started.instructions(shlex.join(["python", "tools/sweep.py", *[a for a in argv if a != "--fresh"]])))
-            return 0
-        result = run_sweep(spec, args.output, args.gpus, args.gpus_per_trial, args.parallel, args.fresh,
-                           ["tools/sweep.py", *argv], Budget(args.max_epochs, args.max_hours))
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    spec = make_spec(args.recipe, args.grid, args.ranges, args.random, args.seed, args.overrides, args.metric,
+                     args.goal, args.sampler, args.trials, args.prune, args.prune_warmup)
+    if args.detach:
+        inner = [a for i, a in enumerate(argv) if a != "--detach" and a != "--name" and argv[i - 1:i] != ["--name"]
+                 and not a.startswith("--name=")]
+        started = launch_sweep(spec, inner, args.output, args.fresh, args.name, os.environ.get(SOCKET_ENV) or None)
+        print(started.instructions(shlex.join(["python", "tools/sweep.py", *[a for a in argv if a != "--fresh"]])))
+        return 0
+    result = run_sweep(spec, args.output, args.gpus, args.gpus_per_trial, args.parallel, args.fresh,
+                       ["tools/sweep.py", *argv], Budget(args.max_epochs, args.max_hours))
     return result.exit_code
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    tool_exit(main)

@@ -8,7 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from research.cli import add_run_options  # noqa: E402
 from research.devices import set_cpu_threads  # noqa: E402  (before mxnet is imported)
-from research.errors import ExitCode, exit_status_help  # noqa: E402
+from research.errors import ExitCode, exit_status_help, tool_exit  # noqa: E402
 
 set_cpu_threads()
 
@@ -28,16 +28,11 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     from research.api import train_recipe
     from research.config import load_recipe
-    from research.errors import UserError       # bad recipe, missing data, absent GPU: one line, exit 2
 
-    try:
-        recipe = load_recipe(args.recipe, args.overrides)
-        _, code = train_recipe(recipe, args.gpus, args.output, args.resume, args.fresh, ["tools/train.py", *argv])
-        return code
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    recipe = load_recipe(args.recipe, args.overrides)
+    _, code = train_recipe(recipe, args.gpus, args.output, args.resume, args.fresh, ["tools/train.py", *argv])
+    return code
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    tool_exit(main)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from research.errors import UserError, tool_exit  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -27,9 +28,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     from research.inspection.compare import open_client
-    from research.tracking.ui import QUIET_ENV, SERVER_ENV, experiment_url, server_args, ui_port
-    from research.errors import UserError
     from research.tracking import tracking_uri, ui_command
+    from research.tracking.ui import QUIET_ENV, SERVER_ENV, experiment_url, server_args, ui_port
 
     args.port = args.port or ui_port()
     print(f"Serve the UI (with the repo virtualenv active):\n  {ui_command(args.port)}")
@@ -43,9 +43,7 @@ def main(argv: list[str]) -> int:
     chosen = [e for e in experiments if args.experiment in (None, e.name)]
     if args.experiment and not chosen:
         names = ", ".join(sorted(e.name for e in experiments)) or "none"
-        print(f"error: no experiment '{args.experiment}' in {tracking_uri()}. Experiments: {names}.",
-              file=sys.stderr)
-        return 2
+        raise UserError(f"no experiment '{args.experiment}' in {tracking_uri()}. Experiments: {names}.")
     if chosen:
         print("Training runs of each experiment (MLflow 3 otherwise opens on its GenAI view):")
         for experiment in sorted(chosen, key=lambda e: e.name):
@@ -58,4 +56,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    tool_exit(main)

@@ -14,13 +14,16 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UserError
+
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 SYNSET = re.compile(r"^n\d{8}$")
 UNLABELED = -1.0   # label of the Dogs vs. Cats test images, which have none
 
 
-class LayoutError(ValueError):
-    """The source folder or a ground-truth file does not match the chosen layout."""
+class LayoutError(UserError):
+    """The source folder or a ground-truth file does not match the chosen layout: tools/build_rec.py says so in
+    one line and exits 2."""
 
 
 @dataclass

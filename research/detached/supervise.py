@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .. import atomic
+from ..errors import STOP_SIGNALS, ExitCode, describe, shell_status, signal_exit_code, signal_of
 from ..paths import TOOLS
 from ..rundir import console
 from ..rundir.files import CHECKPOINTS, KEEP_ALIVE
@@ -39,42 +40,37 @@ STALL_AFTER_S = 1800                  # no status.json update for this long (or 
 POLL_S = 5.0
 RESTART, STAY, DONE = "restart", "stay stopped", "done"
 
-# The command's exit status (research.errors.ExitCode; 128+N: killed by, or stopped on, signal N) -> what the
-# supervisor does and why. Statuses not listed: 128+N of any other signal restarts, anything else stays stopped.
+# The command's exit status (research.errors: 128+N for signal N) -> what the supervisor does, and what a rerun
+# would do, after the status's own words (errors.describe). Statuses not listed: 128+N of any other signal
+# restarts, anything else stays stopped.
 RESTART_POLICY: dict[int, tuple[str, str]] = {
-    0: (DONE, "finished"),
-    1: (RESTART, "an unexpected error (a crash; the traceback is in console.log)"),
-    2: (STAY, "a user error: a rerun fails the same way; fix what the message names, then launch again"),
-    3: (STAY, "the guard stopped it (NaN loss, dead or stalled head): a rerun repeats it; change the recipe"),
-    4: (STAY, "a checkpoint could not be written (full disk, no permission): a rerun fails the same way "
-              "until space is freed; free space, then launch again"),
-    5: (DONE, "pruned: its sweep's pruner stopped it early, after a checkpoint; a rerun would not train it on"),
-    129: (STAY, "stopped on purpose by SIGHUP (tmux kill-session or kill-server, a closed terminal)"),
-    130: (STAY, "stopped on purpose by Ctrl-C (SIGINT)"),
-    137: (RESTART, "killed by SIGKILL: kill -9 or the OOM killer"),
-    143: (STAY, "stopped on purpose by SIGTERM"),
+    ExitCode.OK: (DONE, ""),
+    ExitCode.FAILED: (RESTART, "a crash; the traceback is in console.log"),
+    ExitCode.USER_ERROR: (STAY, "a rerun fails the same way; fix what the message names, then launch again"),
+    ExitCode.UNHEALTHY: (STAY, "a rerun repeats it; change the recipe"),
+    ExitCode.SAVE_FAILED: (STAY, "a rerun fails the same way until space is freed; free space, then launch again"),
+    ExitCode.PRUNED: (DONE, "a rerun would not train it on"),
+    signal_exit_code(signal.SIGHUP): (STAY, "on purpose (tmux kill-session or kill-server, a closed terminal)"),
+    signal_exit_code(signal.SIGINT): (STAY, "on purpose (Ctrl-C)"),
+    signal_exit_code(signal.SIGKILL): (RESTART, "kill -9 or the OOM killer"),
+    signal_exit_code(signal.SIGTERM): (STAY, "on purpose"),
 }
-OTHER_SIGNAL = (RESTART, "killed by {signal}: a crash of the process")
-UNKNOWN = (STAY, "exit status {status}, which the restart policy does not know")
+OTHER_SIGNAL = (RESTART, "a crash of the process")
+UNKNOWN = (STAY, "the restart policy does not know it")
 
 
 def policy(status: int) -> tuple[str, str]:
     """(decision, why) for an exit status as a shell shows it (128+N for signal N)."""
-    if status in RESTART_POLICY:
-        return RESTART_POLICY[status]
-    if status > 128:
-        try:
-            name = signal.Signals(status - 128).name
-        except ValueError:
-            name = f"signal {status - 128}"
-        return OTHER_SIGNAL[0], OTHER_SIGNAL[1].format(signal=name)
-    return UNKNOWN[0], UNKNOWN[1].format(status=status)
+    decision, rerun = RESTART_POLICY.get(status) or (OTHER_SIGNAL if signal_of(status) else UNKNOWN)
+    if status == ExitCode.OK:
+        return DONE, "finished"
+    return decision, f"{describe(status) or f'exit status {status}'}: {rerun}"
 
 
 def policy_help() -> str:
     """The restart policy in words, grouped by decision, for tools/launch.py --help."""
-    restart = [f"{status} {why}" for status, (decision, why) in RESTART_POLICY.items() if decision == RESTART]
-    stay = [f"{status} {why}" for status, (decision, why) in RESTART_POLICY.items() if decision == STAY]
+    restart = [f"{status} {policy(status)[1]}" for status, (decision, _) in RESTART_POLICY.items() if decision == RESTART]
+    stay = [f"{status} {policy(status)[1]}" for status, (decision, _) in RESTART_POLICY.items() if decision == STAY]
     return (f"0 done; restarted: {'; '.join(restart)}; 128+N for any other signal N (a crash: SIGSEGV, SIGABRT ...). "
             f"Left stopped: {'; '.join(stay)}; any other status")
 
@@ -128,8 +124,7 @@ class Supervisor:
         after stop signal N, 1 after a crash loop; never 137, which the pane script reads as the supervisor
         itself killed. `restart_cause`: this start is a restart (after a reboot, or after the supervisor was
         killed) and counts as one."""
-        previous = {sig: signal.signal(sig, self._on_stop_signal) for sig in (signal.SIGINT, signal.SIGTERM,
-                                                                               signal.SIGHUP)}
+        previous = {sig: signal.signal(sig, self._on_stop_signal) for sig in STOP_SIGNALS}
         try:
             return self._supervise(restart_cause)
         finally:
@@ -146,18 +141,17 @@ class Supervisor:
             status, cause = self._run_once()
             decision, why = policy(status)
             if decision == RESTART and self.stop_signal is not None:     # e.g. Ctrl-C, then a kill -9
-                return self._settle(self._stop_status(), f"stopped on purpose by {self.stop_signal}")
+                return self._settle(self._stop_status(), policy(self._stop_status())[1])
             if decision != RESTART:
                 return self._settle(status, cause or why)
             self._say(f"{self._what()} exited with status {status}: {cause or why}")
             if not self._may_restart(cause or why, status):
                 return self._give_up(status)
             if not self._back_off():
-                return self._settle(self._stop_status(), f"stopped on purpose by {self.stop_signal} during the "
-                                                         f"back-off")
+                return self._settle(self._stop_status(), f"{policy(self._stop_status())[1]}, during the back-off")
 
     def _stop_status(self) -> int:
-        return 128 + signal.Signals[self.stop_signal].value
+        return signal_exit_code(signal.Signals[self.stop_signal])
 
     def _run_once(self) -> tuple[int, str | None]:
         """Start the command, watch it until it exits; (exit status as a shell shows it, a sharper cause or None)."""
@@ -173,7 +167,7 @@ class Supervisor:
         status = self._watch(self.proc)
         _kill_group(self.proc.pid)          # what the command left behind (data workers) holds the run's files
         self.proc = None
-        if status == 137 and kills_before is not None and (oom_kills() or 0) > kills_before:
+        if status == signal_exit_code(signal.SIGKILL) and kills_before is not None and (oom_kills() or 0) > kills_before:
             return status, "killed by the OOM killer (out of memory; /proc/vmstat counted an OOM kill)"
         return status, None
 
@@ -183,7 +177,7 @@ class Supervisor:
         while True:
             try:
                 code = proc.wait(self.poll_s)
-                return 128 - code if code < 0 else code        # Popen's -N for signal N: a shell's 128+N
+                return shell_status(code)                      # Popen's -N for signal N: a shell's 128+N
             except subprocess.TimeoutExpired:
                 pass
             status = read_status(self.run_dir)
@@ -254,11 +248,11 @@ class Supervisor:
         self._say(f"giving up: {why}. Read console.log, fix the cause, then launch again")
         settle_abandoned(self.run_dir, f"{why}; the supervisor gave up")     # not RUNNING for ever in MLflow
         self._finish("crash-loop", why, exit_status=status)
-        return 1
+        return ExitCode.FAILED
 
     def _settle(self, status: int, why: str) -> int:
         """The run is over for the supervisor (or, in a shutdown, until the boot entry starts it again)."""
-        if status != 0 and (status in (129, 130, 143) or self.stop_signal):
+        if status != ExitCode.OK and (signal_of(status) in STOP_SIGNALS or self.stop_signal):
             if system_going_down():
                 self._say("the machine is shutting down: the run is checkpointed and starts again at boot")
                 self._write_record("shutdown", "stopped by the shutdown; the boot entry starts it again")
@@ -266,7 +260,8 @@ class Supervisor:
                 return status
             kind = "stopped"
         else:
-            kind = {0: "finished", 3: "guard", 5: "pruned"}.get(status, "failed")
+            kinds = {ExitCode.OK: "finished", ExitCode.UNHEALTHY: "guard", ExitCode.PRUNED: "pruned"}
+            kind = kinds.get(status, "failed")
         if kind in ("guard", "failed"):            # what the command said is the news; the policy's why after it
             said = self._last_error()
             message = f"{said} (not restarted: {why})" if said else f"{why} (see console.log)"

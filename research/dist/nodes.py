@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from ..errors import UserError
+from ..errors import STOP_SIGNALS, ExitCode, UserError, shell_status, signal_exit_code, signal_of
 from ..paths import REPO
-from ..training.signals import STOP_SIGNALS
 
 DEFAULT_PORT = 9091
 GRACE_S = 10.0                  # SIGTERM, then SIGKILL after this long
@@ -237,7 +236,7 @@ class Job:
             while self._signals:
                 if self.stop_signal is not None:
                     self.say("second signal: ending every process now")
-                    return 128 + self.stop_signal
+                    return signal_exit_code(self.stop_signal)
                 self._pass_on(self._signals.pop(0))
             status = self._verdict([proc.poll() for proc in self.procs])
             if status is not None:
@@ -258,7 +257,7 @@ class Job:
 
     def _verdict(self, codes: list[int | None]) -> int | None:
         """The launcher's exit status once the job is over, else None."""
-        stopped = None if self.stop_signal is None else 128 + self.stop_signal
+        stopped = None if self.stop_signal is None else signal_exit_code(self.stop_signal)
         if all(codes[i] == 0 for i in self.workers):
             return stopped or 0
         dead = next((i for i, code in enumerate(codes)
@@ -271,7 +270,7 @@ class Job:
             code, node = codes[dead], self.nodes[dead]
             self.say(f"{self.describe(dead)} {_exit_words(code, node)}: ending the other processes "
                      f"(MXNet's would wait for it forever)")
-            return code if node.role == "worker" and 0 < code < 128 else 1
+            return code if node.role == "worker" and 0 < code < ExitCode.SIGNAL else ExitCode.FAILED
         if self.finish_by is None and any(codes[i] == 0 for i in self.workers):
             self.finish_by = time.monotonic() + self.timeout
         if self.finish_by is not None and time.monotonic() > self.finish_by:
@@ -321,8 +320,8 @@ def _exit_words(code: int, node: Node) -> str:
     if code == 255 and not node.local:
         return (f"exited with status 255: ssh could not connect or lost the connection "
                 f"(does `ssh -o BatchMode=yes {node.host} true` work?)")
-    if code > 128 and code - 128 in signal.Signals._value2member_map_:
-        return f"was killed by {signal.Signals(code - 128).name} (status {code})"
+    if signal_of(code):
+        return f"was killed by {signal.Signals(signal_of(code)).name} (status {code})"
     return f"exited with status {code}"
 
 
@@ -402,7 +401,7 @@ def agent_main(argv: list[str]) -> int:
     threading.Thread(target=listen, daemon=True).start()
     code = child.wait()
     _signal_group(child.pid, signal.SIGKILL)        # whatever it left behind in its group
-    return 128 - code if code < 0 else code
+    return shell_status(code)
 
 
 def _signal_group(pgid: int, sig: int) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import sys
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -24,7 +23,7 @@ from typing import Literal
 from .. import atomic
 from ..config import RecipeError, load_recipe
 from ..detached.launch import train_command
-from ..errors import ExitCode, UserError
+from ..errors import ExitCode, UserError, describe, signal_of
 from ..paths import RUNS
 from ..rundir.console import last_error
 from ..study.store import STUDY_ENV, TRIAL_ENV, Pruner, Sampler
@@ -315,24 +314,16 @@ def check_same_sweep(sweep_dir: Path, state: dict, spec: SweepSpec) -> None:
 
 
 # -- one trial's outcome ---------------------------------------------------------------------------------
-OUTCOMES = {ExitCode.OK: "finished", ExitCode.UNHEALTHY: "failed", ExitCode.SAVE_FAILED: "failed",
-            ExitCode.USER_ERROR: "failed", ExitCode.FAILED: "failed", ExitCode.PRUNED: "pruned"}
-WHY = {ExitCode.UNHEALTHY: "exit 3, stopped by the guard (NaN loss, dead or stalled head)",
-       ExitCode.SAVE_FAILED: "exit 4, a checkpoint could not be written (disk full, permissions)",
-       ExitCode.USER_ERROR: "exit 2, a user error", ExitCode.FAILED: "exit 1, an unexpected error"}
-
-
 def outcome(code: int, console_log: Path, offset: int = 0) -> tuple[str, str]:
-    """(state, reason) of a trial's trainer that exited with `code`: finished, failed (why, with the last error
-    line of its console.log after byte `offset`) or killed (stopped by a signal after its checkpoint: resumed
-    next time)."""
-    if code >= ExitCode.SIGNAL or code < 0:
-        number = code - ExitCode.SIGNAL if code > 0 else -code
-        return "killed", f"stopped by {signal.Signals(number).name}" if number in signal.valid_signals() else ""
+    """(state, reason) of a trial's trainer that exited with `code`: finished, pruned (its sweep's pruner stopped it),
+    failed (the status's words from research.errors, then the last error line of its console.log after byte
+    `offset`) or killed (by a signal; after a stop signal it checkpointed first: resumed next time)."""
+    if signal_of(code) is not None:
+        return "killed", describe(code)
     if code in (ExitCode.OK, ExitCode.PRUNED):
-        return OUTCOMES[code], ""
-    why = WHY.get(code, f"exit {code}")
-    return OUTCOMES.get(code, "failed"), f"{why}: {last_error(console_log, offset)}".rstrip(": ")
+        return ("finished" if code == ExitCode.OK else "pruned"), ""
+    why = f"exit {code}" + (f", {describe(code)}" if describe(code) else "")
+    return "failed", f"{why}: {last_error(console_log, offset)}".rstrip(": ")
 
 
 def trial_command(spec: SweepSpec, trial: Trial, run_dir: Path, slot: Slot) -> list[str]:

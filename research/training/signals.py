@@ -12,8 +12,9 @@ import threading
 import time
 from typing import Callable
 
+from ..errors import STOP_SIGNALS, signal_exit_code
+
 log = logging.getLogger(__name__)
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class StopSignals:
@@ -33,7 +34,7 @@ class StopSignals:
 
     @property
     def exit_code(self) -> int:
-        return 128 + signal.Signals[self.signal_name].value if self.signal_name else 0
+        return signal_exit_code(signal.Signals[self.signal_name]) if self.signal_name else 0
 
     def install(self) -> None:
         """Take over the stop signals (main thread only: Python delivers signals there) until `restore`."""
@@ -75,7 +76,7 @@ class StopRequest(StopSignals):
                 self.restore()
                 raise KeyboardInterrupt("second interrupt: stopped without a checkpoint")
             log.error("second SIGINT: exiting now without a checkpoint")
-            os._exit(130)
+            os._exit(signal_exit_code(signal.SIGINT))
         if self._first(signum):
             log.warning("%s received: stopping after this batch and writing a checkpoint (%s again to %s)",
                         self.signal_name, *(("interrupt", "stop at once, without it") if self.interactive
@@ -130,7 +131,7 @@ def on_stop_signal_even_if_blocked(callback: Callable[[str], None]) -> Callable[
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
     previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-    stops = {signal.SIGINT.value, signal.SIGTERM.value, signal.SIGHUP.value}
+    stops = {sig.value for sig in STOP_SIGNALS}
 
     def watch() -> None:
         while True:
