@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, Sequence
 
 from .errors import UserError, signal_of
+from .metrics import VAL_TOP1
 from .rundir.files import CHECKPOINTS, MODEL, RECIPE
 
 if TYPE_CHECKING:
@@ -210,7 +211,7 @@ def train_recipe(recipe: Recipe, gpus: str | None, output: str | Path | None, re
 
 def sweep(recipe: str | Path, *, grid: Mapping[str, Sequence[Any]] | None = None,
           ranges: Mapping[str, str | tuple] | None = None, random: int = 0, seed: int = 0,
-          overrides: Mapping[str, Any] | Iterable[str] | None = None, metric: str = "val/top1",
+          overrides: Mapping[str, Any] | Iterable[str] | None = None, metric: str = VAL_TOP1,
           goal: Literal["max", "min"] | None = None, output: str | Path | None = None,
           gpus: str | Sequence[int] | None = None, gpus_per_trial: int = 1, parallel: int | None = None,
           fresh: bool = False, sampler: Literal["grid", "random", "tpe", "cmaes"] | None = None, trials: int = 0,

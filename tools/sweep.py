@@ -9,6 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from research.errors import ExitCode, exit_status_help, help_words, tool_exit  # noqa: E402
+from research.metrics import VAL_TOP1  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -59,7 +60,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "at once for an hour count 2)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a recipe value for every trial, as tools/train.py --set")
-    parser.add_argument("--metric", default="val/top1",
+    parser.add_argument("--metric", default=VAL_TOP1,
                         help="per-epoch metric the trials are ranked by, its best epoch (default val/top1)")
     parser.add_argument("--goal", choices=("max", "min"), default=None,
                         help="maximise or minimise --metric (default: min for a loss, else max)")

@@ -10,6 +10,7 @@ import mxnet as mx
 from mxnet import autograd, gluon
 
 from ..config import Recipe
+from ..metrics import DATA_WAIT, EPOCH_S, IMG_PER_S, LR, TRAIN_LOSS, TRAIN_TOP1, VAL_LOSS, VAL_TOP1, VAL_TOP5
 from ..model.export import input_shape
 from ..nets import build_net
 from ..tracking import Tracker
@@ -32,7 +33,7 @@ def benchmark_overhead(recipe: Recipe, repeats: int = 5, track: bool = True) -> 
     loss.backward()
     trainer.step(2)
     mx.nd.waitall()
-    history = [{"epoch": e, "val/top1": 0.5, "train/loss": 1.0} for e in range(recipe.train.epochs)]
+    history = [{"epoch": e, VAL_TOP1: 0.5, TRAIN_LOSS: 1.0} for e in range(recipe.train.epochs)]
     state = TrainState(epoch=recipe.train.epochs, step=1, history=history, recipe=recipe.to_dict())
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -60,8 +61,8 @@ def _tracking_cost(folder: Path, repeats: int, recipe: Recipe) -> dict[str, floa
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
     try:
         tracker = Tracker.start("overhead", "overhead")
-        metrics = {k: 0.5 for k in ("train/loss", "train/top1", "val/loss", "val/top1", "val/top5", "lr",
-                                    "speed/img_per_s", "time/epoch_s", "time/data_wait")}
+        metrics = {k: 0.5 for k in (TRAIN_LOSS, TRAIN_TOP1, VAL_LOSS, VAL_TOP1, VAL_TOP5, LR,
+                                    IMG_PER_S, EPOCH_S, DATA_WAIT)}
         tracker.flush()
         loop_s = _median_time(lambda: tracker.log_metrics(metrics, step=1), repeats)
         tic = time.perf_counter()

@@ -14,11 +14,12 @@ from tabulate import tabulate
 
 from ..durations import format_duration
 from ..errors import UserError
+from ..metrics import IMG_PER_S, TRAIN_LOSS, VAL_TOP1, VAL_TOP5
 from ..rundir.run_json import has_run_json, read_run_json
 from ..tracking import get_client, public_uri, tracking_uri
 from ..tracking.sweeps import is_sweep_parent
 
-CURVE_KEYS = ("val/top1", "val/top5", "train/loss", "speed/img_per_s")
+CURVE_KEYS = (VAL_TOP1, VAL_TOP5, TRAIN_LOSS, IMG_PER_S)
 
 
 @dataclass
@@ -114,12 +115,12 @@ def summarize(client, run) -> RunRow:
     """One run's row: its metric histories read from the store (a few queries)."""
     info, data = run.info, run.data
     curves = {key: _history(client, info.run_id, key) for key in CURVE_KEYS}
-    top1, top5 = dict(curves["val/top1"]), dict(curves["val/top5"])
+    top1, top5 = dict(curves[VAL_TOP1]), dict(curves[VAL_TOP5])
     best_epoch = max(top1, key=lambda epoch: (top1[epoch], -epoch)) if top1 else None
     final_epoch = max(top1) if top1 else None
     end_ms = info.end_time if info.status != "RUNNING" and info.end_time else time.time() * 1000
     planned = data.params.get("train.epochs")
-    speeds = [value for _, value in curves["speed/img_per_s"]]
+    speeds = [value for _, value in curves[IMG_PER_S]]
     return RunRow(
         run_id=info.run_id, name=info.run_name or "", recipe=data.tags.get("recipe", ""),
         status=(f"PRUNED@{data.tags['sweep.pruned_at_epoch']}" if "sweep.pruned_at_epoch" in data.tags  # a sweep's
@@ -260,7 +261,7 @@ def plot_runs(rows: list[RunRow], path: str | Path) -> None:
     for row in rows:
         # The differing recipe values tell the curves apart better than names that differ by a date.
         label = f"{row.run_id[:8]} " + (", ".join(f"{k}={row.params.get(k, '-')}" for k in keys) or row.name)
-        for ax, key in ((acc_ax, "val/top1"), (loss_ax, "train/loss")):
+        for ax, key in ((acc_ax, VAL_TOP1), (loss_ax, TRAIN_LOSS)):
             points = row.curves.get(key, [])
             ax.plot([e for e, _ in points], [v for _, v in points], marker="." if len(points) < 30 else None,
                     label=label)

@@ -24,6 +24,7 @@ from .. import atomic
 from ..config import RecipeError, load_recipe
 from ..detached.launch import train_command
 from ..errors import ExitCode, UserError, describe, signal_of
+from ..metrics import VAL_TOP1
 from ..paths import RUNS
 from ..rundir.console import last_error
 from ..study.store import STUDY_ENV, TRIAL_ENV, Pruner, Sampler
@@ -72,7 +73,7 @@ class SweepSpec:
     random: int = 0                  # trials drawn (0: the grid's product)
     seed: int = 0                    # the random search's draws
     overrides: list[str] = field(default_factory=list)         # --set for every trial
-    metric: str = "val/top1"         # a per-epoch metric; each trial's best epoch counts
+    metric: str = VAL_TOP1         # a per-epoch metric; each trial's best epoch counts
     goal: Goal = "max"
     sampler: Sampler = "grid"        # grid, random (--random N), tpe or cmaes (--trials N)
     trials: int = 0                  # tpe, cmaes: trials asked for
@@ -147,7 +148,7 @@ def parse_range(assignment: str) -> tuple[str, Range]:
 
 
 def make_spec(recipe: str, grid: list[str] = (), ranges: list[str] = (), random: int = 0, seed: int = 0,
-              overrides: list[str] = (), metric: str = "val/top1", goal: Goal | None = None,
+              overrides: list[str] = (), metric: str = VAL_TOP1, goal: Goal | None = None,
               sampler: Sampler | None = None, trials: int = 0, pruner: Pruner = "none",
               warmup: int = 0) -> SweepSpec:
     """A SweepSpec from the command line's texts. Raises SweepError naming the bad option."""

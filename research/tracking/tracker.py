@@ -13,6 +13,7 @@ from pathlib import Path
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..metrics import VAL_LOSS, VAL_TOP1, VAL_TOP5
 from ..paths import REPO
 from .colors import COLOR_TAG, next_color
 from .names import model_name, run_name, tags_from_env
@@ -205,7 +206,7 @@ class Tracker:
         self.client.log_inputs(self.run_id, datasets=inputs)
 
     def log_model(self, model_dir: str | Path, step: int,
-                  metric_keys: tuple[str, ...] = ("val/loss", "val/top1", "val/top5")) -> None:
+                  metric_keys: tuple[str, ...] = (VAL_LOSS, VAL_TOP1, VAL_TOP5)) -> None:
         """The exported model as the run's one MLflow LoggedModel (a pyfunc, research.tracking.logged_model), with
         the run's params, and its `metric_keys` at `step` linked to it (on the validation dataset input).
 
@@ -342,7 +343,7 @@ def start_run(recipe: Recipe, contexts: list, argv: list[str], tags: dict[str, s
 def resume_run(run_id: str, history: list[dict[str, float]], argv: list[str]) -> Tracker:
     """Continue run `run_id`, re-logging the epochs of `history` it lacks (killed between checkpoint and log)."""
     tracker = Tracker.resume(run_id)
-    logged = tracker.logged_steps("val/top1")
+    logged = tracker.logged_steps(VAL_TOP1)
     for entry in history:
         if entry["epoch"] not in logged:
             tracker.log_metrics({k: v for k, v in entry.items() if k != "epoch"}, step=entry["epoch"])

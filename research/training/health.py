@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 
+from ..metrics import DEAD_FRACTION, TRAIN_LOSS, VAL_TOP1
+
 CHANCE_TOLERANCE = 1e-3   # |train loss - ln(classes)| below this: the net predicts the uniform distribution
 CLEARLY_BELOW = 0.1       # a train loss this far under ln(classes) shows the net had learned something
 CONSTANT_TOLERANCE = 1e-6  # an output whose range over the validation pass is below this (relative) is constant
@@ -73,30 +75,30 @@ def check(history: list[dict[str, float]], classes: int, labels: int | None, cha
         head_activation: what follows SqueezeNet's conv10 (relu | elu), named in the dead-head rule.
     """
     last, uniform = history[-1], math.log(classes)
-    if last["health/dead_fraction"] >= 1.0:
+    if last[DEAD_FRACTION] >= 1.0:
         why = {"relu": "conv10's ReLU is 0 for every image, so every logit is 0",
                "elu": "conv10's ELU is saturated at -1 for every image, so every logit is the same"}
         return (f"dead head (rule: every output constant): every one of the net's {classes} outputs had the same "
                 f"value for every validation image at epoch {last['epoch']} "
                 f"({why.get(head_activation, 'the outputs no longer depend on the input')})")
-    lowest = min(entry["train/loss"] for entry in history[:-1]) if len(history) > 1 else math.inf
-    if lowest < uniform - CLEARLY_BELOW and abs(last["train/loss"] - uniform) <= CHANCE_TOLERANCE:
+    lowest = min(entry[TRAIN_LOSS] for entry in history[:-1]) if len(history) > 1 else math.inf
+    if lowest < uniform - CLEARLY_BELOW and abs(last[TRAIN_LOSS] - uniform) <= CHANCE_TOLERANCE:
         return (f"dead head (rule: uniform output): the train loss sat at ln({classes}) = {uniform:.4f} for all of "
                 f"epoch {last['epoch']} ({last['train/loss']:.4f}) after having been {lowest:.4f}: the net predicts "
                 f"the uniform distribution")
     if labels is None:
         return ""
     ceiling = chance_ceiling(labels)
-    if chance_epochs and last["epoch"] >= chance_epochs and last["val/top1"] <= ceiling:
+    if chance_epochs and last["epoch"] >= chance_epochs and last[VAL_TOP1] <= ceiling:
         return (f"no learning (rule: at chance after train.chance_epochs = {chance_epochs}): val top-1 is "
                 f"{last['val/top1']:.4f} after {last['epoch']} epochs, at chance for the {labels} labels the data "
                 f"holds (<= {ceiling:.4f})")
     window = history[-stall_epochs - 1:] if stall_epochs else []
-    if len(window) == stall_epochs + 1 and all(entry["val/top1"] <= ceiling for entry in window[1:]):
-        before, now, prior = window[0]["train/loss"], last["train/loss"], math.log(labels)
+    if len(window) == stall_epochs + 1 and all(entry[VAL_TOP1] <= ceiling for entry in window[1:]):
+        before, now, prior = window[0][TRAIN_LOSS], last[TRAIN_LOSS], math.log(labels)
         flat, above_prior = now > before * (1.0 - STALL_FALL), now > prior - CLEARLY_BELOW
         if flat or above_prior:
-            top1 = [entry["val/top1"] for entry in window[1:]]
+            top1 = [entry[VAL_TOP1] for entry in window[1:]]
             loss = (f"the train loss went from {before:.4f} to {now:.4f} ({(now - before) / before:+.1%})"
                     + (f", no better than the label prior's ln({labels}) = {prior:.4f}" if above_prior else ""))
             return (f"stalled (rule: at chance for train.stall_epochs = {stall_epochs}): val top-1 "

@@ -22,6 +22,7 @@ from .. import atomic
 from ..cli import RESUME_COMMAND_ENV
 from ..config import Recipe, dump_recipe
 from ..errors import ExitCode, UserError
+from ..metrics import IMG_PER_S, VAL_TOP1
 from ..rundir.files import CHECKPOINTS, RECIPE, RUN_JSON, TRACEBACK, TRAIN_LOG
 from ..rundir.lock import RunDirLock, remove_leftovers, set_aside
 from ..rundir.run_json import read_run_json, write_run_json
@@ -45,8 +46,8 @@ FAILURES: dict[type[BaseException], ExitCode] = {
 def status_figures(state: checkpoint.TrainState, epochs: int) -> dict:
     """status.json's figures of a training run at the last epoch `state` counts."""
     last = state.history[-1] if state.history else {}
-    return {"epoch": state.epoch, "epochs": epochs, "val_top1": last.get("val/top1"),
-            "img_per_s": last.get("speed/img_per_s")}
+    return {"epoch": state.epoch, "epochs": epochs, "val_top1": last.get(VAL_TOP1),
+            "img_per_s": last.get(IMG_PER_S)}
 
 
 class Lifecycle:
@@ -108,7 +109,7 @@ class Lifecycle:
         """A resume from a checkpoint older than MLflow's record (the newer ones damaged or gone): the epochs
         MLflow has are trained again but not logged twice (loop.fit), and the MLflow tag `resume.went_back`
         and status.json's `went_back` say from which epoch to which, and why."""
-        logged = self.tracker.last_step("val/top1") or 0
+        logged = self.tracker.last_step(VAL_TOP1) or 0
         if logged <= epochs:
             return
         step = self.state.step if self.state is not None else 0

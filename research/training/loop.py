@@ -14,6 +14,8 @@ import mxnet as mx
 from mxnet import autograd, gluon
 
 from ..config import Recipe
+from ..metrics import (DATA_WAIT, DEAD_FRACTION, EPOCH_S, IMG_PER_S, ITER_LOSS, LOSS_SCALE, LR, SKIPPED_STEPS,
+                       TRAIN_BATCHES, TRAIN_LOSS, TRAIN_TOP1, VAL_LOSS, VAL_TOP1, VAL_TOP5)
 from ..rundir.files import CHECKPOINTS, CURVES
 from ..study.trial import NoTrial, StudyTrial
 from . import health, precision
@@ -78,9 +80,9 @@ def fit(setup: Setup, state: TrainState, run, stop, steps: int | None = None) ->
     writer = CheckpointWriter(setup.run_dir / CHECKPOINTS, recipe.checkpoint.keep_last)
     curves = CurvesWriter(setup.run_dir / CURVES, recipe.name)
     report = Report(run, tracker, state, train.epochs, steps_per_epoch, setup.local_batch, setup.num_workers,
-                    logged_until=tracker.last_step("iter/loss"), enabled=setup.rank0,
+                    logged_until=tracker.last_step(ITER_LOSS), enabled=setup.rank0,
                     warn_data_wait=recipe.data.kind == "recordio")
-    logged_epochs = tracker.last_step("val/top1") or 0    # MLflow's record, ahead of the checkpoint's after a
+    logged_epochs = tracker.last_step(VAL_TOP1) or 0       # MLflow's record, ahead of the checkpoint's after a
                                                            # resume from an older one (a newer one was damaged)
     until = None if steps is None else state.step + steps
     labels = getattr(setup.train_iter, "labels_in_data", recipe.net.classes)       # chance, for the guard
@@ -149,15 +151,15 @@ def fit(setup: Setup, state: TrainState, run, stop, steps: int | None = None) ->
             if problem:                                    # before the epoch is kept or checkpointed
                 raise DeadHead(f"{problem}. {health.advice(head_activation)}")
             state.epoch, state.batch_in_epoch, state.epoch_totals = epoch + 1, 0, None
-            state.elapsed_s += metrics["time/epoch_s"]
+            state.elapsed_s += metrics[EPOCH_S]
             state.history.append(entry)
-            is_best = metrics["val/top1"] > state.best_top1
-            state.best_top1 = max(state.best_top1, metrics["val/top1"])
+            is_best = metrics[VAL_TOP1] > state.best_top1
+            state.best_top1 = max(state.best_top1, metrics[VAL_TOP1])
             if setup.rank0:
                 saved = writer.save(state, net, trainer, is_best)
                 if state.epoch > logged_epochs:            # else MLflow has it from before a resume that went back
                     tracker.log_metrics(metrics, step=state.epoch, after=saved)
-                report.end_epoch(metrics, metrics["time/epoch_s"])
+                report.end_epoch(metrics, metrics[EPOCH_S])
                 tracker.log_artifact(curves.path, after=curves.update(state.history))
             last_save = time.monotonic()
             if setup.trial.report(state.epoch, metrics, last=state.epoch == train.epochs):   # a sweep's trial: pruned?
@@ -206,8 +208,8 @@ class EpochTotals:
         included, and how many batches they cover; NonFiniteLoss if the loss is NaN or infinite."""
         sums = self.carried_on()
         counted = max(sums["counted"], 1)
-        return {"train/loss": _finite(sums["loss_sum"] / counted, where), "train/top1": sums["correct"] / counted,
-                "train/batches": sums["batches"], "skipped_images": sums["seen"] - sums["counted"]}
+        return {TRAIN_LOSS: _finite(sums["loss_sum"] / counted, where), TRAIN_TOP1: sums["correct"] / counted,
+                TRAIN_BATCHES: sums["batches"], "skipped_images": sums["seen"] - sums["counted"]}
 
     def _total(self, index: int) -> float:
         return float(sum(device_sums[index].asscalar() for device_sums in self.sums))
@@ -239,18 +241,18 @@ def epoch_metrics(setup: Setup, totals: EpochTotals, val: dict[str, float], lr: 
     kept); speed covers this process's batches, over its time."""
     train_figures = totals.epoch(f"at the end of epoch {epoch + 1}")
     metrics = {
-        "train/loss": train_figures["train/loss"], "train/top1": train_figures["train/top1"],
-        "train/batches": train_figures["train/batches"],
-        "val/loss": val["loss"], "val/top1": val["top1"], "val/top5": val["top5"],
-        "lr": lr,                                      # the last lr this epoch trained with
-        "speed/img_per_s": totals.seen / max(train_seconds, 1e-9) * setup.num_workers,
-        "time/epoch_s": epoch_seconds,
-        "time/data_wait": report.epoch_wait_share(),   # the devices' estimated idle share, waiting on data
-        "health/dead_fraction": val["dead_fraction"],
+        TRAIN_LOSS: train_figures[TRAIN_LOSS], TRAIN_TOP1: train_figures[TRAIN_TOP1],
+        TRAIN_BATCHES: train_figures[TRAIN_BATCHES],
+        VAL_LOSS: val["loss"], VAL_TOP1: val["top1"], VAL_TOP5: val["top5"],
+        LR: lr,                                # the last lr this epoch trained with
+        IMG_PER_S: totals.seen / max(train_seconds, 1e-9) * setup.num_workers,
+        EPOCH_S: epoch_seconds,
+        DATA_WAIT: report.epoch_wait_share(),  # the devices' estimated idle share, waiting on data
+        DEAD_FRACTION: val["dead_fraction"],
     }
     if precision.has_scaler(setup.trainer):            # train.amp: the scale now, and the updates it skipped
-        metrics.update({"amp/loss_scale": precision.loss_scale(setup.trainer),
-                        "amp/skipped_steps": train_figures["skipped_images"] // setup.local_batch})
+        metrics.update({LOSS_SCALE: precision.loss_scale(setup.trainer),
+                        SKIPPED_STEPS: train_figures["skipped_images"] // setup.local_batch})
     return metrics
 
 

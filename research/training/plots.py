@@ -9,6 +9,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from .. import atomic
+from ..metrics import TRAIN_LOSS, TRAIN_TOP1, VAL_LOSS, VAL_TOP1, VAL_TOP5
 
 log = logging.getLogger("research.training")
 
@@ -36,9 +37,9 @@ def curves_figure(history: list[dict[str, float]], title: str = "") -> Figure:
     FigureCanvasAgg(fig)
     loss_ax, acc_ax = fig.subplots(1, 2)
     epochs = [h["epoch"] for h in history]
-    for key, style in (("train/loss", "-"), ("val/loss", "--")):
+    for key, style in ((TRAIN_LOSS, "-"), (VAL_LOSS, "--")):
         loss_ax.plot(epochs, [h.get(key, float("nan")) for h in history], style, label=key)
-    for key, style in (("train/top1", "-"), ("val/top1", "--"), ("val/top5", ":")):
+    for key, style in ((TRAIN_TOP1, "-"), (VAL_TOP1, "--"), (VAL_TOP5, ":")):
         acc_ax.plot(epochs, [h.get(key, float("nan")) for h in history], style, label=key)
     loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
     acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1))

@@ -11,6 +11,8 @@ import logging
 import time
 
 from ..durations import format_duration
+from ..metrics import (IMG_PER_S, ITER_IMG_PER_S, ITER_LOSS, ITER_LR, LR, TRAIN_LOSS, TRAIN_TOP1, VAL_LOSS, VAL_TOP1,
+                       VAL_TOP5)
 from ..progress import ProgressBar
 from ..tracking import Tracker
 from .estimate import DATA_WAIT_WARNING, remaining_s
@@ -99,8 +101,8 @@ class Report:
                            f"at {new_images / spent * self.num_workers:.0f} img/s, training only")
         eta = self.eta_s()
         if state.step > self.logged_until:
-            self.tracker.log_metrics({"iter/loss": (loss * images - last_loss_sum) / max(new_images, 1), "iter/lr": lr,
-                                      "iter/img_per_s": new_images / max(spent, 1e-6) * self.num_workers},
+            self.tracker.log_metrics({ITER_LOSS: (loss * images - last_loss_sum) / max(new_images, 1), ITER_LR: lr,
+                                      ITER_IMG_PER_S: new_images / max(spent, 1e-6) * self.num_workers},
                                      step=state.step, tags=self._pace_tags(eta))
         self.run.write_status("running", batch=state.batch_in_epoch, batches=self.steps_per_epoch,
                               step=state.step, train_loss=loss, img_per_s=img_per_s,
@@ -117,9 +119,9 @@ class Report:
             return
         state, eta = self.state, self.eta_s()
         log.info("epoch %d/%d  train loss %.4f top1 %.4f | val loss %.4f top1 %.4f top5 %.4f | lr %.3g | "
-                 "%.0f img/s | %.1f s | ETA %s", state.epoch, self.epochs, metrics["train/loss"],
-                 metrics["train/top1"], metrics["val/loss"], metrics["val/top1"], metrics["val/top5"],
-                 metrics["lr"], metrics["speed/img_per_s"], epoch_seconds, format_duration(eta))
+                 "%.0f img/s | %.1f s | ETA %s", state.epoch, self.epochs, metrics[TRAIN_LOSS],
+                 metrics[TRAIN_TOP1], metrics[VAL_LOSS], metrics[VAL_TOP1], metrics[VAL_TOP5],
+                 metrics[LR], metrics[IMG_PER_S], epoch_seconds, format_duration(eta))
         if not self._estimated:
             self._pace(f"measured: mean of {len(state.history)} epoch(s)")
         else:

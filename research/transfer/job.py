@@ -13,6 +13,7 @@ import numpy as np
 from .. import atomic
 from ..config import Recipe, RecordData
 from ..data.recordio import check_labels, open_record_files, read_record_headers
+from ..metrics import VAL_ACCURACY, VAL_LOG_LOSS, VAL_TOP1
 from ..tracking import Tracker, run_url, ui_command
 from ..training.lifecycle import Lifecycle
 from . import classifier
@@ -71,8 +72,8 @@ def run_transfer(recipe: Recipe, ctxs: list, output_dir: str | Path, tracker: Tr
              cfg.cv_folds, cfg.cs, best_c, best["mean_log_loss"], best["mean_accuracy"])
 
     report = classifier.holdout_report(search.best_estimator_, val.x, val.labels, cfg.class_names, cfg.clip)
-    metrics.update({"val/accuracy": report["accuracy"], "val/top1": report["accuracy"],   # top1: as compare reads runs
-                    "val/log_loss": report["log_loss"],
+    metrics.update({VAL_ACCURACY: report["accuracy"], VAL_TOP1: report["accuracy"],   # top1: as compare reads runs
+                    VAL_LOG_LOSS: report["log_loss"],
                     "val/log_loss_unclipped": report["log_loss_unclipped"]})
     for name, scores in report["per_class"].items():
         metrics.update({f"val/{name}_{key}": scores[key] for key in ("precision", "recall", "f1-score")})
@@ -164,7 +165,7 @@ def run_transfer_job(recipe: Recipe, ctxs: list, run_dir: Path, argv: list[str],
         run.figures = {"task": "transfer"}
         run.write_status("running")
         results = run_transfer(recipe, ctxs, run.run_dir, tracker)
-        run.figures.update(val_top1=results["val/accuracy"], val_log_loss=results["val/log_loss"])
+        run.figures.update(val_top1=results[VAL_ACCURACY], val_log_loss=results[VAL_LOG_LOSS])
         run.finish()
     print(f"\nheld-out accuracy {results['val/accuracy']:.4f}, log loss {results['val/log_loss']:.4f} "
           f"(best C {results['cv/best_C']:g}). Run directory: {run_dir}")
