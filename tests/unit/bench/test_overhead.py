@@ -1,4 +1,5 @@
-"""The checkpoint/tracking cost benchmark measures real writes of the recipe's net."""
+"""The checkpoint/tracking cost benchmark measures real writes of the recipe's net (that MLflow calls are queued
+off the loop's thread is tests/unit/tracking/test_tracker.py's; no timing is asserted here)."""
 from pathlib import Path
 
 from research.config import load_recipe
@@ -11,7 +12,5 @@ def test_overhead_figures_for_lenet(tmp_path):
     result = benchmark_overhead(load_recipe(REPO / "recipes/lenet_digits.yaml"), repeats=2, track=True)
     # LeNet has 431,080 float32 weights; weights + momentum make a file of about 3.4 MB
     assert 3.0 < result["checkpoint_mb"] < 4.0
-    assert 0 < result["checkpoint_loop_s"] <= result["checkpoint_total_s"]
-    # MLflow calls are queued: the loop's thread pays a fraction of what the store takes
-    assert 0 < result["tracking_loop_s"] < result["tracking_store_s"] / 5
-    assert result["report_loop_s"] > 0                 # status.json written, iter/ metrics queued
+    assert 0 < result["checkpoint_loop_s"] <= result["checkpoint_total_s"]      # the wait for the disk comes after
+    assert all(result[key] > 0 for key in ("checkpoint_sync_s", "tracking_loop_s", "tracking_store_s", "report_loop_s"))

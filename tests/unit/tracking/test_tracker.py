@@ -76,6 +76,28 @@ class FlakyClient:
         pass
 
 
+class BusyClient(FlakyClient):
+    """A store that takes each call only once `release` is set (a long write, a locked database)."""
+
+    def __init__(self):
+        super().__init__(failures=0)
+        self.release = threading.Event()
+
+    def log_batch(self, run_id, metrics=(), params=(), tags=()):
+        self.release.wait(120)          # a deadline, not a measurement: the test sets it once log_metrics returned
+        super().log_batch(run_id, metrics, params, tags)
+
+
+def test_the_loop_s_thread_never_waits_for_the_store():
+    client = BusyClient()
+    tracker = Tracker(client, "run", "0")
+    tracker.log_metrics({"val/top1": 0.5}, step=1)      # returns while the store is busy: queued, not written
+    nothing_written_yet = client.logged == []
+    client.release.set()
+    tracker.end("FINISHED")
+    assert nothing_written_yet and client.logged == [("val/top1", 1)]
+
+
 def test_failures_warn_and_metrics_are_retried(caplog):
     client = FlakyClient(failures=2)
     tracker = Tracker(client, "run", "0")
