@@ -10,6 +10,7 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, Sequence
 
+from .cli import RESUME_MODES, Resume
 from .errors import UserError, signal_of
 from .metrics import VAL_TOP1
 from .rundir.files import CHECKPOINTS, MODEL, RECIPE
@@ -21,8 +22,6 @@ if TYPE_CHECKING:
     from .config import Recipe
     from .model.predict import Predictor
 
-Resume = Literal["auto", "require", "fresh"]
-RESUME_MODES = ("auto", "require", "fresh")
 
 
 class Run:
@@ -179,8 +178,7 @@ def train(recipe: str | Path | Recipe, *, gpus: str | Sequence[int] | None = Non
     loaded = _load(recipe, _assignments(overrides))
     spec = gpus if isinstance(gpus, str) or gpus is None else ",".join(map(str, gpus))
     call = f"research.train({str(recipe) if isinstance(recipe, (str, Path)) else loaded.name!r}, ...)"
-    run_dir, code = train_recipe(loaded, spec, output, resume == "require", resume == "fresh", [call],
-                               interactive=True)
+    run_dir, code = train_recipe(loaded, spec, output, resume, [call], interactive=True)
     if signal_of(code):
         name = signal.Signals(signal_of(code)).name
         raise KeyboardInterrupt(f"{name}: stopped after a checkpoint in {run_dir}; call research.train again "
@@ -188,8 +186,8 @@ def train(recipe: str | Path | Recipe, *, gpus: str | Sequence[int] | None = Non
     return Run(run_dir)
 
 
-def train_recipe(recipe: Recipe, gpus: str | None, output: str | Path | None, resume: bool, fresh: bool,
-                 argv: list[str], interactive: bool = False) -> tuple[Path, int]:
+def train_recipe(recipe: Recipe, gpus: str | None, output: str | Path | None, resume: Resume, argv: list[str],
+                 interactive: bool = False) -> tuple[Path, int]:
     """Check the recipe against the devices, then train it (or run its transfer job) into `output`.
 
     Returns the run directory and the exit status tools/train.py exits with. Raises UserError first,
@@ -204,9 +202,9 @@ def train_recipe(recipe: Recipe, gpus: str | None, output: str | Path | None, re
     run_dir = Path(output) if output else default_run_dir(recipe)
     if recipe.task == "transfer":
         from .transfer.job import run_transfer_job
-        return run_dir, run_transfer_job(recipe, ctxs, run_dir, argv, fresh=fresh, interactive=interactive)
+        return run_dir, run_transfer_job(recipe, ctxs, run_dir, argv, resume, interactive)
     from .training.trainer import train as train_run
-    return run_dir, train_run(recipe, ctxs, run_dir, resume, fresh, argv, interactive=interactive)
+    return run_dir, train_run(recipe, ctxs, run_dir, argv, resume, interactive)
 
 
 def sweep(recipe: str | Path, *, grid: Mapping[str, Sequence[Any]] | None = None,

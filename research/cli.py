@@ -3,10 +3,19 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Literal, get_args
 
 # The command that resumes a run, when it is not tools/train.py's own (tools/launch.py sets it in the tmux
 # pane): the trainer names it when it tells how to resume after a stop or a full disk.
 RESUME_COMMAND_ENV = "RESEARCH_RESUME_COMMAND"
+# What a run does with a checkpoint already in its run directory: --resume is "require", --fresh "fresh".
+Resume = Literal["auto", "require", "fresh"]
+RESUME_MODES: tuple[str, ...] = get_args(Resume)
+
+
+def resume_mode(args: argparse.Namespace) -> Resume:
+    """The one value of --resume / --fresh (mutually exclusive; neither: "auto")."""
+    return "fresh" if args.fresh else "require" if args.resume else "auto"
 
 
 def add_run_options(parser: argparse.ArgumentParser, recipe_required: bool = True) -> None:

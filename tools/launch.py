@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from research.cli import add_run_options  # noqa: E402
+from research.cli import add_run_options, resume_mode  # noqa: E402
 from research.detached.notify import EVENTS, NOTIFY_ENV  # noqa: E402
 from research.detached.supervise import MAX_RESTARTS, policy_help  # noqa: E402
 from research.errors import ExitCode, exit_status_help, tool_exit  # noqa: E402
@@ -74,7 +74,7 @@ def main(argv: list[str]) -> int:
     notified = any(arg == "--notify" or arg.startswith("--notify=") for arg in argv)
     note = f" (and your --notify command, or export {NOTIFY_ENV})" if notified else ""
     started = launch(args.recipe, args.overrides, gpus=args.gpus, name=args.name, output=args.output,
-                     fresh=args.fresh, resume=args.resume, socket=os.environ.get(SOCKET_ENV) or None,
+                     resume=resume_mode(args), socket=os.environ.get(SOCKET_ENV) or None,
                      keep_alive=supervised, resume_command=relaunch)
     print(started.instructions(relaunch + note))
     return 0

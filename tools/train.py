@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from research.cli import add_run_options  # noqa: E402
+from research.cli import add_run_options, resume_mode  # noqa: E402
 from research.devices import set_cpu_threads  # noqa: E402  (before mxnet is imported)
 from research.errors import ExitCode, exit_status_help, tool_exit  # noqa: E402
 
@@ -30,7 +30,7 @@ def main(argv: list[str]) -> int:
     from research.config import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
-    _, code = train_recipe(recipe, args.gpus, args.output, args.resume, args.fresh, ["tools/train.py", *argv])
+    _, code = train_recipe(recipe, args.gpus, args.output, resume_mode(args), ["tools/train.py", *argv])
     return code
 
 

@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
-from ..cli import RESUME_COMMAND_ENV
+from ..cli import RESUME_COMMAND_ENV, Resume
 from ..durations import format_duration
 from ..errors import UserError
 from ..paths import RUNS, TOOLS
@@ -156,13 +156,15 @@ class Launch:
         return "\n".join(lines)
 
 
-def train_command(recipe_path: str, run_dir: Path, gpus: str | None, overrides: list[str], resume: bool) -> list[str]:
-    """tools/train.py with this interpreter and an explicit --output, so a relaunch finds the run."""
+def train_command(recipe_path: str, run_dir: Path, gpus: str | None, overrides: list[str],
+                  resume: Resume = "auto") -> list[str]:
+    """tools/train.py with this interpreter and an explicit --output, so a relaunch finds the run; never --fresh
+    (the launch set the old run aside already: a restart must not do it again)."""
     command = [sys.executable, str(TOOLS / "train.py"), recipe_path, "--output", str(run_dir)]
     command += ["--gpus", gpus] if gpus is not None else []
     for assignment in overrides:
         command += ["--set", assignment]
-    return command + (["--resume"] if resume else [])
+    return command + (["--resume"] if resume == "require" else [])
 
 
 def pane_script(command: list[str], run_dir: Path, cwd: Path, env: dict[str, str]) -> str:
@@ -225,16 +227,15 @@ def passed_env() -> dict[str, str]:
 
 
 def launch(recipe_path: str, overrides: list[str] = (), gpus: str | None = None, name: str | None = None,
-           output: Path | None = None, fresh: bool = False, resume: bool = False,
-           socket: str | None = None, keep_alive: KeepAlive | None = None,
-           resume_command: str | None = None) -> Launch:
+           output: Path | None = None, resume: Resume = "auto", socket: str | None = None,
+           keep_alive: KeepAlive | None = None, resume_command: str | None = None) -> Launch:
     """Start tools/train.py for `recipe_path` in a new detached tmux session (supervised with `keep_alive`:
     registered for the boot entry, which is installed if the machine has cron or systemd --user).
     `resume_command` (the launch command again) is what the trainer names when it tells how to resume.
 
     Checks first what would make the run fail or collide: tmux, the recipe and --gpus, a live
     session of that name, a trainer still writing to the run directory, and the trainer's own
-    resume decision (e.g. --resume without a checkpoint). --fresh moves the old run aside here,
+    resume decision (e.g. --resume without a checkpoint). `resume` "fresh" moves the old run aside here,
     before console.log is opened in the run directory.
 
     Raises:
@@ -251,7 +252,7 @@ def launch(recipe_path: str, overrides: list[str] = (), gpus: str | None = None,
     from ..training.resume import default_run_dir, prepare_run_dir   # imports mxnet: after the cheap checks
     run_dir = Path(output).resolve() if output else default_run_dir(recipe)
     check_run_dir_free(run_dir)
-    prepare_run_dir(run_dir, recipe, resume, fresh)
+    prepare_run_dir(run_dir, recipe, resume)
     return start_session(name, run_dir, train_command(recipe_path, run_dir, gpus, list(overrides), resume), socket,
                          keep_alive, resume_command)
 

@@ -2,7 +2,7 @@
 
 Used by tools/launch_dist.py. It never imports mxnet: with DMLC_ROLE set, importing mxnet turns a process
 into a ps-lite node. The workers' half of a job (the kvstore, rank 0's position and weights, the servers'
-lr schedule) is research/training/kvstore.py.
+lr schedule) is research/dist/workers.py.
 """
 from __future__ import annotations
 
@@ -32,9 +32,9 @@ CONNECTED_LINE = "the scheduler is connected to"                       # ps-lite
 PASSED_ENV = ("DMLC_", "PS_", "MXNET_", "OMP_", "MLFLOW_", "CUDA_VISIBLE_DEVICES", "PYTHONPATH")
 _BOOT = f"import sys; sys.path.insert(0, {str(REPO)!r}); "
 # DMLC_ROLE=server|scheduler: `import mxnet` runs the ps-lite node until the job ends, then exits.
-# research.training.kvstore comes first so that the servers can unpickle ScheduleLR: better an
-# ImportError here than one inside the servers' optimizer callback.
-NODE_CODE = _BOOT + "import research.training.kvstore; import mxnet"
+# research.dist.workers and the schedule it runs (training.schedules.lr_at) come first so that the servers can
+# unpickle ScheduleLR: better an ImportError here than one inside the servers' optimizer callback.
+NODE_CODE = _BOOT + "import research.dist.workers, research.training.schedules; import mxnet"
 AGENT_CODE = _BOOT + "from research.dist.nodes import agent_main; sys.exit(agent_main(sys.argv[1:]))"
 
 

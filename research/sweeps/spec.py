@@ -329,7 +329,7 @@ def outcome(code: int, console_log: Path, offset: int = 0) -> tuple[str, str]:
 
 def trial_command(spec: SweepSpec, trial: Trial, run_dir: Path, slot: Slot) -> list[str]:
     """tools/train.py for the trial, as a user would type it, behind the wrapper that ends it with the sweep."""
-    command = train_command(spec.recipe, run_dir, slot.gpus, [*spec.overrides, *trial.assignments], resume=False)
+    command = train_command(spec.recipe, run_dir, slot.gpus, [*spec.overrides, *trial.assignments])
     return [sys.executable, "-c", DIE_WITH_SWEEP, str(os.getpid()), *command]
 
 

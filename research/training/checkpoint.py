@@ -188,6 +188,23 @@ class CheckpointWriter:
         self._pool.shutdown(wait=True)
 
 
+class NoCheckpoints:
+    """The CheckpointWriter of a distributed worker other than rank 0, which writes none: `save` takes no
+    snapshot and returns a Future that is already done; nothing ever fails."""
+    failed = None
+
+    def save(self, state: TrainState, net: gluon.Block, trainer: gluon.Trainer, is_best: bool = False) -> Future:
+        done: Future = Future()
+        done.set_result(None)
+        return done
+
+    def wait(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def list_checkpoints(folder: str | Path) -> list[Path]:
     """step-*.ckpt files, oldest first."""
     folder = Path(folder)

@@ -22,16 +22,17 @@ from .. import atomic
 from ..cli import RESUME_COMMAND_ENV
 from ..config import Recipe, dump_recipe
 from ..errors import ExitCode, UserError
-from ..metrics import IMG_PER_S, VAL_TOP1
-from ..rundir.files import CHECKPOINTS, RECIPE, RUN_JSON, TRACEBACK, TRAIN_LOG
+from ..metrics import IMG_PER_S, VAL_TOP1, VAL_TOP5
+from ..rundir.files import CHECKPOINTS, MODEL, RECIPE, RUN_JSON, TRACEBACK, TRAIN_LOG
 from ..rundir.lock import RunDirLock, remove_leftovers, set_aside
 from ..rundir.run_json import read_run_json, write_run_json
-from ..rundir.status import Status, write_status
-from ..tracking import Tracker, resume_run, start_run
+from ..rundir.status import Status, read_status, write_status
+from ..tracking import Tracker, resume_run, run_url, serve_hint, start_run
 from . import checkpoint
 from .health import DeadHead, Unhealthy
 from .logs import add_file_log, flush_logs, remove_file_log, setup_logging
-from .signals import on_stop_signal_even_if_blocked
+from .modes import Modes
+from .signals import FollowerStop, StopRequest, on_stop_signal_even_if_blocked
 
 log = logging.getLogger("research.training")
 
@@ -50,18 +51,31 @@ def status_figures(state: checkpoint.TrainState, epochs: int) -> dict:
             "img_per_s": last.get(IMG_PER_S)}
 
 
+class _Silent:
+    """A follower's `say`: rank 0 alone tells the user how the run goes."""
+
+    def info(self, *args, **kwargs) -> None:
+        pass
+
+    warning = info
+
+
+def lifecycle_for(run_dir: Path, recipe: Recipe, argv: list[str], modes: Modes) -> Lifecycle:
+    """Rank 0's Lifecycle, or the stand-in of a distributed worker other than rank 0 (FollowerLifecycle)."""
+    return (Lifecycle if modes.rank0 else FollowerLifecycle)(run_dir, recipe, argv, modes)
+
+
 class Lifecycle:
-    """The run directory, the MLflow run and the exit status of one job, from start to settled.
-
-    `rank0` False (a distributed worker other than rank 0): no lock, no files, no MLflow run; only
-    the exit status. `interactive` (research.train in a notebook): a failure is raised after the
-    run is marked, instead of becoming an exit status.
+    """The run directory, the MLflow run and the exit status of one job, from start to settled; what rank 0 says
+    at a run's start and end (`say`), and its stop request. `modes` (decided once): "fresh" sets the old run
+    aside; interactive (research.train in a notebook): a failure is raised after the run is marked, instead of
+    becoming an exit status, and the messages name the Python call; several workers: the stop is also watched
+    from a thread.
     """
+    say = log                                # what rank 0 alone tells the user; a follower's says nothing
 
-    def __init__(self, run_dir: Path, recipe: Recipe, argv: list[str], *, fresh: bool = False, rank0: bool = True,
-                 interactive: bool = False):
-        self.run_dir, self.recipe, self.argv = Path(run_dir), recipe, argv
-        self.fresh, self.rank0, self.interactive = fresh, rank0, interactive
+    def __init__(self, run_dir: Path, recipe: Recipe, argv: list[str], modes: Modes = Modes()):
+        self.run_dir, self.recipe, self.argv, self.modes = Path(run_dir), recipe, argv, modes
         self.tracker = Tracker.disabled()
         self.state: checkpoint.TrainState | None = None     # a training run's position, for status.json
         self.figures: dict = {}              # a job's own status.json figures (the transfer job's accuracy)
@@ -74,12 +88,11 @@ class Lifecycle:
     # -- start ------------------------------------------------------------------------------
     def __enter__(self) -> Lifecycle:
         setup_logging()
-        if self.rank0:
-            self._lock.acquire()                 # one owner per run directory
-            if self.fresh:
-                set_aside(self.run_dir)
-            remove_leftovers(self.run_dir)       # under the lock: no live writer owns them
-        add_file_log(self.run_dir, self.rank0)
+        self._lock.acquire()                     # one owner per run directory
+        if self.modes.resume == "fresh":
+            set_aside(self.run_dir)
+        remove_leftovers(self.run_dir)           # under the lock: no live writer owns them
+        add_file_log(self.run_dir)
         return self
 
     def start_tracking(self, ctxs: list, resume_id: str | None = None, history: list[dict] = (),
@@ -87,8 +100,6 @@ class Lifecycle:
         """The directory's MLflow run: `resume_id` (a checkpoint's), else the one run.json names (a run killed
         before its first checkpoint restarts in it), resumed with the epochs of `history` it lacks; else a
         new run. Writes run.json and the recipe copy (also an artifact)."""
-        if not self.rank0:
-            return self.tracker
         atomic.write_text(self.run_dir / RECIPE, dump_recipe(self.recipe))
         if self.recipe.tracking.enabled:
             run_id = resume_id or read_run_json(self.run_dir).run_id
@@ -123,40 +134,79 @@ class Lifecycle:
 
     def write_status(self, status: str, **figures) -> None:
         """status.json with the run's figures (its state's, the job's own, then these); `started` from now."""
-        if not self.rank0:
-            return
         self.started = True
         own = status_figures(self.state, self.recipe.train.epochs) if self.state is not None else {}
         write_status(self.run_dir, Status(status, run_id=self.tracker.run_id, **{**own, **self.figures, **figures}))
 
-    def watch_for_blocked_stop(self) -> None:
-        """Several workers: mark the run KILLED from a thread at the first stop signal, in case a dead peer
-        keeps the main thread in C++ until the launcher's SIGKILL (it then never gets to `stopped`)."""
-        if self.rank0:
+    def stop_request(self) -> StopRequest:
+        """Stop signals taken over until `restore`: the loop reads `requested` after every batch. With several
+        workers the run is also marked KILLED from a thread at the first one, in case a dead peer keeps the main
+        thread in C++ until the launcher's SIGKILL (it then never gets to `stopped`)."""
+        stop = StopRequest(self.modes.interactive)
+        stop.install()
+        if self.modes.num_workers > 1:
             self._end_watch = on_stop_signal_even_if_blocked(self._mark_killed)
+        return stop
+
+    def already_finished(self, epochs: int) -> None:
+        """The run directory holds this recipe's finished run: say how to train again or longer; change nothing."""
+        again, extend = (("resume='fresh'", "overrides={'train.epochs': N}") if self.modes.interactive
+                         else ("--fresh", "--set train.epochs=N"))
+        print(f"{self.run_dir} already holds the finished run ({epochs} epochs). "
+              f"Use {again} to train again, or {extend} to extend it.")
+        self._settled = True
 
     # -- end --------------------------------------------------------------------------------
     def finish(self) -> None:
         """The job is done: FINISHED, status.json finished, exit status 0."""
         self._settle("FINISHED", "finished")
 
-    def stopped(self, signal_name: str, exit_code: int) -> None:
-        """Stopped by a signal after its checkpoint: KILLED, status.json killed, exit status 128+N."""
-        self.exit_code = exit_code
+    def stopped(self, stop: StopRequest) -> None:
+        """Stopped by a signal after its checkpoint: how to resume, then KILLED, status.json killed, exit 128+N."""
+        self.say.warning("stopped by %s at epoch %d, step %d; checkpoint written. Resume with:\n  %s",
+                         stop.signal_name, self.state.epoch, self.state.step, self.resume_command())
+        self.exit_code = stop.exit_code
         self._settle("KILLED", "killed")
 
     def pruned(self, verdict) -> None:
         """A sweep's trial its pruner stopped after a checkpoint (research.study.trial.Pruned): FINISHED in
         MLflow (it did what its sweep asked; not FAILED) with the tags sweep.pruned_at_epoch and
         sweep.pruned_against, status.json pruned, exit status PRUNED."""
-        self.tracker.set_tags({"sweep.pruned_at_epoch": str(verdict.epoch), "sweep.pruned_against": verdict.against[:5000]})
+        self.tracker.set_tags({"sweep.pruned_at_epoch": str(verdict.epoch),
+                               "sweep.pruned_against": verdict.against[:5000]})
         self.figures["pruned"] = f"at epoch {verdict.epoch}: {verdict.against}"
         self.exit_code = ExitCode.PRUNED
         self._settle("FINISHED", "pruned")
 
-    def leave_as_is(self) -> None:
-        """Nothing was done (the run had finished already): the directory and MLflow run stay as they were."""
+    def already_pruned(self) -> None:
+        """The run directory holds a sweep's trial its pruner stopped: say how to train it on or start over; change
+        nothing; exit status PRUNED."""
+        again, fresh = ("resume='require'", "resume='fresh'") if self.modes.interactive else ("--resume", "--fresh")
+        print(f"{self.run_dir} holds a sweep's trial its pruner stopped ({read_status(self.run_dir).pruned}). "
+              f"Use {again} to train it on anyway, or {fresh} to start over.")
+        self.exit_code = ExitCode.PRUNED
         self._settled = True
+    def export_model(self, net) -> None:
+        """The final weights as symbol + params (and ONNX where supported) in RUN_DIR/model, logged as artifacts and
+        as the MLflow logged model. A failure is logged, not raised: the checkpoint has the weights."""
+        from ..model.export import export_model
+        model_dir = self.run_dir / MODEL
+        try:
+            export_model(net, model_dir, self.recipe)
+            self.tracker.log_artifacts(model_dir, "model")
+            self.tracker.log_model(model_dir, step=self.recipe.train.epochs)     # the UI's "Logged models"
+        except Exception as err:  # noqa: BLE001 - the checkpoint has the weights; export is a convenience
+            reason = atomic.explain(err.filename or model_dir, err) if isinstance(err, OSError) else str(err)
+            log.error("model export failed (%s); %s", reason, self.newest_checkpoint().replace("last good", "final"))
+
+    def summary(self) -> None:
+        """The finished run's last figures, its folder and its MLflow run, printed."""
+        last, tracker = self.state.history[-1], self.tracker
+        print(f"\nval top-1 {last[VAL_TOP1]:.4f}, top-5 {last[VAL_TOP5]:.4f} after {self.state.epoch} epochs "
+              f"({self.state.elapsed_s / 60:.1f} min). Run directory: {self.run_dir}")
+        if tracker.enabled:
+            print(f"MLflow run {tracker.run_id} in experiment '{self.recipe.tracking.experiment or self.recipe.name}'. "
+                  f"Open the UI with:\n  {serve_hint()}\nthen browse {run_url(tracker.run_id, tracker.experiment_id)}")
 
     def __exit__(self, kind, err, tb) -> bool:
         try:
@@ -186,21 +236,21 @@ class Lifecycle:
         elif isinstance(err, Unhealthy):
             log.error("%s Stopped; %s", err, self._where_to_go_on(err))
             self.tracker.set_tags({"failure": str(err)[:500]})
-        elif not isinstance(err, UserError) and self.rank0 and self.started:
+        elif not isinstance(err, UserError) and self.started:
             try:
                 atomic.write_text(self.run_dir / TRACEBACK, traceback.format_exc())
                 self.tracker.log_artifact(self.run_dir / TRACEBACK)
             except OSError:
                 pass                   # the traceback still reaches the console
         self._settle("FAILED", "failed")
-        if code is None or self.interactive:
+        if code is None or self.modes.interactive:
             return False
         self.exit_code = code
         return True
 
     def _settle(self, mlflow_status: str, word: str) -> None:
         self._settled = True
-        if not self.rank0 or not self.started:
+        if not self.started:                         # a follower's never is; nor a job that failed before starting
             return
         flush_logs()
         self.tracker.log_artifact(self.run_dir / TRAIN_LOG)
@@ -243,10 +293,43 @@ class Lifecycle:
 
     def resume_command(self) -> str:
         """How the user resumes this run: the command that started it (tools/launch.py's, which it passes as
-        RESEARCH_RESUME_COMMAND), the same tools/train.py command (--resume, not --fresh), or the Python call."""
+        RESEARCH_RESUME_COMMAND; tools/launch_dist.py's with several workers), the same tools/train.py command
+        (--resume, not --fresh), or the Python call."""
         if os.environ.get(RESUME_COMMAND_ENV):
             return os.environ[RESUME_COMMAND_ENV]
-        if not self.argv[0].endswith(".py"):                 # research.train(...) from Python
+        if self.modes.num_workers > 1:
+            return "rerun the same tools/launch_dist.py command"
+        if self.modes.interactive:                           # research.train(...) from Python
             return f"{self.argv[0]} again (resume='auto' continues from the checkpoint)"
         args = [a for a in self.argv if a not in ("--fresh", "--resume")]
         return " ".join(["python"] + args + ["--resume"])
+
+
+class FollowerLifecycle(Lifecycle):
+    """The Lifecycle of a distributed worker other than rank 0: no lock, no files, no MLflow run, nothing said
+    (rank 0 does it all); only the exit status, and a stop request that leaves the decision to rank 0."""
+    say = _Silent()
+
+    def __enter__(self) -> Lifecycle:
+        setup_logging()
+        add_file_log(None)
+        return self
+
+    def start_tracking(self, ctxs: list, resume_id: str | None = None, history: list[dict] = (),
+                       tags: dict[str, str] | None = None) -> Tracker:
+        return self.tracker                  # disabled
+
+    def write_status(self, status: str, **figures) -> None:
+        pass
+
+    def stop_request(self) -> FollowerStop:
+        stop = FollowerStop()
+        stop.install()
+        return stop
+
+    def export_model(self, net) -> None:
+        pass
+
+    def summary(self) -> None:
+        pass
+

@@ -42,13 +42,14 @@ def setup_logging() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-def add_file_log(run_dir: Path, rank0: bool) -> None:
-    """Append to run_dir/train.log (rank 0 only), starting with what was logged before."""
+def add_file_log(run_dir: Path | None) -> None:
+    """Append to run_dir/train.log, starting with what was logged before; None (a distributed worker other than
+    rank 0, which writes no file): what was buffered is dropped."""
     root = logging.getLogger()
     buffers = [h for h in root.handlers if getattr(h, "_research", None) == "buffer"]
     target = None
     remove_file_log()                       # a previous run in this process (a notebook) logged elsewhere
-    if rank0:
+    if run_dir is not None:
         target = _RunLog(run_dir / TRAIN_LOG)
         target.setFormatter(LOG_FORMAT)
         target._research = "file"

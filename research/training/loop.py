@@ -19,10 +19,11 @@ from ..metrics import (DATA_WAIT, DEAD_FRACTION, EPOCH_S, IMG_PER_S, ITER_LOSS, 
 from ..rundir.files import CHECKPOINTS, CURVES
 from ..study.trial import NoTrial, StudyTrial
 from . import health, precision
-from .checkpoint import CheckpointWriter, TrainState
+from .checkpoint import CheckpointWriter, NoCheckpoints, TrainState
 from .evaluate import evaluate
 from .health import DeadHead, NonFiniteLoss, Overflowing
-from .plots import CurvesWriter
+from .modes import Modes
+from .plots import CurvesWriter, NoCurves
 from .report import Report
 from .schedules import lr_at
 
@@ -42,19 +43,14 @@ class Setup:
     global_batch: int          # images per update over all devices and workers
     base_lr: float             # lr after the linear scaling rule
     run_dir: Path
-    num_workers: int = 1       # distributed kvstore workers (machines), each with len(ctxs) devices
-    rank: int = 0              # this worker's rank; rank 0 alone reports, checkpoints and tracks
-    lr_on_servers: bool = False   # dist kvstore: the servers' optimizer follows lr_at (set by kvstore.prepare_workers)
+    modes: Modes = Modes()     # this process's rank among the workers (machines, each with len(ctxs) devices)
+    lr_on_servers: bool = False   # several workers: the servers' optimizer follows lr_at (dist.workers.ScheduleLR)
     trial: StudyTrial | NoTrial = field(default_factory=NoTrial)   # a sweep's trial: reports each epoch, may be pruned
-
-    @property
-    def rank0(self) -> bool:
-        return self.rank == 0
 
     @property
     def local_batch(self) -> int:
         """Images per update on this worker (over its devices)."""
-        return self.global_batch // self.num_workers
+        return self.global_batch // self.modes.num_workers
 
 
 def fit(setup: Setup, state: TrainState, run, stop, steps: int | None = None) -> Outcome:
@@ -77,10 +73,9 @@ def fit(setup: Setup, state: TrainState, run, stop, steps: int | None = None) ->
     train = recipe.train
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     steps_per_epoch = setup.train_iter.num_samples // setup.local_batch
-    writer = CheckpointWriter(setup.run_dir / CHECKPOINTS, recipe.checkpoint.keep_last)
-    curves = CurvesWriter(setup.run_dir / CURVES, recipe.name)
-    report = Report(run, tracker, state, train.epochs, steps_per_epoch, setup.local_batch, setup.num_workers,
-                    logged_until=tracker.last_step(ITER_LOSS), enabled=setup.rank0,
+    writer, curves = rank_outputs(setup)
+    report = Report(run, tracker, state, train.epochs, steps_per_epoch, setup.local_batch, setup.modes.num_workers,
+                    logged_until=tracker.last_step(ITER_LOSS), enabled=setup.modes.rank0,
                     warn_data_wait=recipe.data.kind == "recordio")
     logged_epochs = tracker.last_step(VAL_TOP1) or 0       # MLflow's record, ahead of the checkpoint's after a
                                                            # resume from an older one (a newer one was damaged)
@@ -89,6 +84,7 @@ def fit(setup: Setup, state: TrainState, run, stop, steps: int | None = None) ->
     head_activation = recipe.net.activation if recipe.net.name.startswith("squeezenet") else None
     random_layers = _has_dropout(net)
     last_save, skipped_in_a_row = time.monotonic(), 0
+    save_every_s = 60 * recipe.checkpoint.every_minutes      # the timed checkpoint inside an epoch; 0: none
     try:
         for epoch in range(state.epoch, train.epochs):
             start_epoch(setup, epoch)
@@ -121,19 +117,17 @@ def fit(setup: Setup, state: TrainState, run, stop, steps: int | None = None) ->
                     report.synced()
                 if writer.failed:                          # written in the background: seen after the next batch
                     raise writer.failed
-                if stop.requested:
+                if stop.requested:                         # rank 0's alone: the others' FollowerStop never is
                     state.epoch_totals = totals.carried_on()      # sync: the epoch's sums go into the checkpoint
-                    if setup.rank0:
-                        checkpoint_now(writer, state, setup)
-                        log.warning("stopped %.1f s after %s, at epoch %d batch %d (step %d): checkpoint written",
-                                    time.monotonic() - stop.received_at, stop.signal_name, epoch + 1,
-                                    state.batch_in_epoch, state.step)
+                    checkpoint_now(writer, state, setup)
+                    log.warning("stopped %.1f s after %s, at epoch %d batch %d (step %d): checkpoint written",
+                                time.monotonic() - stop.received_at, stop.signal_name, epoch + 1,
+                                state.batch_in_epoch, state.step)
                     return "stopped"
                 if state.step == until:
                     state.epoch_totals = totals.carried_on()      # the next fit goes on with the epoch's sums
                     return "paused"
-                if setup.rank0 and recipe.checkpoint.every_minutes and \
-                        time.monotonic() - last_save > 60 * recipe.checkpoint.every_minutes:
+                if save_every_s and time.monotonic() - last_save > save_every_s:
                     state.epoch_totals = totals.carried_on()
                     writer.save(state, net, trainer)
                     last_save = time.monotonic()
@@ -155,18 +149,16 @@ def fit(setup: Setup, state: TrainState, run, stop, steps: int | None = None) ->
             state.history.append(entry)
             is_best = metrics[VAL_TOP1] > state.best_top1
             state.best_top1 = max(state.best_top1, metrics[VAL_TOP1])
-            if setup.rank0:
-                saved = writer.save(state, net, trainer, is_best)
-                if state.epoch > logged_epochs:            # else MLflow has it from before a resume that went back
-                    tracker.log_metrics(metrics, step=state.epoch, after=saved)
-                report.end_epoch(metrics, metrics[EPOCH_S])
-                tracker.log_artifact(curves.path, after=curves.update(state.history))
+            saved = writer.save(state, net, trainer, is_best)
+            if state.epoch > logged_epochs:                # else MLflow has it from before a resume that went back
+                tracker.log_metrics(metrics, step=state.epoch, after=saved)
+            report.end_epoch(metrics, metrics[EPOCH_S])
+            tracker.log_artifact(curves.path, after=curves.update(state.history))
             last_save = time.monotonic()
             if setup.trial.report(state.epoch, metrics, last=state.epoch == train.epochs):   # a sweep's trial: pruned?
                 checkpoint_now(writer)                         # the epoch's checkpoint on disk before it stops
                 return "pruned"
-        if setup.rank0:
-            checkpoint_now(writer)                 # the last epoch's file on disk before the run is called done
+        checkpoint_now(writer)                     # the last epoch's file on disk before the run is called done
         return "finished"
     finally:
         report.close()
@@ -245,7 +237,7 @@ def epoch_metrics(setup: Setup, totals: EpochTotals, val: dict[str, float], lr: 
         TRAIN_BATCHES: train_figures[TRAIN_BATCHES],
         VAL_LOSS: val["loss"], VAL_TOP1: val["top1"], VAL_TOP5: val["top5"],
         LR: lr,                                # the last lr this epoch trained with
-        IMG_PER_S: totals.seen / max(train_seconds, 1e-9) * setup.num_workers,
+        IMG_PER_S: totals.seen / max(train_seconds, 1e-9) * setup.modes.num_workers,
         EPOCH_S: epoch_seconds,
         DATA_WAIT: report.epoch_wait_share(),  # the devices' estimated idle share, waiting on data
         DEAD_FRACTION: val["dead_fraction"],
@@ -256,7 +248,17 @@ def epoch_metrics(setup: Setup, totals: EpochTotals, val: dict[str, float], lr: 
     return metrics
 
 
-def checkpoint_now(writer: CheckpointWriter, state: TrainState | None = None, setup: Setup | None = None) -> None:
+def rank_outputs(setup: Setup) -> tuple[CheckpointWriter | NoCheckpoints, CurvesWriter | NoCurves]:
+    """Rank 0's checkpoint writer and curves; on the other workers stand-ins that write nothing (decided here alone,
+    as the Lifecycle, the tracker and the report are where the run is built)."""
+    if not setup.modes.rank0:
+        return NoCheckpoints(), NoCurves(setup.run_dir / CURVES, setup.recipe.name)
+    return (CheckpointWriter(setup.run_dir / CHECKPOINTS, setup.recipe.checkpoint.keep_last),
+            CurvesWriter(setup.run_dir / CURVES, setup.recipe.name))
+
+
+def checkpoint_now(writer: CheckpointWriter | NoCheckpoints, state: TrainState | None = None,
+                   setup: Setup | None = None) -> None:
     """Save `state` (when given) and wait until every queued checkpoint is on disk; the first failure raised."""
     if state is not None:
         writer.save(state, setup.net, setup.trainer)

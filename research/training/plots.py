@@ -74,3 +74,18 @@ class CurvesWriter:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+
+
+class NoCurves:
+    """The CurvesWriter of a distributed worker other than rank 0, which draws none."""
+
+    def __init__(self, path: str | Path, title: str):
+        self.path, self.title = Path(path), title
+
+    def update(self, history: list[dict[str, float]]) -> Future:
+        done: Future = Future()
+        done.set_result(None)
+        return done
+
+    def close(self) -> None:
+        pass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from ..cli import Resume
 from ..config import Recipe, RecipeError
 from ..paths import RUNS
 from ..rundir.files import CHECKPOINTS, RECIPE
@@ -40,12 +41,13 @@ def find_resume(run_dir: Path, recipe: Recipe, require: bool) -> dict | None:
     return content
 
 
-def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, fresh: bool) -> dict | None:
+def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: Resume) -> dict | None:
     """What a trainer started on `run_dir` would do first (tools/launch.py checks it before the session):
-    set the old run aside for `fresh`, then find the checkpoint to resume. Raises as find_resume."""
-    if fresh:
+    set the old run aside for "fresh", else find the checkpoint to resume. Raises as find_resume."""
+    if resume == "fresh":
         set_aside(run_dir)
-    return find_resume(run_dir, recipe, resume)
+        return None
+    return find_resume(run_dir, recipe, require=resume == "require")
 
 
 def _saved_recipe(run_dir: Path) -> dict:

@@ -100,6 +100,9 @@ class FollowerStop:
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._handle)
 
+    def restore(self) -> None:
+        """Nothing: a follower's process ends with its run (the launcher ends it after rank 0)."""
+
     def _handle(self, signum: int, frame) -> None:
         log.warning("%s received: rank 0 decides when the job stops (it writes the checkpoint, then the "
                     "launcher ends this worker)", signal.Signals(signum).name)

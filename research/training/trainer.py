@@ -1,113 +1,112 @@
-"""One training run end to end: build it (data, net, trainer, kvstore), resume it, run the loop, export
-the model; its run directory, MLflow run and exit status through the Lifecycle."""
+"""One training run end to end: decide its modes, build it (data, net, trainer, kvstore), resume it, run the loop,
+export the model; its run directory, MLflow run and exit status through the Lifecycle (a stand-in that writes
+nothing on a distributed worker other than rank 0)."""
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 
 import mxnet as mx
 from mxnet import gluon
 
-from .. import atomic
+from ..cli import Resume
 from ..config import Recipe, RecipeError, TrainConfig
 from ..data import get_iterators
 from ..data.describe import describe_datasets
-from ..errors import ExitCode
+from ..dist import workers
 from ..nets import build_net
-from ..rundir.files import MODEL
-from ..rundir.status import read_status, run_state
+from ..rundir.status import run_state
 from ..study.trial import trial_from_environment
-from ..tracking import run_url, serve_hint
-from . import checkpoint, kvstore, precision
-from .lifecycle import Lifecycle
+from . import checkpoint, precision
+from .lifecycle import lifecycle_for
 from .loop import Setup, fit
+from .modes import Modes
 from .resume import find_resume
-from .schedules import scaled_lr
-from .signals import FollowerStop, StopRequest
+from .schedules import lr_at, scaled_lr
 
 log = logging.getLogger("research.training")
 
 
-def train(recipe: Recipe, ctxs: list, run_dir: Path, resume: bool, fresh: bool, argv: list[str],
+def train(recipe: Recipe, ctxs: list, run_dir: Path, argv: list[str], resume: Resume = "auto",
           interactive: bool = False) -> int:
     """Run or resume `recipe` in `run_dir`; returns the process exit status (research.errors.ExitCode).
 
-    `interactive` (research.train in a notebook): a second Ctrl-C raises KeyboardInterrupt instead
-    of exiting the process, the resume hint names the Python call, and a NaN loss, a dead head or a
-    failed checkpoint raise (after the run is marked FAILED) instead of returning 3 or 4.
+    `resume`: "auto" continues a checkpoint of the same recipe, "require" insists on one (--resume), "fresh"
+    sets the old run aside first (--fresh). `interactive` (research.train in a notebook): a second Ctrl-C
+    raises KeyboardInterrupt instead of exiting the process, the resume hint names the Python call, and a NaN
+    loss, a dead head or a failed checkpoint raise (after the run is marked FAILED) instead of returning 3 or 4.
     """
-    kv = kvstore.create_kvstore(recipe.train.kvstore)
-    rank = kv.rank if kvstore.is_distributed(recipe.train.kvstore) else 0
-    with Lifecycle(run_dir, recipe, argv, fresh=fresh and rank == 0, rank0=rank == 0, interactive=interactive) as run:
-        content = find_resume(run_dir, recipe, resume) if rank == 0 or not fresh else None
-        setup = build_setup(recipe, ctxs, run_dir, kv)
+    kv = workers.create_kvstore(recipe.train.kvstore)
+    modes = Modes(resume, interactive, *workers.placement(kv))       # decided here once; below, only read
+    with lifecycle_for(run_dir, recipe, argv, modes) as run:        # a worker other than rank 0 gets a stand-in
+        content = None if resume == "fresh" else find_resume(run_dir, recipe, require=resume == "require")
+        setup = build_setup(recipe, ctxs, run_dir, kv, modes)
         state = checkpoint.TrainState(recipe=recipe.to_dict())
         if content is not None:
             state = _restore(content, setup, run_dir)
             state.recipe = recipe.to_dict()
         run.state = state
         labels = getattr(setup.train_iter, "labels_in_data", None)
-        if setup.rank0 and labels is not None and labels < recipe.net.classes:
-            log.warning("net.classes is %d but the training data holds %d labels: the other %d outputs are never the "
-                        "answer (a fine-tuning head left at its old size? a subset of the classes?). Chance is 1/%d, "
-                        "and the guard counts it so.", recipe.net.classes, labels, recipe.net.classes - labels, labels)
-        if setup.num_workers > 1:     # rank 0's weights and position on every worker, lr schedule on the servers
-            kvstore.prepare_workers(kv, setup, state)
+        if labels is not None and labels < recipe.net.classes:
+            run.say.warning("net.classes is %d but the training data holds %d labels: the other %d outputs are never "
+                            "the answer (a fine-tuning head left at its old size? a subset of the classes?). Chance "
+                            "is 1/%d, and the guard counts it so.", recipe.net.classes, labels,
+                            recipe.net.classes - labels, labels)
+        _join_workers(kv, setup, state)      # several: rank 0's weights and position everywhere, the lr on the servers
         if state.epoch >= recipe.train.epochs and run_state(run_dir) == "finished":
-            again, extend = (("resume='fresh'", "overrides={'train.epochs': N}") if interactive
-                             else ("--fresh", "--set train.epochs=N"))
-            print(f"{run_dir} already holds the finished run ({state.epoch} epochs). "
-                  f"Use {again} to train again, or {extend} to extend it.")
-            run.leave_as_is()
+            run.already_finished(state.epoch)
             return run.exit_code
-        if not resume and run_state(run_dir) == "pruned":
-            again, fresh = ("resume='require'", "resume='fresh'") if interactive else ("--resume", "--fresh")
-            print(f"{run_dir} holds a sweep's trial its pruner stopped ({read_status(run_dir).pruned}). "
-                  f"Use {again} to train it on anyway, or {fresh} to start over.")
-            run.leave_as_is()
-            return ExitCode.PRUNED
+        if resume != "require" and run_state(run_dir) == "pruned":    # --fresh set it aside already
+            run.already_pruned()
+            return run.exit_code
         tracker = run.start_tracking(ctxs, state.run_id, state.history)
         state.run_id = tracker.run_id or state.run_id     # a store that is down must not orphan the run id
         if recipe.tracking.enabled and recipe.tracking.system_metrics:
             tracker.start_system_metrics(recipe.tracking.system_metrics_every_s, resumed=bool(state.history))
         tracker.log_datasets(lambda: describe_datasets(recipe, setup.train_iter.num_samples,
                                                        setup.val_iter.num_samples))
-        if setup.rank0:
-            log.info("run %s: %s on %s, global batch %d, lr %.4g, output %s", tracker.run_id or "(untracked)",
+        run.say.info("run %s: %s on %s, global batch %d, lr %.4g, output %s", tracker.run_id or "(untracked)",
                      recipe.name, ",".join(map(str, ctxs)), setup.global_batch, setup.base_lr, run_dir)
         run.write_status("running")
         if setup.trial.start(state.history):       # a sweep's trial pruned before a kill: not trained on
             run.pruned(setup.trial.verdict)
             return run.exit_code
-        stop = StopRequest(interactive) if setup.rank0 else FollowerStop()   # rank 0 decides when a job stops
-        stop.install()
-        if setup.num_workers > 1:
-            run.watch_for_blocked_stop()
+        stop = run.stop_request()            # rank 0 decides when a job stops; the others' FollowerStop trains on
         try:
             outcome = fit(setup, state, run, stop)
         finally:
-            if setup.rank0:
-                stop.restore()
-        if setup.num_workers > 1:              # equal on every worker when the kvstore kept them in sync
-            log.info("final weights sha256 %s", kvstore.weights_digest(setup.net))
+            stop.restore()
+        workers.log_final_digest(kv, setup.net)     # several workers: equal on every one when they kept in sync
         if outcome == "stopped":
-            if setup.rank0:
-                how = "rerun the same tools/launch_dist.py command" if setup.num_workers > 1 else run.resume_command()
-                log.warning("stopped by %s at epoch %d, step %d; checkpoint written. Resume with:\n  %s",
-                            stop.signal_name, state.epoch, state.step, how)
-            run.stopped(stop.signal_name, stop.exit_code)
+            run.stopped(stop)
             return run.exit_code
         if outcome == "pruned":
-            log.warning("pruned by the sweep after epoch %d (%s); checkpoint written", setup.trial.verdict.epoch,
-                        setup.trial.verdict.against)
+            run.say.warning("pruned by the sweep after epoch %d (%s); checkpoint written", setup.trial.verdict.epoch,
+                            setup.trial.verdict.against)
             run.pruned(setup.trial.verdict)
             return run.exit_code
-        if setup.rank0:
-            export_final(setup, run)
+        run.export_model(setup.net)
         run.finish()
-        if setup.rank0:
-            _print_summary(setup, state, run)
+        run.summary()
     return run.exit_code
+
+
+def _join_workers(kv, setup: Setup, state: checkpoint.TrainState) -> None:
+    """Several workers (research/dist/workers.py): every one starts at rank 0's position with rank 0's weights, and
+    the servers' optimizer follows the recipe's lr. One worker: nothing."""
+    train = setup.recipe.train
+    position = (state.epoch, state.batch_in_epoch, state.step)
+    agreed = workers.prepare_workers(
+        kv, setup.trainer, setup.net, position, lr_at_epoch=partial(lr_at, base_lr=setup.base_lr, train=train),
+        steps_per_epoch=setup.train_iter.num_samples // setup.local_batch, global_batch=setup.global_batch,
+        frozen_epochs=train.frozen_epochs,
+        layout=f"{len(setup.ctxs)} device(s), batch {setup.local_batch} per worker, global batch {setup.global_batch}, "
+               f"lr {setup.base_lr:.4g} (recipe {train.lr:.4g} for batch {train.base_batch_size or train.batch_size})")
+    if agreed != position:
+        state.epoch, state.batch_in_epoch, state.step = agreed
+        state.epoch_totals = None    # its own checkpoint's sums belong to another position (this worker's
+                                     # train figures are not logged: rank 0's are)
 
 
 def global_batch_size(train: TrainConfig, devices: int) -> int:
@@ -115,10 +114,11 @@ def global_batch_size(train: TrainConfig, devices: int) -> int:
     return train.batch_size * devices if train.batch_per == "device" else train.batch_size
 
 
-def build_setup(recipe: Recipe, ctxs: list, run_dir: Path, kv) -> Setup:
-    """Data, net (initialised on every context, hybridized) and trainer with its kvstore."""
+def build_setup(recipe: Recipe, ctxs: list, run_dir: Path, kv, modes: Modes = Modes()) -> Setup:
+    """Data, net (initialised on every context, hybridized) and trainer with its kvstore; `modes` (rank and workers)
+    as trainer.train decided them from `kv`."""
     train = recipe.train
-    num_workers, rank = (kv.num_workers, kv.rank) if kvstore.is_distributed(train.kvstore) else (1, 0)
+    num_workers, rank = modes.num_workers, modes.rank
     devices = len(ctxs) * num_workers
     global_batch = global_batch_size(train, devices)
     if global_batch % devices:
@@ -149,8 +149,9 @@ def build_setup(recipe: Recipe, ctxs: list, run_dir: Path, kv) -> Setup:
     trainer = gluon.Trainer(net.collect_params(), train.optimizer, optimizer_params(train, base_lr), kvstore=kv,
                             update_on_kvstore=False if train.amp != "off" else None)
     precision.attach_scaler(trainer, train.amp)
-    return Setup(recipe, net, trainer, train_iter, val_iter, ctxs, global_batch, base_lr, run_dir,
-                 num_workers=num_workers, rank=rank, trial=trial_from_environment(rank0=rank == 0))
+    return Setup(recipe, net, trainer, train_iter, val_iter, ctxs, global_batch, base_lr, run_dir, modes,
+                 lr_on_servers=num_workers > 1,      # dist.workers.prepare_workers gives the servers the schedule
+                 trial=trial_from_environment(rank0=modes.rank0))   # a sweep's trial: the study it reports to
 
 
 def optimizer_params(train: TrainConfig, base_lr: float) -> dict:
@@ -184,26 +185,3 @@ def _changes(saved: dict, now: dict, prefix: str = "") -> list[str]:
         elif old != new:
             out.append(f"{prefix}{key} {old!r} -> {new!r}")
     return out
-
-
-def export_final(setup: Setup, run: Lifecycle) -> None:
-    """Final weights as symbol + params (and ONNX where supported), logged as artifacts and as the
-    MLflow logged model. A failure is logged, not raised: the checkpoint has the weights."""
-    from ..model.export import export_model
-    model_dir = setup.run_dir / MODEL
-    try:
-        export_model(setup.net, model_dir, setup.recipe)
-        run.tracker.log_artifacts(model_dir, "model")
-        run.tracker.log_model(model_dir, step=setup.recipe.train.epochs)     # the UI's "Logged models"
-    except Exception as err:  # noqa: BLE001 - the checkpoint has the weights; export is a convenience
-        reason = atomic.explain(err.filename or model_dir, err) if isinstance(err, OSError) else str(err)
-        log.error("model export failed (%s); %s", reason, run.newest_checkpoint().replace("last good", "final"))
-
-
-def _print_summary(setup: Setup, state: checkpoint.TrainState, run: Lifecycle) -> None:
-    last, tracker = state.history[-1], run.tracker
-    print(f"\nval top-1 {last['val/top1']:.4f}, top-5 {last['val/top5']:.4f} after {state.epoch} epochs "
-          f"({state.elapsed_s / 60:.1f} min). Run directory: {setup.run_dir}")
-    if tracker.enabled:
-        print(f"MLflow run {tracker.run_id} in experiment '{setup.recipe.tracking.experiment or setup.recipe.name}'. "
-              f"Open the UI with:\n  {serve_hint()}\nthen browse {run_url(tracker.run_id, tracker.experiment_id)}")

@@ -11,11 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from .. import atomic
+from ..cli import Resume
 from ..config import Recipe, RecordData
 from ..data.recordio import check_labels, open_record_files, read_record_headers
 from ..metrics import VAL_ACCURACY, VAL_LOG_LOSS, VAL_TOP1
 from ..tracking import Tracker, run_url, ui_command
 from ..training.lifecycle import Lifecycle
+from ..training.modes import Modes
 from . import classifier
 from .cache import cache_key, cache_path, load_features, save_features
 from .features import (Features, TransferError, check_test_ids, extract_features, feature_block, load_backbone,
@@ -155,12 +157,13 @@ def _check_labels(feats: Features, rec: str, class_names: list[str], min_per_cla
                             f"{max(min_per_class, 1)} (transfer.cv_folds {min_per_class} for the train set).")
 
 
-def run_transfer_job(recipe: Recipe, ctxs: list, run_dir: Path, argv: list[str], fresh: bool = False,
+def run_transfer_job(recipe: Recipe, ctxs: list, run_dir: Path, argv: list[str], resume: Resume = "auto",
                      interactive: bool = False) -> int:
     """tools/train.py's entry for task transfer: the run directory's lifecycle (lock, run.json,
-    status.json, one MLflow run), the job, the exit status."""
+    status.json, one MLflow run), the job, the exit status. `resume` "fresh" sets the old run aside first;
+    the job itself always starts over (its features are cached)."""
     check_transfer(recipe)
-    with Lifecycle(Path(run_dir), recipe, argv, fresh=fresh, interactive=interactive) as run:
+    with Lifecycle(Path(run_dir), recipe, argv, Modes(resume, interactive)) as run:
         tracker = run.start_tracking(ctxs, tags={"task": "transfer"})
         run.figures = {"task": "transfer"}
         run.write_status("running")

@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from research.config import load_recipe
 from research.data import get_iterators
-from research.training.kvstore import digest_arrays
+from research.dist.workers import digest_arrays
 from research.training import checkpoint
 from research.training.lifecycle import Lifecycle
 from research.training.loop import fit

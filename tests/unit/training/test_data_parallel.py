@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from research.config import load_recipe
+from research.dist.workers import create_kvstore
 from research.training.checkpoint import TrainState, net_arrays
 from research.training.lifecycle import Lifecycle
 from research.training.loop import fit
 from research.training.signals import StopRequest
-from research.training.kvstore import create_kvstore
 from research.training.trainer import build_setup
 
 REPO = Path(__file__).resolve().parents[3]

@@ -7,12 +7,12 @@ import mxnet as mx
 import pytest
 
 from research.config import load_recipe
+from research.dist.workers import create_kvstore
 from research.training import checkpoint
 from research.training.checkpoint import CheckpointError, TrainState
 from research.training.lifecycle import Lifecycle
 from research.training.loop import fit
 from research.training.signals import StopRequest
-from research.training.kvstore import create_kvstore
 from research.training.trainer import build_setup
 
 REPO = Path(__file__).resolve().parents[3]

@@ -6,6 +6,7 @@ import pickle
 import socket
 import sys
 import textwrap
+from functools import partial
 from pathlib import Path
 
 import mxnet as mx
@@ -13,7 +14,7 @@ import pytest
 
 from research.config import TrainConfig
 from research.dist.nodes import launch
-from research.training.kvstore import ScheduleLR
+from research.dist.workers import ScheduleLR
 from research.training.schedules import lr_at
 
 PY = sys.executable
@@ -27,7 +28,8 @@ def write(path: Path, text: str) -> Path:
 
 def test_schedule_lr_follows_lr_at_through_pickling_and_mxnet_counting():
     train = TrainConfig(epochs=4, lr=0.1, batch_size=32, lr_schedule="cosine", warmup_epochs=0.5)
-    schedule = pickle.loads(pickle.dumps(ScheduleLR(0.2, train, steps_per_epoch=10), 0))   # as set_optimizer sends it
+    lr_at_epoch = partial(lr_at, base_lr=0.2, train=train)
+    schedule = pickle.loads(pickle.dumps(ScheduleLR(lr_at_epoch, steps_per_epoch=10), 0))   # as set_optimizer sends it
     # MXNet's optimizer counts the update (num_update = step + 1) before asking its lr
     optimizer = mx.optimizer.SGD(learning_rate=0.2, momentum=0.0, wd=0.0)
     optimizer.lr_scheduler = schedule
@@ -39,26 +41,28 @@ def test_schedule_lr_follows_lr_at_through_pickling_and_mxnet_counting():
         optimizer.update(0, weight, grad, None)
         assert before - weight.asscalar() == pytest.approx(lr_at(step / 10, 0.2, train), rel=1e-5)
     # dist_async: every worker's push is one update
-    two = ScheduleLR(0.2, train, steps_per_epoch=10, updates_per_step=2)
+    two = ScheduleLR(lr_at_epoch, steps_per_epoch=10, updates_per_step=2)
     assert [two(n) for n in (1, 2, 3)] == [schedule(1), schedule(1), schedule(2)]
 
 
 WORKER = """\
     import json, sys
+    from functools import partial
     sys.path.insert(0, {repo!r})
     import research  # before mxnet: a CUDA build's libraries come from the pip wheels it loads
     import mxnet as mx
     from mxnet import autograd, gluon
     from research.config import TrainConfig
-    from research.training.kvstore import ScheduleLR, create_kvstore
+    from research.dist.workers import ScheduleLR, create_kvstore
+    from research.training.schedules import lr_at
 
     kv = create_kvstore("dist_sync")
     net = gluon.nn.Dense(1, in_units=1, use_bias=False)
     net.initialize(mx.init.One())
     trainer = gluon.Trainer(net.collect_params(), "sgd", {{"learning_rate": 1.0}}, kvstore=kv)
     if {fixed}:     # the fix: lr 1.0 for step 0, then 0 (a step drop with factor 0 after one step)
-        trainer.optimizer.lr_scheduler = ScheduleLR(1.0, TrainConfig(epochs=2, lr=1.0, batch_size=1,
-                                                    lr_steps=[1], lr_factor=0.0), steps_per_epoch=1)
+        train = TrainConfig(epochs=2, lr=1.0, batch_size=1, lr_steps=[1], lr_factor=0.0)
+        trainer.optimizer.lr_scheduler = ScheduleLR(partial(lr_at, base_lr=1.0, train=train), steps_per_epoch=1)
     weights = []
     for step in range(2):
         if not {fixed} and step == 1:

@@ -1,7 +1,10 @@
-"""The workers' half of training on several machines: the kvstore, rank 0's position and weights on
-every worker, and the recipe's lr schedule on the servers. The launcher is research/dist/nodes.py.
+"""The workers' half of training on several machines: the kvstore and this process's place among the workers,
+rank 0's position and weights on every worker, the recipe's lr schedule on the servers, the weights' digest.
+With one worker (a kvstore that is not distributed) each of these does nothing. The launcher is
+research/dist/nodes.py.
 
-Imports mxnet only inside functions: the servers import this module (for ScheduleLR) before mxnet.
+Imports mxnet only inside functions, and nothing of research/training/ (which imports this): the servers import
+this module (for ScheduleLR) before mxnet.
 """
 from __future__ import annotations
 
@@ -9,20 +12,17 @@ import hashlib
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
-from ..config import RecipeError, TrainConfig
-from .schedules import lr_at
+from ..config import RecipeError
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from .checkpoint import TrainState
-    from .loop import Setup
-
 log = logging.getLogger(__name__)
 DIST_KVSTORES = ("dist_sync", "dist_device_sync", "dist_async")
 POSITION_KEY = 999_999          # kvstore key for rank 0's (epoch, batch, step); the Trainer uses 0..len(params)-1
+Position = tuple[int, int, int]  # epochs done, batches done in the epoch under way, global step
 
 
 def is_distributed(kvstore: str) -> bool:
@@ -30,21 +30,27 @@ def is_distributed(kvstore: str) -> bool:
     return kvstore in DIST_KVSTORES
 
 
+def placement(kv) -> tuple[int, int]:
+    """(rank, number of workers) of this process: (0, 1) unless `kv` is a distributed kvstore."""
+    return (0, 1) if isinstance(kv, str) else (kv.rank, kv.num_workers)
+
+
 class ScheduleLR:
-    """The recipe's lr_at() as an optimizer lr_scheduler, for the optimizer copy the kvstore servers run.
+    """The recipe's lr as an optimizer lr_scheduler, for the optimizer copy the kvstore servers run.
 
     With update_on_kvstore (the default on dist kvstores) the servers update the weights with a pickled
     copy of the optimizer: trainer.set_learning_rate() on a worker never reaches them. The servers count
     updates per key: one per global step under dist_sync, one per worker push under dist_async.
+    `lr_at_epoch` is the lr at a fractional epoch (training.schedules.lr_at with the run's base lr and recipe,
+    as a functools.partial: it is pickled with the optimizer).
     """
 
-    def __init__(self, base_lr: float, train: TrainConfig, steps_per_epoch: int, updates_per_step: int = 1):
-        self.base_lr, self.train = base_lr, train
-        self.steps_per_epoch, self.updates_per_step = steps_per_epoch, updates_per_step
+    def __init__(self, lr_at_epoch: Callable[[float], float], steps_per_epoch: int, updates_per_step: int = 1):
+        self.lr_at_epoch, self.steps_per_epoch, self.updates_per_step = lr_at_epoch, steps_per_epoch, updates_per_step
 
     def __call__(self, num_update: int) -> float:
         step = (num_update - 1) // self.updates_per_step     # MXNet counts an update before asking its lr
-        return lr_at(step / self.steps_per_epoch, self.base_lr, self.train)
+        return self.lr_at_epoch(step / self.steps_per_epoch)
 
 
 def create_kvstore(name: str):
@@ -72,47 +78,51 @@ def create_kvstore(name: str):
     return kv
 
 
-def prepare_workers(kv, setup: Setup, state: TrainState) -> None:
-    """Before the first batch: rank 0's position and weights on every worker, the lr schedule on the servers.
+def prepare_workers(kv, trainer, net, position: Position, *, lr_at_epoch: Callable[[float], float],
+                    steps_per_epoch: int, global_batch: int, frozen_epochs: int, layout: str) -> Position:
+    """Before the first batch, with several workers: rank 0's position (returned) and weights on every worker, and
+    the lr schedule on the servers. With one worker, nothing: `position` back.
 
     A worker whose run directory lacks rank 0's checkpoint (another machine) takes its epoch, batch and
     step, so that all run the same batches. The Trainer would send rank 0's weights only inside the first
     trainer.step, after each worker computed its first gradients with its own weights: done here instead.
+    `layout` ("1 device(s), batch 16 per worker, ...") opens the log line that says where each worker starts.
 
     Raises:
         RecipeError: train.frozen_epochs (lr_mult changes on a worker never reach the servers' optimizer).
     """
+    rank, num_workers = placement(kv)
+    if num_workers == 1:
+        return position
     import mxnet as mx
 
-    train, trainer = setup.recipe.train, setup.trainer
-    if train.frozen_epochs:
+    if frozen_epochs:
         raise RecipeError("train.frozen_epochs does not work with a distributed kvstore: the servers' copy of "
                           "the optimizer never sees the lr_mult changes. Fine-tune with train.kvstore: device.")
-    position = mx.nd.array([state.epoch, state.batch_in_epoch, state.step])    # float32: exact below 2**24 steps
-    kv.broadcast(POSITION_KEY, position, out=position)
-    epoch, batch, step = (int(value) for value in position.asnumpy())
-    if (epoch, batch, step) != (state.epoch, state.batch_in_epoch, state.step):
+    agreed = mx.nd.array(position)                       # float32: exact below 2**24 steps
+    kv.broadcast(POSITION_KEY, agreed, out=agreed)
+    epoch, batch, step = (int(value) for value in agreed.asnumpy())
+    if (epoch, batch, step) != position:
         log.warning("rank %d: starting at rank 0's epoch %d, step %d; this worker's run directory says epoch %d, "
-                    "step %d.%s", kv.rank, epoch, step, state.epoch, state.step,
+                    "step %d.%s", rank, epoch, step, position[0], position[2],
                     " Unless that is --fresh, rank 0's machine lacks this run's newest checkpoint: stop the job and "
-                    "put the run directory on a shared filesystem (docs/distributed.md)" if step < state.step else "")
-        state.epoch, state.batch_in_epoch, state.step = epoch, batch, step
-        state.epoch_totals = None    # its own checkpoint's sums belong to another position (this worker's
-                                     # train figures are not logged: rank 0's are)
-    local_batch = setup.local_batch
-    updates_per_step = setup.num_workers if "async" in kv.type else 1
+                    "put the run directory on a shared filesystem (docs/distributed.md)" if step < position[2] else "")
+    updates_per_step = num_workers if "async" in kv.type else 1
     optimizer = trainer.optimizer
-    optimizer.lr_scheduler = ScheduleLR(setup.base_lr, train, setup.train_iter.num_samples // local_batch,
-                                        updates_per_step)
-    optimizer.begin_num_update = optimizer.num_update = state.step * updates_per_step
-    optimizer.rescale_grad = trainer._scale / setup.global_batch   # as trainer.step(global_batch) sets it
-    setup.lr_on_servers = True   # the loop leaves the lr to ScheduleLR: trainer.set_learning_rate would not reach them
+    optimizer.lr_scheduler = ScheduleLR(lr_at_epoch, steps_per_epoch, updates_per_step)
+    optimizer.begin_num_update = optimizer.num_update = step * updates_per_step
+    optimizer.rescale_grad = trainer._scale / global_batch   # as trainer.step(global_batch) sets it
     trainer._init_kvstore()      # pickles the optimizer, schedule included, to the servers
     trainer._init_params()       # kvstore.broadcast: rank 0's weights to every worker
-    log.info("%s: %d workers x %d device(s), batch %d per worker, global batch %d, lr %.4g (recipe %.4g for "
-             "batch %d); rank %d starts at epoch %d, step %d, weights sha256 %s", kv.type, setup.num_workers,
-             len(setup.ctxs), local_batch, setup.global_batch, setup.base_lr, train.lr,
-             train.base_batch_size or train.batch_size, kv.rank, epoch, step, weights_digest(setup.net))
+    log.info("%s: %d workers x %s; rank %d starts at epoch %d, step %d, weights sha256 %s", kv.type, num_workers,
+             layout, rank, epoch, step, weights_digest(net))
+    return epoch, batch, step
+
+
+def log_final_digest(kv, net) -> None:
+    """Several workers: the final weights' digest, equal on every worker when the kvstore kept them in sync."""
+    if placement(kv)[1] > 1:
+        log.info("final weights sha256 %s", weights_digest(net))
 
 
 def digest_arrays(arrays: dict[str, np.ndarray]) -> str:
