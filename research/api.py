@@ -203,7 +203,7 @@ def train_recipe(recipe: Recipe, gpus: str | None, output: str | Path | None, re
     if recipe.task == "transfer":
         from .transfer.job import run_transfer_job
         return run_dir, run_transfer_job(recipe, ctxs, run_dir, argv, resume, interactive)
-    from .training.trainer import train as train_run
+    from .training.job import train as train_run
     return run_dir, train_run(recipe, ctxs, run_dir, argv, resume, interactive)
 
 

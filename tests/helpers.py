@@ -95,17 +95,17 @@ class AfterBatches:
 
 
 def change_setup(monkeypatch, change) -> None:
-    """Make research.training.trainer.train call `change(setup)` on the Setup it builds (a fault
+    """Make research.training.job.train call `change(setup)` on the Setup it builds (a fault
     injected into its data, its net), before it trains."""
-    from research.training import trainer
+    from research.training import job
 
-    build = trainer.build_setup
+    build = job.build_setup
 
     def build_and_change(*args, **kwargs):
         setup = build(*args, **kwargs)
         change(setup)
         return setup
-    monkeypatch.setattr(trainer, "build_setup", build_and_change)
+    monkeypatch.setattr(job, "build_setup", build_and_change)
 
 
 def patched_tool(tool: str, patch: str, args: list | None = None) -> str:

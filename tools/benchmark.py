@@ -110,7 +110,7 @@ def run_data(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     from research.config import load_recipe
     from research.devices import get_contexts
-    from research.bench.trainer import benchmark_train, device_sets, format_rows
+    from research.bench.train import benchmark_train, device_sets, format_rows
 
     recipe = load_recipe(args.recipe, args.overrides)
     rows = benchmark_train(recipe, device_sets(get_contexts(args.gpus)), args.steps, args.warmup, args.windows)

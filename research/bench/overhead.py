@@ -87,9 +87,9 @@ def _report_cost(tracker: Tracker, folder: Path, recipe: Recipe, repeats: int) -
     from ..training.report import Report
 
     state = TrainState(epoch=0, step=0, recipe=recipe.to_dict())
-    run = Lifecycle(folder, recipe, ["benchmark"])
-    run.tracker, run.state = tracker, state
-    report = Report(run, tracker, state, recipe.train.epochs, 10 ** 6, local_batch=32)
+    lifecycle = Lifecycle(folder, recipe, ["benchmark"])
+    lifecycle.tracker, lifecycle.state = tracker, state
+    report = Report(lifecycle, tracker, state, recipe.train.epochs, 10 ** 6, local_batch=32)
     report.start_epoch(0)
 
     def one() -> None:

@@ -17,10 +17,10 @@ from ..config import RecordData, Recipe
 from .data import measure_rate
 from ..data.recordio import cpu_cores
 from ..preflight import check_recipe
-from .trainer import BareLoop
+from .train import BareLoop
 from ..durations import format_duration
 from ..training.estimate import REFERENCE_MIN_PER_EPOCH, bottleneck, run_estimate
-from ..training.trainer import build_setup
+from ..training.job import build_setup
 
 
 def plan(recipe: Recipe, ctxs: list[mx.Context], seconds: float = 60.0, price_per_hour: float | None = None,

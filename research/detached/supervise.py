@@ -59,18 +59,19 @@ OTHER_SIGNAL = (RESTART, "a crash of the process")
 UNKNOWN = (STAY, "the restart policy does not know it")
 
 
-def policy(status: int) -> tuple[str, str]:
+def policy(exit_status: int) -> tuple[str, str]:
     """(decision, why) for an exit status as a shell shows it (128+N for signal N)."""
-    decision, rerun = RESTART_POLICY.get(status) or (OTHER_SIGNAL if signal_of(status) else UNKNOWN)
-    if status == ExitCode.OK:
+    decision, rerun = RESTART_POLICY.get(exit_status) or (OTHER_SIGNAL if signal_of(exit_status) else UNKNOWN)
+    if exit_status == ExitCode.OK:
         return DONE, "finished"
-    return decision, f"{describe(status) or f'exit status {status}'}: {rerun}"
+    return decision, f"{describe(exit_status) or f'exit status {exit_status}'}: {rerun}"
 
 
 def policy_help() -> str:
     """The restart policy in words, grouped by decision, for tools/launch.py --help."""
-    restart = [f"{status} {policy(status)[1]}" for status, (decision, _) in RESTART_POLICY.items() if decision == RESTART]
-    stay = [f"{status} {policy(status)[1]}" for status, (decision, _) in RESTART_POLICY.items() if decision == STAY]
+    said = {code: f"{code} {policy(code)[1]}" for code in RESTART_POLICY}
+    restart = [said[code] for code, (decision, _) in RESTART_POLICY.items() if decision == RESTART]
+    stay = [said[code] for code, (decision, _) in RESTART_POLICY.items() if decision == STAY]
     return (f"0 done; restarted: {'; '.join(restart)}; 128+N for any other signal N (a crash: SIGSEGV, SIGABRT ...). "
             f"Left stopped: {'; '.join(stay)}; any other status")
 
@@ -138,15 +139,15 @@ class Supervisor:
                 return self._give_up(None)
             self._say(f"starting {self._what()} again: {restart_cause} (restart {len(self.record['restarts'])})")
         while True:
-            status, cause = self._run_once()
-            decision, why = policy(status)
+            exit_status, cause = self._run_once()
+            decision, why = policy(exit_status)
             if decision == RESTART and self.stop_signal is not None:     # e.g. Ctrl-C, then a kill -9
                 return self._settle(self._stop_status(), policy(self._stop_status())[1])
             if decision != RESTART:
-                return self._settle(status, cause or why)
-            self._say(f"{self._what()} exited with status {status}: {cause or why}")
-            if not self._may_restart(cause or why, status):
-                return self._give_up(status)
+                return self._settle(exit_status, cause or why)
+            self._say(f"{self._what()} exited with status {exit_status}: {cause or why}")
+            if not self._may_restart(cause or why, exit_status):
+                return self._give_up(exit_status)
             if not self._back_off():
                 return self._settle(self._stop_status(), f"{policy(self._stop_status())[1]}, during the back-off")
 
@@ -164,12 +165,13 @@ class Supervisor:
         self._write_record("watching", f"{self._what()} running as pid {self.proc.pid}")
         if self.record.get("restarts") and self.record["restarts"][-1].get("notified") is False:
             self._notify_restart()
-        status = self._watch(self.proc)
+        exit_status = self._watch(self.proc)
         _kill_group(self.proc.pid)          # what the command left behind (data workers) holds the run's files
         self.proc = None
-        if status == signal_exit_code(signal.SIGKILL) and kills_before is not None and (oom_kills() or 0) > kills_before:
-            return status, "killed by the OOM killer (out of memory; /proc/vmstat counted an OOM kill)"
-        return status, None
+        oom_killed = kills_before is not None and (oom_kills() or 0) > kills_before
+        if exit_status == signal_exit_code(signal.SIGKILL) and oom_killed:
+            return exit_status, "killed by the OOM killer (out of memory; /proc/vmstat counted an OOM kill)"
+        return exit_status, None
 
     def _watch(self, proc: subprocess.Popen) -> int:
         """Wait for `proc`, every poll_s: MLflow tags once the restarted trainer reports, and a stall check."""
@@ -180,10 +182,10 @@ class Supervisor:
                 return shell_status(code)                      # Popen's -N for signal N: a shell's 128+N
             except subprocess.TimeoutExpired:
                 pass
-            status = read_status(self.run_dir)
-            if status is not None and status.pid == proc.pid and float(status.updated or 0) > last_seen:
-                longest_gap = max(longest_gap, float(status.updated) - last_seen)
-                last_seen = float(status.updated)
+            reported = read_status(self.run_dir)
+            if reported is not None and reported.pid == proc.pid and float(reported.updated or 0) > last_seen:
+                longest_gap = max(longest_gap, float(reported.updated) - last_seen)
+                last_seen = float(reported.updated)
                 if stalled:
                     self._say(f"{self._what()} is reporting again")
                     stalled = False
@@ -209,7 +211,7 @@ class Supervisor:
                 pass
 
     # -- restarts ---------------------------------------------------------------------------
-    def _may_restart(self, cause: str, status: int | None) -> bool:
+    def _may_restart(self, cause: str, exit_status: int | None) -> bool:
         """Count a restart for `cause`; False if it would be one too many without a new checkpoint."""
         newest = _newest_checkpoint(self.run_dir)
         if newest != self.record.get("checkpoint"):
@@ -221,7 +223,8 @@ class Supervisor:
             return False
         self.record["without_progress"] += 1
         self.record.setdefault("restarts", []).append({       # where it was when it ended: what the notification tells
-            "time": time.time(), "cause": cause, "exit_status": status, **_figures(self.run_dir), "notified": False})
+            "time": time.time(), "cause": cause, "exit_status": exit_status, **_figures(self.run_dir),
+            "notified": False})
         self._tags_due = True
         return True
 
@@ -243,33 +246,34 @@ class Supervisor:
         self._write_record("watching", self.record.get("message", ""))
         self._send("restarted", last["cause"], figures=last, exit_status=last["exit_status"])
 
-    def _give_up(self, status: int | None) -> int:
+    def _give_up(self, exit_status: int | None) -> int:
         why = self.record["crash_loop"]
         self._say(f"giving up: {why}. Read console.log, fix the cause, then launch again")
         settle_abandoned(self.run_dir, f"{why}; the supervisor gave up")     # not RUNNING for ever in MLflow
-        self._finish("crash-loop", why, exit_status=status)
+        self._finish("crash-loop", why, exit_status=exit_status)
         return ExitCode.FAILED
 
-    def _settle(self, status: int, why: str) -> int:
+    def _settle(self, exit_status: int, why: str) -> int:
         """The run is over for the supervisor (or, in a shutdown, until the boot entry starts it again)."""
-        if status != ExitCode.OK and (signal_of(status) in STOP_SIGNALS or self.stop_signal):
+        if exit_status != ExitCode.OK and (signal_of(exit_status) in STOP_SIGNALS or self.stop_signal):
             if system_going_down():
                 self._say("the machine is shutting down: the run is checkpointed and starts again at boot")
                 self._write_record("shutdown", "stopped by the shutdown; the boot entry starts it again")
-                self._send("shutdown", "the machine is shutting down; the run starts again at boot", exit_status=status)
-                return status
+                self._send("shutdown", "the machine is shutting down; the run starts again at boot",
+                           exit_status=exit_status)
+                return exit_status
             kind = "stopped"
         else:
             kinds = {ExitCode.OK: "finished", ExitCode.UNHEALTHY: "guard", ExitCode.PRUNED: "pruned"}
-            kind = kinds.get(status, "failed")
+            kind = kinds.get(exit_status, "failed")
         if kind in ("guard", "failed"):            # what the command said is the news; the policy's why after it
             said = self._last_error()
             message = f"{said} (not restarted: {why})" if said else f"{why} (see console.log)"
         else:
             message = why
-        self._say(f"{self._what()} exited with status {status}: {message}; not restarted")
-        self._finish(kind, message, exit_status=status)
-        return status
+        self._say(f"{self._what()} exited with status {exit_status}: {message}; not restarted")
+        self._finish(kind, message, exit_status=exit_status)
+        return exit_status
 
     def _finish(self, kind: str, message: str, exit_status: int | None) -> None:
         self._write_record(kind, message)
@@ -351,8 +355,8 @@ class Supervisor:
 
 def _figures(run_dir: Path) -> dict:
     """Where the run is by its status.json: epoch, epochs and val_top1 (None where not known)."""
-    status = read_status(run_dir)
-    return {key: getattr(status, key, None) for key in ("epoch", "epochs", "val_top1")}
+    reported = read_status(run_dir)
+    return {key: getattr(reported, key, None) for key in ("epoch", "epochs", "val_top1")}
 
 
 def _newest_checkpoint(run_dir: Path) -> str | None:

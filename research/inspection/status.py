@@ -21,7 +21,7 @@ SKIP_DIRS = {*SUBFOLDERS, "__pycache__"}     # a run's own subfolders hold no ru
 
 
 @dataclass
-class RunStatus:
+class StatusRow:
     """One row of tools/status.py; fields the trainer did not write yet are None."""
     name: str
     run_dir: str
@@ -61,7 +61,7 @@ def find_run_dirs(root: Path, max_depth: int = 3) -> list[Path]:
 
 
 def collect(root: Path, sessions: dict[Path, SessionInfo] | None = None,
-            now: float | None = None) -> list[RunStatus]:
+            now: float | None = None) -> list[StatusRow]:
     """Status of every run under `root`.
 
     Args:
@@ -82,7 +82,7 @@ def collect(root: Path, sessions: dict[Path, SessionInfo] | None = None,
         if status is None:                     # removed since the walk found it
             continue
         if status.state == UNREADABLE:
-            runs.append(RunStatus(name, str(run_dir), UNREADABLE, session=session and session.name))
+            runs.append(StatusRow(name, str(run_dir), UNREADABLE, session=session and session.name))
             continue
         state = classify(status, now)
         if session and session.alive and float(status.updated or 0) < session.created:
@@ -91,7 +91,7 @@ def collect(root: Path, sessions: dict[Path, SessionInfo] | None = None,
         if state == "dead" and record.get("state") in ("restarting", "watching") and supervisor_alive(record):
             state = "restarting"
         restarts = record.get("restarts") if record else None
-        runs.append(RunStatus(
+        runs.append(StatusRow(
             name, str(run_dir), state, epoch=status.epoch, epochs=status.epochs, batch=status.batch,
             batches=status.batches, train_loss=status.train_loss, val_top1=status.val_top1,
             img_per_s=status.img_per_s, eta_s=status.eta_s, age_s=now - status.updated if status.updated else None,
@@ -104,16 +104,16 @@ def collect(root: Path, sessions: dict[Path, SessionInfo] | None = None,
     for run_dir, session in sorted(sessions.items()):
         if run_dir not in listed and (run_dir == root or root in run_dir.parents):
             name = str(run_dir.relative_to(root)) if run_dir != root else run_dir.name
-            runs.append(RunStatus(name, str(run_dir), "starting" if session.alive else "exited",
+            runs.append(StatusRow(name, str(run_dir), "starting" if session.alive else "exited",
                                   session=session.name))
     return runs
 
 
-def as_json(runs: list[RunStatus]) -> str:
+def as_json(runs: list[StatusRow]) -> str:
     return json.dumps([asdict(run) for run in runs], indent=1)
 
 
-def format_table(runs: list[RunStatus]) -> str:
+def format_table(runs: list[StatusRow]) -> str:
     """A fixed-width table, one run per line; '-' where a figure is not known yet."""
     header = ("run", "state", "epoch", "val top-1", "img/s", "ETA", "updated", "tmux")
     supervised = any(run.restarts is not None for run in runs)      # a column only when a run has a supervisor
@@ -134,7 +134,7 @@ def format_table(runs: list[RunStatus]) -> str:
     return "\n".join([table, *notes])
 
 
-def format_restarts(run: RunStatus) -> str:
+def format_restarts(run: StatusRow) -> str:
     """'2, last: killed by SIGKILL' for a supervised run: the count and the last cause's first words."""
     if run.restarts is None:
         return "-"
@@ -143,7 +143,7 @@ def format_restarts(run: RunStatus) -> str:
     return f"{run.restarts}, last: {run.last_restart.split(' (')[0].split(':')[0]}"
 
 
-def format_epoch(run: RunStatus) -> str:
+def format_epoch(run: StatusRow) -> str:
     """'12/80' epochs done, with how far the next one has got while it runs: '12/80 +43%'; a sweep: '3/4 trials'."""
     if run.kind == "sweep":
         return f"{run.trials_done}/{run.trials} trials" if run.trials is not None else "-"

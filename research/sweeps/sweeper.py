@@ -238,17 +238,17 @@ class Sweeper:
         """A trial whose folder says it ended (its sweep killed before hearing of it, or a sweep begun before the
         study): told to the study, not trained again. Not a trial the guard stopped (exit 3): the same recipe and
         seed would fail the same way (delete its folder to train it again)."""
-        status = run_state(self.run_dir(trial))
+        state = run_state(self.run_dir(trial))
         saved = self.state["trials"].get(trial.name, {})
-        if status == "finished":
+        if state == "finished":
             self._settle(trial, "finished", ExitCode.OK, "")
-        elif status == "pruned":
+        elif state == "pruned":
             self._settle(trial, "pruned", ExitCode.PRUNED, "")
-        elif status == "failed" and saved.get("exit_code") == ExitCode.UNHEALTHY:
+        elif state == "failed" and saved.get("exit_code") == ExitCode.UNHEALTHY:
             self._settle(trial, "failed", ExitCode.UNHEALTHY, saved.get("reason", ""))
         else:
             return False
-        self.say(f"{trial.name}: {status} before (its folder says so), not trained again")
+        self.say(f"{trial.name}: {state} before (its folder says so), not trained again")
         return True
 
     def _spent(self) -> bool:

@@ -8,7 +8,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import mxnet as mx
 from mxnet import autograd, gluon
@@ -27,13 +27,17 @@ from .plots import CurvesWriter, NoCurves
 from .report import Report
 from .schedules import lr_at
 
+if TYPE_CHECKING:
+    from .lifecycle import Lifecycle
+    from .signals import FollowerStop, StopRequest
+
 log = logging.getLogger("research.training")
 Outcome = Literal["finished", "stopped", "paused", "pruned"]
 
 
 @dataclass
 class Setup:
-    """What the loop works on; built by research.training.trainer.build_setup."""
+    """What the loop works on; built by research.training.job.build_setup."""
     recipe: Recipe
     net: gluon.HybridBlock
     trainer: gluon.Trainer
@@ -53,8 +57,9 @@ class Setup:
         return self.global_batch // self.modes.num_workers
 
 
-def fit(setup: Setup, state: TrainState, run, stop, steps: int | None = None) -> Outcome:
-    """Train from `state` to the recipe's last epoch, reporting through `run` (the run's Lifecycle: its
+def fit(setup: Setup, state: TrainState, lifecycle: Lifecycle, stop: StopRequest | FollowerStop,
+        steps: int | None = None) -> Outcome:
+    """Train from `state` to the recipe's last epoch, reporting through `lifecycle` (the run's Lifecycle: its
     tracker and status.json). Returns "finished"; "stopped" (`stop.requested`, set by a signal: rank 0
     writes a checkpoint first); "pruned" (a sweep's trial its pruner stopped after an epoch's checkpoint:
     `setup.trial.verdict` says when and against what); or "paused" after `steps` more steps, with nothing
@@ -69,13 +74,13 @@ def fit(setup: Setup, state: TrainState, run, stop, steps: int | None = None) ->
         CheckpointError: a checkpoint could not be written (full disk, permissions): training stops at
             the next batch rather than going on with nothing saved; the earlier checkpoints are kept.
     """
-    recipe, net, trainer, ctxs, tracker = setup.recipe, setup.net, setup.trainer, setup.ctxs, run.tracker
+    recipe, net, trainer, ctxs, tracker = setup.recipe, setup.net, setup.trainer, setup.ctxs, lifecycle.tracker
     train = recipe.train
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     steps_per_epoch = setup.train_iter.num_samples // setup.local_batch
     writer, curves = rank_outputs(setup)
-    report = Report(run, tracker, state, train.epochs, steps_per_epoch, setup.local_batch, setup.modes.num_workers,
-                    logged_until=tracker.last_step(ITER_LOSS), enabled=setup.modes.rank0,
+    report = Report(lifecycle, tracker, state, train.epochs, steps_per_epoch, setup.local_batch,
+                    setup.modes.num_workers, logged_until=tracker.last_step(ITER_LOSS), enabled=setup.modes.rank0,
                     warn_data_wait=recipe.data.kind == "recordio")
     logged_epochs = tracker.last_step(VAL_TOP1) or 0       # MLflow's record, ahead of the checkpoint's after a
                                                            # resume from an older one (a newer one was damaged)

@@ -1,4 +1,4 @@
-"""How one process takes part in its run, decided once where the run is built (trainer.train) and only read below:
+"""How one process takes part in its run, decided once where the run is built (job.train) and only read below:
 what it does with a checkpoint already in the run directory, whether a notebook called it, and its place among
 distributed workers. A worker other than rank 0 gets stand-ins that do nothing (lifecycle.FollowerLifecycle, a
 disabled tracker and report, checkpoint.NoCheckpoints, plots.NoCurves) instead of `if rank0` through the loop."""

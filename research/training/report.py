@@ -32,14 +32,14 @@ class Report:
     says nothing: with MXNet's asynchronous engine the loop also waits there for the devices.)
     """
 
-    def __init__(self, run, tracker: Tracker, state, epochs: int, steps_per_epoch: int, local_batch: int,
+    def __init__(self, lifecycle, tracker: Tracker, state, epochs: int, steps_per_epoch: int, local_batch: int,
                  num_workers: int = 1, logged_until: int | None = None, enabled: bool = True,
                  warn_data_wait: bool = True):
-        """`run` is the run's Lifecycle (status.json); iter/ steps up to `logged_until` (in MLflow already
+        """`lifecycle` is the run's Lifecycle (status.json); iter/ steps up to `logged_until` (in MLflow already
         when a run killed with -9 resumes) are not logged again. In-memory data (digits, MNIST,
         synthetic) is sliced on the loop's own thread: its wait is measured but `warn_data_wait` is off,
         as there are no decoders to add."""
-        self.run, self.tracker, self.state, self.enabled = run, tracker, state, enabled
+        self.lifecycle, self.tracker, self.state, self.enabled = lifecycle, tracker, state, enabled
         self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
         self.local_batch, self.num_workers = local_batch, num_workers
         self.logged_until = -1 if logged_until is None else logged_until
@@ -104,7 +104,7 @@ class Report:
             self.tracker.log_metrics({ITER_LOSS: (loss * images - last_loss_sum) / max(new_images, 1), ITER_LR: lr,
                                       ITER_IMG_PER_S: new_images / max(spent, 1e-6) * self.num_workers},
                                      step=state.step, tags=self._pace_tags(eta))
-        self.run.write_status("running", batch=state.batch_in_epoch, batches=self.steps_per_epoch,
+        self.lifecycle.write_status("running", batch=state.batch_in_epoch, batches=self.steps_per_epoch,
                               step=state.step, train_loss=loss, img_per_s=img_per_s,
                               eta_epoch_s=(self.steps_per_epoch - state.batch_in_epoch) * self.batch_s, eta_s=eta)
 
@@ -126,7 +126,7 @@ class Report:
             self._pace(f"measured: mean of {len(state.history)} epoch(s)")
         else:
             self.tracker.set_tags(self._pace_tags(eta, basis=f"measured: mean of {len(state.history)} epoch(s)"))
-        self.run.write_status("running", eta_s=eta)
+        self.lifecycle.write_status("running", eta_s=eta)
 
     def epoch_wait_share(self) -> float:
         """The devices' mean idle share waiting on data over this epoch's intervals (0 without any)."""

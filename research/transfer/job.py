@@ -163,13 +163,13 @@ def run_transfer_job(recipe: Recipe, ctxs: list, run_dir: Path, argv: list[str],
     status.json, one MLflow run), the job, the exit status. `resume` "fresh" sets the old run aside first;
     the job itself always starts over (its features are cached)."""
     check_transfer(recipe)
-    with Lifecycle(Path(run_dir), recipe, argv, Modes(resume, interactive)) as run:
-        tracker = run.start_tracking(ctxs, tags={"task": "transfer"})
-        run.figures = {"task": "transfer"}
-        run.write_status("running")
-        results = run_transfer(recipe, ctxs, run.run_dir, tracker)
-        run.figures.update(val_top1=results[VAL_ACCURACY], val_log_loss=results[VAL_LOG_LOSS])
-        run.finish()
+    with Lifecycle(Path(run_dir), recipe, argv, Modes(resume, interactive)) as lifecycle:
+        tracker = lifecycle.start_tracking(ctxs, tags={"task": "transfer"})
+        lifecycle.figures = {"task": "transfer"}
+        lifecycle.write_status("running")
+        results = run_transfer(recipe, ctxs, lifecycle.run_dir, tracker)
+        lifecycle.figures.update(val_top1=results[VAL_ACCURACY], val_log_loss=results[VAL_LOG_LOSS])
+        lifecycle.finish()
     print(f"\nheld-out accuracy {results['val/accuracy']:.4f}, log loss {results['val/log_loss']:.4f} "
           f"(best C {results['cv/best_C']:g}). Run directory: {run_dir}")
     if "submission" in results:
@@ -177,4 +177,4 @@ def run_transfer_job(recipe: Recipe, ctxs: list, run_dir: Path, argv: list[str],
     if tracker.enabled:
         print(f"MLflow run {tracker.run_id}. Open the UI with:\n  {ui_command()}\nthen browse "
               f"{run_url(tracker.run_id, tracker.experiment_id)}")
-    return run.exit_code
+    return lifecycle.exit_code

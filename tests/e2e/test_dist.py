@@ -29,7 +29,7 @@ from research.training import checkpoint
 from research.training.lifecycle import Lifecycle
 from research.training.loop import fit
 from research.training.signals import StopRequest
-from research.training.trainer import build_setup
+from research.training.job import build_setup
 
 RECIPE = "recipes/smoke/lenet_digits_dist.yaml"
 STEPS_PER_EPOCH = (1437 // 2) // 16           # each worker: half the 1,437 digits, 16 per batch

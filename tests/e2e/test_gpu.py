@@ -48,7 +48,7 @@ def test_two_gpus_train_like_two_cpu_contexts(tmp_path, env):
     """The data-parallel code is one list of contexts: --gpus 0,1 ends where [cpu(0), cpu(1)] ends."""
     import mxnet as mx
 
-    from research.training.trainer import train
+    from research.training.job import train
 
     run_tool("train.py", SMOKE, "--gpus", "0,1", "--output", tmp_path / "gpus", *SHORT, env=env, check=True)
     recipe = load_recipe(Path(__file__).resolve().parents[2] / SMOKE, [s for s in SHORT if s != "--set"] +

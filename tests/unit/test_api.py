@@ -26,7 +26,7 @@ def test_import_loads_neither_mxnet_nor_mlflow():
 
 def test_train_is_the_api_function_and_the_training_package_is_apart():
     import research.inspection.compare
-    import research.training.trainer  # noqa: F401  (importing the package leaves research.train alone)
+    import research.training.job  # noqa: F401  (importing the package leaves research.train alone)
     assert callable(research.train) and callable(research.compare)
     assert list(inspect.signature(research.train).parameters) == ["recipe", "gpus", "overrides", "output", "resume"]
     assert "UserError" in research.train.__doc__

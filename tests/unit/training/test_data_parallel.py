@@ -11,7 +11,7 @@ from research.training.checkpoint import TrainState, net_arrays
 from research.training.lifecycle import Lifecycle
 from research.training.loop import fit
 from research.training.signals import StopRequest
-from research.training.trainer import build_setup
+from research.training.job import build_setup
 
 REPO = Path(__file__).resolve().parents[3]
 

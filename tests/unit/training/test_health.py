@@ -9,7 +9,7 @@ from helpers import AfterBatches, change_setup
 from mlflow.tracking import MlflowClient
 
 from research.config import recipe_from_dict
-from research.training import health, trainer
+from research.training import health, job
 from research.training.checkpoint import find_latest
 
 HEALTHY = {"train/loss": 1.0, "val/top1": 0.6, "health/dead_fraction": 0.0}
@@ -91,7 +91,7 @@ def test_a_dead_head_stops_the_run_with_exit_3_a_failed_mlflow_run_and_the_good_
         setup.train_iter = AfterBatches(setup.train_iter, steps_per_epoch, lambda: kill_head(setup.net))
     change_setup(monkeypatch, kill_head_after_epoch_1)
     run_dir = tmp_path / "run"
-    code = trainer.train(recipe, [mx.cpu()], run_dir, argv=["tools/train.py", "x"])
+    code = job.train(recipe, [mx.cpu()], run_dir, argv=["tools/train.py", "x"])
     assert code == 3
     state = find_latest(run_dir / "checkpoints")[1]["state"]
     assert state.epoch == 1                                    # stopped at epoch 2's end, not after 4
@@ -114,7 +114,7 @@ def test_a_run_that_learns_nothing_on_fewer_labels_than_outputs_is_stopped(tmp_p
         "tracking": {"enabled": False},
     })
     run_dir = tmp_path / "run"
-    assert trainer.train(recipe, [mx.cpu()], run_dir, argv=["tools/train.py", "x"]) == 3
+    assert job.train(recipe, [mx.cpu()], run_dir, argv=["tools/train.py", "x"]) == 3
     assert "net.classes is 100 but the training data holds 10 labels" in caplog.text
     assert "rule: at chance for train.stall_epochs = 2" in caplog.text and "the 10 labels the data holds" in caplog.text
     assert find_latest(run_dir / "checkpoints")[1]["state"].epoch == 2           # stopped at epoch 3's end

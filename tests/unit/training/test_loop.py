@@ -12,7 +12,7 @@ from research.training.lifecycle import Lifecycle, lifecycle_for
 from research.training.loop import fit
 from research.training.modes import Modes
 from research.training.signals import FollowerStop, StopRequest
-from research.training.trainer import build_setup
+from research.training.job import build_setup
 
 REPO = Path(__file__).resolve().parents[3]
 STEPS_PER_EPOCH = 1437 // 64

@@ -11,7 +11,7 @@ from helpers import change_setup
 from mxnet.contrib.amp.loss_scaler import LossScaler
 
 from research.config import recipe_from_dict
-from research.training import health, trainer
+from research.training import health, job
 from research.training.checkpoint import find_latest
 
 RECIPE = {"name": "amp_guard", "net": {"name": "lenet", "classes": 10}, "data": {"kind": "digits", "size": 28},
@@ -47,7 +47,7 @@ def with_scaler(monkeypatch, **nan):
 def test_a_skipped_step_is_not_a_nan_loss_and_a_resume_keeps_the_halved_scale(tmp_path, monkeypatch):
     with_scaler(monkeypatch, numbers=[3])
     run_dir = tmp_path / "run"
-    assert trainer.train(recipe_from_dict(RECIPE), [mx.cpu()], run_dir, ["test"]) == 0
+    assert job.train(recipe_from_dict(RECIPE), [mx.cpu()], run_dir, ["test"]) == 0
     content = find_latest(run_dir / "checkpoints")[1]
     epoch = content["state"].history[-1]
     assert math.isfinite(epoch["train/loss"]) and epoch["val/top1"] > 0.5           # chance is 0.1
@@ -57,7 +57,7 @@ def test_a_skipped_step_is_not_a_nan_loss_and_a_resume_keeps_the_halved_scale(tm
     monkeypatch.undo()
     with_scaler(monkeypatch)                                  # a second session: a fresh scaler at 2**16, no NaN
     longer = recipe_from_dict({**RECIPE, "train": {**RECIPE["train"], "epochs": 2}})
-    assert trainer.train(longer, [mx.cpu()], run_dir, ["test"], resume="require") == 0
+    assert job.train(longer, [mx.cpu()], run_dir, ["test"], resume="require") == 0
     content = find_latest(run_dir / "checkpoints")[1]
     assert content["state"].history[-1]["amp/loss_scale"] == 2.0 ** 15                # restored, not 2**16
     assert content["loss_scaler"]["unskipped"] == 18 + 22                            # the clean-step count went on
@@ -65,7 +65,7 @@ def test_a_skipped_step_is_not_a_nan_loss_and_a_resume_keeps_the_halved_scale(tm
 
 def test_a_run_that_keeps_overflowing_stops_with_exit_3(tmp_path, monkeypatch, caplog):
     with_scaler(monkeypatch, first=1)                          # every batch from the second on
-    code = trainer.train(recipe_from_dict(RECIPE), [mx.cpu()], tmp_path / "run", ["test"])
+    code = job.train(recipe_from_dict(RECIPE), [mx.cpu()], tmp_path / "run", ["test"])
     assert code == 3
     assert f"the last {health.MAX_SKIPPED_IN_A_ROW} steps (to step 21) all had inf/NaN gradients" in caplog.text
     assert "whose scale is down to 0.0625" in caplog.text                              # 2**16 / 2**20

@@ -13,7 +13,7 @@ from research.training.checkpoint import CheckpointError, TrainState
 from research.training.lifecycle import Lifecycle
 from research.training.loop import fit
 from research.training.signals import StopRequest
-from research.training.trainer import build_setup
+from research.training.job import build_setup
 
 REPO = Path(__file__).resolve().parents[3]
 STEPS_PER_EPOCH = 1437 // 64

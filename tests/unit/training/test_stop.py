@@ -9,7 +9,7 @@ import numpy as np
 from helpers import change_setup
 
 from research.config import recipe_from_dict
-from research.training import trainer
+from research.training import job
 from research.training.checkpoint import find_latest
 
 RECIPE = {"name": "stop", "net": {"name": "squeezenet1.1", "classes": 10, "activation": "elu", "init": "xavier"},
@@ -46,17 +46,17 @@ def test_sigterm_checkpoints_after_the_batch_it_came_in_and_the_resume_ends_like
                                                                                               monkeypatch, caplog):
     recipe = recipe_from_dict(RECIPE)
     argv = ["tools/train.py", "stop.yaml"]
-    assert trainer.train(recipe, [mx.cpu()], tmp_path / "whole", argv) == 0
+    assert job.train(recipe, [mx.cpu()], tmp_path / "whole", argv) == 0
 
     with monkeypatch.context() as patch:
         change_setup(patch, lambda setup: setattr(setup, "train_iter", SignalDuring(setup.train_iter)))
-        code = trainer.train(recipe, [mx.cpu()], tmp_path / "stopped", argv)
+        code = job.train(recipe, [mx.cpu()], tmp_path / "stopped", argv)
     assert code == 128 + signal.SIGTERM
     state = find_latest(tmp_path / "stopped" / "checkpoints")[1]["state"]
     assert (state.epoch, state.batch_in_epoch) == (0, AT + 1)          # batch AT trained, then the checkpoint
     assert re.search(rf"stopped \d+\.\d s after SIGTERM, at epoch 1 batch {AT + 1} ", caplog.text)
 
-    assert trainer.train(recipe, [mx.cpu()], tmp_path / "stopped", argv) == 0
+    assert job.train(recipe, [mx.cpu()], tmp_path / "stopped", argv) == 0
     whole, resumed = final_weights(tmp_path / "whole"), final_weights(tmp_path / "stopped")
     for name in whole:
         np.testing.assert_allclose(resumed[name], whole[name], rtol=1e-6, atol=1e-7, err_msg=name)

@@ -23,7 +23,7 @@ from ..training.checkpoint import TrainState
 from ..training.lifecycle import Lifecycle
 from ..training.loop import Setup, fit
 from ..training.signals import StopRequest
-from ..training.trainer import build_setup, global_batch_size, optimizer_params
+from ..training.job import build_setup, global_batch_size, optimizer_params
 
 # recipe net.name -> the GluonCV model-zoo net of the same architecture (the zoo's SqueezeNets are ReLU)
 ZOO_PEERS = {"squeezenet1.0": "squeezenet1.0", "squeezenet1.1": "squeezenet1.1", "resnet50_v1": "resnet50_v1"}
@@ -173,9 +173,9 @@ def measure(recipe: Recipe, ctxs: list[mx.Context], steps: int, warmup: int, win
         setup = build_setup(recipe, ctxs, Path(run_dir), recipe.train.kvstore)
         setup = dataclasses.replace(setup, train_iter=RepeatIter(batch, input_shape(recipe), recipe.net.classes,
                                                                  warmup + windows * per_window + 1))
-        run = Lifecycle(Path(run_dir), recipe, ["benchmark"])          # not entered: no lock, no MLflow run
+        lifecycle = Lifecycle(Path(run_dir), recipe, ["benchmark"])    # not entered: no lock, no MLflow run
         state, stop = TrainState(recipe=recipe.to_dict()), StopRequest()   # a stop never requested
-        sides = {"trainer": lambda n: fit(setup, state, run, stop, steps=n), "bare": BareLoop(setup).run}
+        sides = {"trainer": lambda n: fit(setup, state, lifecycle, stop, steps=n), "bare": BareLoop(setup).run}
         if peer_name:
             peer, no_peer = build_peer(peer_name, setup)
             if peer is not None:

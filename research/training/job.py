@@ -1,6 +1,6 @@
-"""One training run end to end: decide its modes, build it (data, net, trainer, kvstore), resume it, run the loop,
-export the model; its run directory, MLflow run and exit status through the Lifecycle (a stand-in that writes
-nothing on a distributed worker other than rank 0)."""
+"""The training job (research/transfer/job.py is the transfer job's), one run end to end: decide its modes, build
+it (data, net, trainer, kvstore), resume it, run the loop, export the model; its run directory, MLflow run and exit
+status through the Lifecycle (a stand-in that writes nothing on a distributed worker other than rank 0)."""
 from __future__ import annotations
 
 import logging
@@ -39,57 +39,57 @@ def train(recipe: Recipe, ctxs: list, run_dir: Path, argv: list[str], resume: Re
     """
     kv = workers.create_kvstore(recipe.train.kvstore)
     modes = Modes(resume, interactive, *workers.placement(kv))       # decided here once; below, only read
-    with lifecycle_for(run_dir, recipe, argv, modes) as run:        # a worker other than rank 0 gets a stand-in
+    with lifecycle_for(run_dir, recipe, argv, modes) as lifecycle:   # a worker other than rank 0: a stand-in
         content = None if resume == "fresh" else find_resume(run_dir, recipe, require=resume == "require")
         setup = build_setup(recipe, ctxs, run_dir, kv, modes)
         state = checkpoint.TrainState(recipe=recipe.to_dict())
         if content is not None:
             state = _restore(content, setup, run_dir)
             state.recipe = recipe.to_dict()
-        run.state = state
+        lifecycle.state = state
         labels = getattr(setup.train_iter, "labels_in_data", None)
         if labels is not None and labels < recipe.net.classes:
-            run.say.warning("net.classes is %d but the training data holds %d labels: the other %d outputs are never "
-                            "the answer (a fine-tuning head left at its old size? a subset of the classes?). Chance "
-                            "is 1/%d, and the guard counts it so.", recipe.net.classes, labels,
-                            recipe.net.classes - labels, labels)
+            lifecycle.say.warning("net.classes is %d but the training data holds %d labels: the other %d outputs are "
+                                  "never the answer (a fine-tuning head left at its old size? a subset of the "
+                                  "classes?). Chance is 1/%d, and the guard counts it so.", recipe.net.classes, labels,
+                                  recipe.net.classes - labels, labels)
         _join_workers(kv, setup, state)      # several: rank 0's weights and position everywhere, the lr on the servers
         if state.epoch >= recipe.train.epochs and run_state(run_dir) == "finished":
-            run.already_finished(state.epoch)
-            return run.exit_code
+            lifecycle.already_finished(state.epoch)
+            return lifecycle.exit_code
         if resume != "require" and run_state(run_dir) == "pruned":    # --fresh set it aside already
-            run.already_pruned()
-            return run.exit_code
-        tracker = run.start_tracking(ctxs, state.run_id, state.history)
+            lifecycle.already_pruned()
+            return lifecycle.exit_code
+        tracker = lifecycle.start_tracking(ctxs, state.run_id, state.history)
         state.run_id = tracker.run_id or state.run_id     # a store that is down must not orphan the run id
         if recipe.tracking.enabled and recipe.tracking.system_metrics:
             tracker.start_system_metrics(recipe.tracking.system_metrics_every_s, resumed=bool(state.history))
         tracker.log_datasets(lambda: describe_datasets(recipe, setup.train_iter.num_samples,
                                                        setup.val_iter.num_samples))
-        run.say.info("run %s: %s on %s, global batch %d, lr %.4g, output %s", tracker.run_id or "(untracked)",
-                     recipe.name, ",".join(map(str, ctxs)), setup.global_batch, setup.base_lr, run_dir)
-        run.write_status("running")
+        lifecycle.say.info("run %s: %s on %s, global batch %d, lr %.4g, output %s", tracker.run_id or "(untracked)",
+                           recipe.name, ",".join(map(str, ctxs)), setup.global_batch, setup.base_lr, run_dir)
+        lifecycle.write_status("running")
         if setup.trial.start(state.history):       # a sweep's trial pruned before a kill: not trained on
-            run.pruned(setup.trial.verdict)
-            return run.exit_code
-        stop = run.stop_request()            # rank 0 decides when a job stops; the others' FollowerStop trains on
+            lifecycle.pruned(setup.trial.verdict)
+            return lifecycle.exit_code
+        stop = lifecycle.stop_request()      # rank 0 decides when a job stops; the others' FollowerStop trains on
         try:
-            outcome = fit(setup, state, run, stop)
+            outcome = fit(setup, state, lifecycle, stop)
         finally:
             stop.restore()
         workers.log_final_digest(kv, setup.net)     # several workers: equal on every one when they kept in sync
         if outcome == "stopped":
-            run.stopped(stop)
-            return run.exit_code
+            lifecycle.stopped(stop)
+            return lifecycle.exit_code
         if outcome == "pruned":
-            run.say.warning("pruned by the sweep after epoch %d (%s); checkpoint written", setup.trial.verdict.epoch,
-                            setup.trial.verdict.against)
-            run.pruned(setup.trial.verdict)
-            return run.exit_code
-        run.export_model(setup.net)
-        run.finish()
-        run.summary()
-    return run.exit_code
+            lifecycle.say.warning("pruned by the sweep after epoch %d (%s); checkpoint written",
+                                  setup.trial.verdict.epoch, setup.trial.verdict.against)
+            lifecycle.pruned(setup.trial.verdict)
+            return lifecycle.exit_code
+        lifecycle.export_model(setup.net)
+        lifecycle.finish()
+        lifecycle.summary()
+    return lifecycle.exit_code
 
 
 def _join_workers(kv, setup: Setup, state: checkpoint.TrainState) -> None:
@@ -116,7 +116,7 @@ def global_batch_size(train: TrainConfig, devices: int) -> int:
 
 def build_setup(recipe: Recipe, ctxs: list, run_dir: Path, kv, modes: Modes = Modes()) -> Setup:
     """Data, net (initialised on every context, hybridized) and trainer with its kvstore; `modes` (rank and workers)
-    as trainer.train decided them from `kv`."""
+    as train decided them from `kv`."""
     train = recipe.train
     num_workers, rank = modes.num_workers, modes.rank
     devices = len(ctxs) * num_workers

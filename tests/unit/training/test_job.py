@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from research.config import load_recipe
 from research.rundir.lock import RunDirLock
-from research.training import trainer
+from research.training import job
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -25,7 +25,7 @@ def test_exception_marks_run_failed_with_traceback(tmp_path, monkeypatch):
     change_setup(monkeypatch, lambda setup: setattr(setup, "train_iter", AfterBatches(setup.train_iter, 3, disk_error)))
     run_dir = tmp_path / "run"
     with pytest.raises(OSError, match="Input/output error"):
-        trainer.train(recipe, [mx.cpu()], run_dir, argv=["tools/train.py", "x"])
+        job.train(recipe, [mx.cpu()], run_dir, argv=["tools/train.py", "x"])
     assert "Input/output error" in (run_dir / "traceback.txt").read_text()
     run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -4,7 +4,7 @@ import math
 import mxnet as mx
 import pytest
 
-from research.bench.trainer import benchmark_train, format_rows
+from research.bench.train import benchmark_train, format_rows
 from research.config import recipe_from_dict
 
 
