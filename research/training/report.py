@@ -11,13 +11,18 @@ import logging
 import time
 
 from ..durations import format_duration
-from ..metrics import (IMG_PER_S, ITER_IMG_PER_S, ITER_LOSS, ITER_LR, LR, TRAIN_LOSS, TRAIN_TOP1, VAL_LOSS, VAL_TOP1,
-                       VAL_TOP5)
+from ..metrics import (EPOCH_S, IMG_PER_S, ITER_IMG_PER_S, ITER_LOSS, ITER_LR, LR, TRAIN_LOSS, TRAIN_TOP1, VAL_LOSS,
+                       VAL_TOP1, VAL_TOP5)
 from ..progress import ProgressBar
 from ..tracking import Tracker
 from .estimate import DATA_WAIT_WARNING, remaining_s
 
+
 log = logging.getLogger("research.training")
+# The first epoch a process trains holds its start-up (graphs hybridized, kernels chosen, memory planned): on the
+# quickstart it took 12-46 s where the next took 1-2 s, and the pace it gave was 5-8 times the real one. It is left
+# out of the estimate unless it lasted this long (then start-up is a small share of it, as on ImageNet).
+WARMUP_S = 60.0
 
 
 class Report:
@@ -50,16 +55,27 @@ class Report:
         self._probe: float | None = None      # clock at the last `synced`, until the next batch arrives
         self._wait, self._shares, self._warned = 0.0, [], False
         self._estimated = False
+        self._first = len(state.history)      # this process's first epoch, in the history once measured
+        self._rate_usable = False             # batch_s says what an epoch costs (not this process's start-up)
         if enabled and state.history:       # a resumed run knows its epoch time already
-            self._pace(f"measured: mean of {len(state.history)} epoch(s) so far")
+            self._pace(f"measured: mean of {len(self._measured())} epoch(s) so far")
 
     # -- the one estimate ------------------------------------------------------------------
     def epoch_s(self) -> float | None:
-        """Seconds an epoch: the mean of those measured (evaluation included), else this epoch's pace."""
-        state = self.state
-        if state.history:
-            return state.elapsed_s / len(state.history)
-        return None if self.batch_s is None else self.batch_s * self.steps_per_epoch
+        """Seconds an epoch: the mean of those measured (evaluation included) but this process's first, unless it
+        lasted WARMUP_S; else this epoch's pace; None while only start-up has been seen ('estimating')."""
+        measured = self._measured()
+        if measured:
+            return sum(measured) / len(measured)
+        return self.batch_s * self.steps_per_epoch if self.batch_s is not None and self._rate_usable else None
+
+    def _measured(self) -> list[float]:
+        """The epochs' seconds that say what an epoch costs (see epoch_s)."""
+        history = self.state.history
+        seconds = [entry.get(EPOCH_S) for entry in history]
+        if None in seconds:                                  # a history from before time/epoch_s was kept
+            return [self.state.elapsed_s / len(history)] * len(history)
+        return [s for i, s in enumerate(seconds) if i != self._first or s >= WARMUP_S]
 
     def eta_s(self) -> float | None:
         epoch_s = self.epoch_s()
@@ -73,6 +89,7 @@ class Report:
         self.bar = ProgressBar(self.steps_per_epoch, f"epoch {epoch + 1}/{self.epochs} batch", "batch", log,
                                enabled=self.enabled)
         self.batch_s, self._last, self._probe, self._warned = None, (0, 0.0, 0.0), None, False
+        self._rate_usable = False
 
     def batch_arrived(self) -> None:
         if self._probe is not None:
@@ -92,11 +109,12 @@ class Report:
         self._last = (images, loss * images, seconds)
         new_images, spent = images - last_images, seconds - last_seconds
         self.batch_s = seconds / max(images / self.local_batch, 1)
+        self._rate_usable = state.epoch != self._first or seconds >= WARMUP_S
         img_per_s = images / max(seconds, 1e-6) * self.num_workers
         self.bar.report(state.batch_in_epoch, {"loss": f"{loss:.4f}", "lr": f"{lr:.3g}", "img/s": f"{img_per_s:.0f}"})
         if last_images and new_images > 0 and spent > 0:
             self._data_wait(spent / (new_images / self.local_batch), new_images // self.local_batch)
-            if not self._estimated:
+            if not self._estimated and self.epoch_s() is not None:
                 self._pace(f"estimated from batches {last_images // self.local_batch + 1}-{state.batch_in_epoch} "
                            f"at {new_images / spent * self.num_workers:.0f} img/s, training only")
         eta = self.eta_s()
@@ -121,11 +139,12 @@ class Report:
         log.info("epoch %d/%d  train loss %.4f top1 %.4f | val loss %.4f top1 %.4f top5 %.4f | lr %.3g | "
                  "%.0f img/s | %.1f s | ETA %s", state.epoch, self.epochs, metrics[TRAIN_LOSS],
                  metrics[TRAIN_TOP1], metrics[VAL_LOSS], metrics[VAL_TOP1], metrics[VAL_TOP5],
-                 metrics[LR], metrics[IMG_PER_S], epoch_seconds, format_duration(eta))
-        if not self._estimated:
-            self._pace(f"measured: mean of {len(state.history)} epoch(s)")
-        else:
-            self.tracker.set_tags(self._pace_tags(eta, basis=f"measured: mean of {len(state.history)} epoch(s)"))
+                 metrics[LR], metrics[IMG_PER_S], epoch_seconds, "estimating" if eta is None else format_duration(eta))
+        basis = f"measured: mean of {len(self._measured())} epoch(s)"
+        if eta is not None and not self._estimated:      # None: this process's first epoch was short (start-up)
+            self._pace(basis)
+        elif eta is not None:
+            self.tracker.set_tags(self._pace_tags(eta, basis=basis))
         self.lifecycle.write_status("running", eta_s=eta)
 
     def epoch_wait_share(self) -> float:

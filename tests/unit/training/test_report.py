@@ -64,17 +64,38 @@ def drive(monkeypatch, wait_per_interval: float, intervals: int = 3, batches: in
     return report, tracker, run, state
 
 
+def test_a_short_first_epoch_is_start_up_and_gives_no_estimate(monkeypatch, caplog):
+    # The quickstart's first epoch took 12-46 s, the next ones 1-2 s: its pace said a run ETA 5-8 times the real one
+    caplog.set_level(logging.INFO, "research.training")
+    report, tracker, run, state = drive(monkeypatch, wait_per_interval=0.0)         # 30 s: under WARMUP_S
+    assert "pace:" not in caplog.text and run.statuses[-1]["eta_s"] is None and "pace.eta_s" not in tracker.tags
+    state.history, state.elapsed_s, state.epoch, state.batch_in_epoch = [{"time/epoch_s": 30.0}], 30.0, 1, 0
+    metrics = {"train/loss": 1.0, "train/top1": 0.5, "val/loss": 1.1, "val/top1": 0.4, "val/top5": 0.9, "lr": 0.1,
+               "speed/img_per_s": 128.0}
+    report.end_epoch(metrics, 30.0)
+    assert re.search(r"epoch 1/10 .* ETA estimating$", caplog.text.splitlines()[-1])
+    report.start_epoch(1)                                  # the second epoch's pace is what an epoch costs
+    report.interval(128 * 10, 2.0, loss=1.0, lr=0.1)
+    state.batch_in_epoch = 20
+    report.interval(128 * 20, 4.0, loss=1.0, lr=0.1)
+    assert "pace: epoch 6s, run ETA 50s for 10 epochs (estimated from batches 11-20" in caplog.text   # 2 s + 8 x 6 s
+    state.history.append({"time/epoch_s": 6.5})
+    state.elapsed_s, state.epoch, state.batch_in_epoch = 36.5, 2, 0
+    report.end_epoch(metrics, 6.5)
+    assert tracker.tags["pace.epoch_s"] == "6" and tracker.tags["pace.basis"] == "measured: mean of 1 epoch(s)"
+
+
 def test_first_estimate_and_one_remaining_time_everywhere(monkeypatch, caplog):
     caplog.set_level(logging.INFO, "research.training")
-    report, tracker, run, state = drive(monkeypatch, wait_per_interval=0.0)
-    # 30 batches an epoch at 1 s each: 30 s an epoch; estimated at batch 20: 10 s of this epoch + 9 x 30 s
-    assert "pace: epoch 30s, run ETA 4m40s for 10 epochs (estimated from batches 11-20 at 128 img/s" in caplog.text
+    report, tracker, run, state = drive(monkeypatch, wait_per_interval=0.0, batch_s=3.0)
+    # 30 batches an epoch at 3 s each: 90 s an epoch, past WARMUP_S by batch 20; then 10 x 3 s of it + 9 x 90 s
+    assert "pace: epoch 1m30s, run ETA 14m00s for 10 epochs (estimated from batches 11-20 at 43 img/s" in caplog.text
     assert "waited on data" not in caplog.text and report.epoch_wait_share() == 0.0
     # at the last interval (batch 30: the epoch's batches done) status.json and the tags say the same
     last = run.statuses[-1]
     assert last["status"] == "running" and last["batch"] == 30 and last["eta_epoch_s"] == 0
-    assert last["eta_s"] == pytest.approx(9 * 30) and tracker.tags["pace.eta_s"] == "270"
-    assert tracker.tags["pace.epoch_s"] == "30" and "estimated" in tracker.tags["pace.basis"]
+    assert last["eta_s"] == pytest.approx(9 * 90) and tracker.tags["pace.eta_s"] == "810"
+    assert tracker.tags["pace.epoch_s"] == "90" and "estimated" in tracker.tags["pace.basis"]
     assert [step for step, _ in tracker.metrics] == [10, 20, 30]
 
 
