@@ -10,14 +10,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tabulate import tabulate
-
 from ..durations import format_duration
 from ..errors import UserError
 from ..metrics import IMG_PER_S, TRAIN_LOSS, VAL_TOP1, VAL_TOP5
+from ..paths import REPO
 from ..rundir.run_json import has_run_json, read_run_json
+from ..rundir.status import read_status
+from ..tables import percent, terminal_width, text_table, width_of
 from ..tracking import get_client, public_uri, tracking_uri
-from ..tracking.sweeps import is_sweep_parent
+from ..tracking.names import format_value
+from ..tracking.sweeps import PARENT_TAG, is_sweep_parent
 
 CURVE_KEYS = (VAL_TOP1, VAL_TOP5, TRAIN_LOSS, IMG_PER_S)
 
@@ -73,7 +75,7 @@ def select_runs(client, experiment: str | None = None, run_ids: list[str] = (), 
     scope = [experiments[experiment].experiment_id] if experiment else [e.experiment_id for e in experiments.values()]
     if run_ids:
         where = f", experiment '{experiment}'" if experiment else ""
-        runs = [_find_run(client, scope, ref, where) for ref in run_ids]
+        runs = [run for ref in run_ids for run in _trials_or_itself(client, _find_run(client, scope, ref, where))]
     else:
         if experiment is None:
             used = [e for e in experiments.values() if client.search_runs([e.experiment_id], max_results=1)]
@@ -95,20 +97,37 @@ def _names(experiments: dict) -> str:
 
 
 def _find_run(client, experiment_ids: list[str], ref: str, where: str = ""):
-    """A run by full id, unique id prefix, or run directory (its run.json)."""
+    """A run by full id, unique id prefix, run directory (its run.json) or sweep folder (its status.json names the
+    sweep's parent run)."""
     if has_run_json(Path(ref)):
         run_dir, ref = ref, read_run_json(Path(ref)).run_id or ""
         if not ref:
             raise UserError(f"{run_dir}: its run.json names no MLflow run: that run was trained without tracking.")
+    elif Path(ref).is_dir():
+        status = read_status(Path(ref))
+        named = status.run_id if status is not None else ""
+        if not named:
+            raise UserError(f"--runs {ref}: a folder with no run.json (a run directory) nor status.json naming an "
+                            f"MLflow run (a sweep's folder): pass a run directory, a sweep folder or a run id; "
+                            f"python tools/status.py lists the runs under runs/.")
+        ref = named
     if not re.fullmatch(r"[0-9a-f]{4,32}", ref):
-        raise UserError(f"--runs {ref}: not a run id (32 hex digits, or a unique prefix of 4 or more) "
-                        f"nor a run directory holding run.json.")
+        raise UserError(f"--runs {ref}: not a run id (32 hex digits, or a unique prefix of 4 or more), a run "
+                        f"directory holding run.json nor a sweep folder; python tools/status.py lists the runs.")
     runs = client.search_runs(experiment_ids, filter_string=f"attributes.run_id LIKE '{ref}%'", max_results=3)
     if len(runs) != 1:
         what = "no run" if not runs else "several runs"
         raise UserError(f"--runs {ref}: {what} with that id in {public_uri(tracking_uri())}{where}. "
                         f"tools/compare.py --experiment NAME lists the runs and their ids.")
     return runs[0]
+
+
+def _trials_or_itself(client, run) -> list:
+    """A sweep's parent run stands for its trials (it trained nothing: its row was '0/?'); any other run for itself."""
+    if not is_sweep_parent(run):
+        return [run]
+    return client.search_runs([run.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{run.info.run_id}'",
+                              order_by=["attributes.start_time ASC"], max_results=10000)
 
 
 def summarize(client, run) -> RunRow:
@@ -155,15 +174,18 @@ def differing_params(rows: list[RunRow]) -> list[str]:
 
 
 # -- output ------------------------------------------------------------------------------------
-COLUMNS = ("run", "name", "recipe", "status", "epochs", "best top1", "top5", "@epoch",
-           "final top1", "top5", "wall", "img/s", "devices", "output")
+COLUMNS = ("run", "name", "recipe", "status", "epochs", "best top1", "top5", "@epoch", "final top1", "wall", "img/s",
+           "devices", "output")
+SHARED = ("recipe", "status", "devices")       # said once above the table when every run has the same
+NARROW = ("img/s", "wall", "top5", "@epoch")   # left out, in this order, of a table still too wide (the CSV has all)
 CSV_COLUMNS = ("run_id", "name", "recipe", "status", "epochs_done", "epochs_planned", "best_val_top1",
                "best_val_top5", "best_epoch", "final_val_top1", "final_val_top5", "wall_s", "img_per_s",
                "devices", "run_dir")
 
 
-def format_rows(rows: list[RunRow], fmt: str = "text") -> str:
-    """The summary and the differing recipe values as text tables, markdown tables, or one CSV."""
+def format_rows(rows: list[RunRow], fmt: str = "text", width: int | None = None) -> str:
+    """The summary and the differing recipe values as text tables (fitted to `width`, default the terminal's),
+    markdown tables, or one CSV."""
     keys = differing_params(rows)
     if fmt == "csv":
         out = io.StringIO()
@@ -172,17 +194,64 @@ def format_rows(rows: list[RunRow], fmt: str = "text") -> str:
         writer.writerow(header)
         writer.writerows([_or_blank(value) for value in row] for row in values)
         return out.getvalue()
-    table = _table if fmt == "text" else _markdown
-    summary = table(COLUMNS, [_summary_cells(row) for row in rows])
+    summary = _summary_text(rows, width or terminal_width()) if fmt == "text" else \
+        _markdown(COLUMNS, [_summary_cells(row) for row in rows])
+    table = text_table if fmt == "text" else _markdown
     if len(rows) < 2:
         values = "(one run: no recipe values to compare)"
     elif not keys:
         values = "The runs shown share every recipe value."
     else:
-        values = table(("run",) + tuple(keys), [[row.run_id[:8]] + [row.params.get(k, "-") for k in keys]
+        values = table(("run",) + tuple(keys), [[row.run_id[:8]] + [param_text(row.params.get(k)) for k in keys]
                                                 for row in rows])
     heading = "Recipe values that differ:" if fmt == "text" else "**Recipe values that differ**"
     return f"{summary}\n\n{heading}\n{values}\n"
+
+
+def _summary_text(rows: list[RunRow], width: int) -> str:
+    """The summary table within `width` columns: the columns every run shares said once above it, then, if still
+    too wide, the run directories listed under it instead of in a column, then the names wrapped."""
+    cells = [_summary_cells(row) for row in rows]
+    shared = [i for i, name in enumerate(COLUMNS) if name in SHARED and len({c[i] for c in cells}) == 1]
+    lines = [", ".join(f"{COLUMNS[i]} {cells[0][i]}" for i in shared)] if shared and len(rows) > 1 else []
+    keep = [i for i in range(len(COLUMNS)) if i not in shared or len(rows) < 2]
+    table = text_table([COLUMNS[i] for i in keep], [[c[i] for i in keep] for c in cells])
+    if width_of(table) > width:
+        keep.remove(COLUMNS.index("output"))
+        table = _fitted([COLUMNS[i] for i in keep], [[c[i] for i in keep] for c in cells], width)
+        left_out = []
+        for name in NARROW:
+            if width_of(table) <= width:
+                break
+            keep.remove(COLUMNS.index(name))
+            left_out.append(name)
+            table = _fitted([COLUMNS[i] for i in keep], [[c[i] for i in keep] for c in cells], width)
+        table += "\n\nRun directories:\n" + "\n".join(f"  {c[0]}  {c[COLUMNS.index('output')]}" for c in cells)
+        if left_out:
+            table += f"\n(left out to fit: {', '.join(left_out)}; --format csv has every column)"
+    return "\n".join(lines + [table])
+
+
+def _fitted(header: list[str], cells: list[list[str]], width: int) -> str:
+    """The table, its name column wrapped (to no less than 12 characters) until it fits in `width`."""
+    table = text_table(header, cells)
+    name = header.index("name")
+    column = max(len(c[name]) for c in cells)
+    while width_of(table) > width and column > 12:
+        column = max(12, column - (width_of(table) - width))
+        table = text_table(header, cells, wrap={name: column})
+    return table
+
+
+def param_text(value: str | None) -> str:
+    """A param as --set takes it: MLflow keeps floats as '0.0', '1.0', which read as integers here ('0', '1')."""
+    if value is None:
+        return "-"
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return format_value(number) if number.is_integer() and "." in value else value
 
 
 def summary_table(rows: list[RunRow]) -> tuple[tuple[str, ...], list[list]]:
@@ -199,13 +268,9 @@ def summary_table(rows: list[RunRow]) -> tuple[tuple[str, ...], list[list]]:
 def _summary_cells(row: RunRow) -> list[str]:
     planned = row.epochs_planned if row.epochs_planned is not None else "?"
     return [row.run_id[:8], row.name, row.recipe, row.status, f"{row.epochs_done}/{planned}",
-            _percent(row.best_top1), _percent(row.best_top5), _or_dash(row.best_epoch),
-            _percent(row.final_top1), _percent(row.final_top5), _duration(row.wall_s),
-            _or_dash(row.img_per_s and f"{row.img_per_s:.0f}"), row.devices or "-", _short_path(row.run_dir)]
-
-
-def _table(header: tuple[str, ...], rows: list[list[str]]) -> str:
-    return tabulate(rows, headers=header, tablefmt="simple", disable_numparse=True)
+            percent(row.best_top1), percent(row.best_top5), _or_dash(row.best_epoch), percent(row.final_top1),
+            _duration(row.wall_s), _or_dash(row.img_per_s and f"{row.img_per_s:.0f}"), row.devices or "-",
+            _short_path(row.run_dir)]
 
 
 def _markdown(header: tuple[str, ...], rows: list[list[str]]) -> str:
@@ -214,22 +279,21 @@ def _markdown(header: tuple[str, ...], rows: list[list[str]]) -> str:
     return "\n".join([line(header), line(["---"] * len(header))] + [line(row) for row in rows])
 
 
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
-
-
 def _duration(seconds: float | None) -> str:
     return "-" if seconds is None else format_duration(seconds)
 
 
 def _short_path(path: str) -> str:
-    """A run directory as the user would type it: relative to the working directory when inside it."""
+    """A run directory as the user would type it: relative to the working directory when inside it, else to
+    the repository (runs/...)."""
     if not path:
         return "-"
-    try:
-        return str(Path(path).relative_to(Path.cwd()))
-    except ValueError:
-        return path
+    for root in (Path.cwd(), REPO):
+        try:
+            return str(Path(path).relative_to(root))
+        except ValueError:
+            continue
+    return path
 
 
 def _or_dash(value) -> str:

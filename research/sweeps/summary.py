@@ -9,9 +9,8 @@ import io
 import math
 from pathlib import Path
 
-from tabulate import tabulate
-
 from .. import atomic
+from ..tables import figure, text_table
 from ..tracking import Tracker, compare_url, experiment_url, serve_hint
 from ..tracking.names import label
 from ..tracking.sweeps import describe_summary, metric_history, remove_strays
@@ -69,13 +68,10 @@ def best_row(rows: list[dict], goal: str) -> dict | None:
 def table(spec: SweepSpec, rows: list[dict], fmt: str = "simple") -> str:
     """The trials as a table (tabulate's `fmt`: simple for the console, github for summary.md)."""
     header = ["trial", "state", f"best {spec.metric}", "@epoch", "final", "epochs", "run", "note"]
-    cells = [[row["trial"], row["state"], _figure(row["best"]), row["epoch"] or "-", _figure(row["final"]),
-              row["epochs"], (row["run_id"] or "-")[:8], row["reason"] or ""] for row in rows]
-    return tabulate(cells, headers=header, tablefmt=fmt, disable_numparse=True)
-
-
-def _figure(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
+    cells = [[row["trial"], row["state"], figure(spec.metric, row["best"]), row["epoch"] or "-",
+              figure(spec.metric, row["final"]), row["epochs"], (row["run_id"] or "-")[:8], row["reason"] or ""]
+             for row in rows]
+    return text_table(header, cells, fmt)
 
 
 def csv_text(spec: SweepSpec, rows: list[dict]) -> str:
@@ -106,7 +102,8 @@ def format_summary(spec: SweepSpec, rows: list[dict], best: dict | None, parent:
         lines += [f"{len(pruned)} pruned:"] + [f"  {row['trial']}: {row['reason']}" for row in pruned]
         lines += [epochs_line(rows) or "", ""]
     if best:
-        lines.append(f"best: {best['trial']} ({spec.metric} {best['best']:.4f} at epoch {best['epoch']}), "
+        lines.append(f"best: {best['trial']} ({spec.metric} {figure(spec.metric, best['best'])} at epoch "
+                     f"{best['epoch']}), "
                      f"{best['run_dir']}")
     if parent.enabled:
         children = [row["run_id"] for row in rows if row["run_id"]]
@@ -135,7 +132,7 @@ def publish(spec: SweepSpec, rows: list[dict], best: dict | None, parent: Tracke
         tags |= {"best.trial": best["trial"], "best.run_id": best["run_id"] or "", "best.run_dir": best["run_dir"]}
     parent.set_tags(tags)
     describe_summary(parent, "\n\n".join(filter(None, [table(spec, rows, "github"), epochs_line(rows), best and (
-        f"best: {best['trial']} ({spec.metric} {best['best']:.4f} at epoch {best['epoch']})")])))
+        f"best: {best['trial']} ({spec.metric} {figure(spec.metric, best['best'])} at epoch {best['epoch']})")])))
     for step, metrics in enumerate(metrics_by_trial(spec, rows), start=1):
         parent.log_metrics(metrics, step=step)
     if final:

@@ -27,6 +27,7 @@ from ..rundir.lock import RunDirBusy, RunDirLock, set_aside
 from ..rundir.run_json import read_run_json
 from ..rundir.status import Status, read_status, run_state, write_status
 from ..study.pruners import default_warmup
+from ..tables import figure as metric_figure
 from ..study.store import Settings
 from ..study.sweep_study import SweepStudy, TrialRecord
 from ..tracking import Tracker
@@ -320,7 +321,8 @@ class Sweeper:
             self._record(trial, state=state, exit_code=code, reason=reason)     # by the next run of the sweep
         entry = self.state["trials"][trial.name]
         figure = summary.best_of(self._points(trial.name), self.spec.goal)
-        value = f", best {self.spec.metric} {figure[1]:.4f} at epoch {figure[0]}" if figure else ""
+        value = f", best {self.spec.metric} {metric_figure(self.spec.metric, figure[1])} at epoch {figure[0]}" \
+            if figure else ""
         self.say(f"{trial.name}: {entry['state']}{value}" + (f" ({entry['reason']})" if entry["reason"] else ""))
         self._write_status("running")
 

@@ -22,6 +22,7 @@ SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 QUIET_ENV = {"PYTHONWARNINGS": "ignore:starlette.middleware.wsgi is deprecated"}
 # The port the UI is served on and every printed link names (tools/ui.py --port overrides it for one call).
 PORT_ENV = "RESEARCH_UI_PORT"
+SAFE_IN_LINK = "(),'"        # left as they are in a link's search filter: it reads, and it stays shorter
 DEFAULT_PORT = 5000
 
 
@@ -77,7 +78,6 @@ def compare_url(run_ids: list[str], experiment_ids: list[str], port: int | None 
     if len(experiments) == 1:
         only = "attributes.run_id IN (" + ",".join(f"'{run_id}'" for run_id in run_ids) + ")"
         return (f"http://127.0.0.1:{port}/#/experiments/{experiments[0]}/runs?{TRAINING_VIEW}&compareRunsMode=CHART"
-                f"&searchFilter={quote(only)}")
-    runs = json.dumps(list(run_ids), separators=(",", ":"))
-    return (f"http://127.0.0.1:{port}/#/compare-runs?runs={runs}&experiments={json.dumps(experiments, separators=(',', ':'))}"
-            f"&{TRAINING_VIEW}")
+                f"&searchFilter={quote(only, safe=SAFE_IN_LINK)}")
+    runs, experiments = (json.dumps(list(ids), separators=(",", ":")) for ids in (run_ids, experiments))
+    return f"http://127.0.0.1:{port}/#/compare-runs?runs={runs}&experiments={experiments}&{TRAINING_VIEW}"

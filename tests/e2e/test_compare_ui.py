@@ -116,7 +116,7 @@ def test_compare_lists_both_runs_and_the_lr_that_differs(runs, tmp_path):
     assert value_lines[0].split() == ["run", "train.lr"]               # the one recipe value that differs
     assert {tuple(line.split()) for line in value_lines[2:4]} == {(i[:8], lr) for i, lr in zip(ids, LRS)}
     link = next(line for line in proc.stdout.splitlines() if "compareRunsMode=CHART" in line)
-    assert all(f"%27{i}%27" in link for i in ids)
+    assert all(f"'{i}'" in link for i in ids)
 
     png = (tmp_path / "runs.png").read_bytes()
     assert len(png) > 0 and png[:8] == b"\x89PNG\r\n\x1a\n"

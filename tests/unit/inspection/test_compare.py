@@ -137,3 +137,33 @@ def test_library_compare_is_the_csv_table_as_a_dataframe(uri):
     assert list(research.compare([uri["b1"], uri["a1"][:8]])["run_id"]) == [uri["b1"], uri["a1"]]
     with pytest.raises(UserError, match="no experiment 'nope'"):
         research.compare("nope")
+
+
+def test_the_text_table_fits_the_terminal_and_prints_values_as_set_takes_them(uri):
+    rows = collect("exp_a")
+    rows[0].name = "lr=0.05 warmup_epochs=1 momentum=0.9 a name longer than a terminal line allows"
+    rows[0].run_dir = "/data/runs/lenet_digits-sweep-lr-warmup_epochs/lr-0.05_warmup_epochs-1"
+    for width in (100, 80):
+        text = format_rows(rows, "text", width=width)
+        assert max(len(line) for line in text.splitlines() if "/data/runs/" not in line) <= width, text
+        assert "Run directories:" in text and rows[0].run_dir in text          # moved under the table, whole
+    assert "recipe exp_a" in format_rows(rows, "text").splitlines()[0]       # what every run shares: said once
+    rows[1].params["train.warmup_epochs"] = "1.0"                            # MLflow's text of a float recipe key
+    assert "1.0" not in format_rows(rows, "text").split("differ")[1].replace("0.1", "")
+
+
+def test_a_sweep_folder_or_parent_run_stands_for_its_trials(uri, tmp_path):
+    parent = Tracker.start("exp_s", "sweep lr", tags={"sweep": "parent"})
+    trials = [Tracker.start("exp_s", f"lr={lr}", tags={"mlflow.parentRunId": parent.run_id, "recipe": "exp_s"})
+              for lr in ("0.1", "0.2")]
+    for trial in trials:
+        trial.log_metrics({"val/top1": 0.5}, step=1)
+        trial.end("FINISHED")
+    parent.end("FINISHED")
+    (tmp_path / "status.json").write_text(json.dumps({"status": "finished", "kind": "sweep", "run_id": parent.run_id}))
+    expected = [t.run_id for t in trials]
+    assert [r.run_id for r in collect(run_ids=[str(tmp_path)])] == expected
+    assert [r.run_id for r in collect(run_ids=[parent.run_id[:8]])] == expected
+    (tmp_path / "status.json").unlink()
+    with pytest.raises(UserError, match="sweep folder"):
+        collect(run_ids=[str(tmp_path)])

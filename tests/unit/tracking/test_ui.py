@@ -8,7 +8,7 @@ def test_ui_links_open_the_training_views():
     # one experiment: its runs table in the chart view (one chart per metric, the runs' curves overlaid), only these
     assert compare_url(["ab", "cd"], ["3", "3"]) == (
         "http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning&compareRunsMode=CHART"
-        "&searchFilter=attributes.run_id%20IN%20%28%27ab%27%2C%27cd%27%29")
+        "&searchFilter=attributes.run_id%20IN%20('ab','cd')")
     assert compare_url(["ab", "cd"], ["3", "4"]) == \
         'http://127.0.0.1:5000/#/compare-runs?runs=["ab","cd"]&experiments=["3","4"]&workflowType=machine_learning'
 
