@@ -18,13 +18,14 @@ def terminal_width() -> int:
 def text_table(header: tuple[str, ...] | list[str], rows: list[list], fmt: str = "simple",
                wrap: dict[int, int] | None = None) -> str:
     """`rows` under `header` in tabulate's `fmt`, cells as given (no number parsing). tabulate pads every header
-    by 2 spaces beyond its column's widest cell; here a column is as wide as its widest cell or header. `wrap`:
+    by 2 spaces beyond its column's widest cell; here a column is as wide as its widest cell or header, and a cell's
+    leading spaces (an indent) are kept. `wrap`:
     column index -> width at which that column's cells wrap onto more lines."""
     padding, tabulate_module.MIN_PADDING = tabulate_module.MIN_PADDING, 0
     try:
         widths = [(wrap or {}).get(i) for i in range(len(header))] if wrap else None
         return tabulate(rows, headers=list(header), tablefmt=fmt, disable_numparse=True, maxcolwidths=widths,
-                        maxheadercolwidths=widths)
+                        maxheadercolwidths=widths, preserve_whitespace=True)     # a cell's indent stays
     finally:
         tabulate_module.MIN_PADDING = padding
 

@@ -9,13 +9,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tabulate import tabulate
-
 from ..detached.launch import SessionInfo
 from ..durations import format_duration
 from ..rundir.files import STATUS, SUBFOLDERS
 from ..rundir.status import UNREADABLE, classify, read_status
 from ..rundir.supervision import read_keep_alive, supervisor_alive
+from ..tables import percent, terminal_width, text_table, width_of
 
 SKIP_DIRS = {*SUBFOLDERS, "__pycache__"}     # a run's own subfolders hold no runs
 
@@ -113,22 +112,27 @@ def as_json(runs: list[StatusRow]) -> str:
     return json.dumps([asdict(run) for run in runs], indent=1)
 
 
-def format_table(runs: list[StatusRow]) -> str:
-    """A fixed-width table, one run per line; '-' where a figure is not known yet."""
+def format_table(runs: list[StatusRow], width: int | None = None) -> str:
+    """One run per line, '-' where a figure is not known yet, within `width` columns (default the terminal's): a
+    sweep's trials are indented under its row by their own folder's name, and run names wrap if still too wide."""
     header = ("run", "state", "epoch", "val top-1", "img/s", "ETA", "updated", "tmux")
     supervised = any(run.restarts is not None for run in runs)      # a column only when a run has a supervisor
+    sweeps = [run.name + "/" for run in runs if run.kind == "sweep"]
     rows = []
     for run in runs:
         running = run.state == "running"
-        rows.append((
-            run.name, run.state, format_epoch(run),
-            f"{run.val_top1:.2%}" if run.val_top1 is not None else "-",
+        under = next((sweep for sweep in sweeps if run.name.startswith(sweep)), "")
+        rows.append([
+            "  " + run.name[len(under):] if under else run.name, run.state, format_epoch(run), percent(run.val_top1),
             f"{run.img_per_s:.0f}" if run.img_per_s is not None else "-",
             format_duration(run.eta_s) if running and run.eta_s is not None else "-",
             f"{format_duration(run.age_s)} ago" if run.age_s is not None else "-",
-            run.session or "-") + ((format_restarts(run),) if supervised else ()))
-    table = tabulate(rows, headers=header + (("restarts",) if supervised else ()), tablefmt="plain",
-                     disable_numparse=True)
+            run.session or "-"] + ([format_restarts(run)] if supervised else []))
+    header += ("restarts",) if supervised else ()
+    table, width = text_table(header, rows, "plain"), width or terminal_width()
+    if width_of(table) > width and rows:
+        name = max(len(row[0]) for row in rows) - (width_of(table) - width)
+        table = text_table(header, rows, "plain", wrap={0: max(name, 16)})
     notes = [f"{run.name} resumed {run.went_back}" for run in runs if run.went_back]
     notes += [f"{run.name} pruned {run.pruned}" for run in runs if run.pruned]
     return "\n".join([table, *notes])

@@ -116,3 +116,15 @@ def test_in_epoch_progress_shows_how_far_the_epoch_under_way_has_got(tmp_path):
     [run] = collect(tmp_path)
     table = format_table([run])
     assert "3/10 +43%" in table and re.search(r"\b2m0[5-9]s ago", table)
+
+
+def test_a_sweeps_trials_sit_under_it_and_the_table_fits_in_100_columns(tmp_path):
+    # The README's sweep: 'lenet_digits-sweep-lr-warmup_epochs/lr-0.01_warmup_epochs-0' made rows 127 wide
+    sweep = tmp_path / "lenet_digits-sweep-lr-warmup_epochs"
+    write_status(sweep, status="finished", kind="sweep", trials=4, trials_done=4)
+    for name in ("lr-0.01_warmup_epochs-0", "lr-0.02_warmup_epochs-1"):
+        write_status(sweep / name, status="finished", epoch=20, epochs=20)
+    lines = format_table(collect(tmp_path), width=100).splitlines()
+    assert lines[2].startswith("  lr-0.01_warmup_epochs-0 ") and lines[3].startswith("  lr-0.02_warmup_epochs-1 ")
+    assert max(map(len, lines)) <= 100
+    assert max(map(len, format_table(collect(tmp_path), width=80).splitlines())) <= 80     # the names wrap
