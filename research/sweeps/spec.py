@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -28,7 +27,7 @@ from ..metrics import VAL_TOP1
 from ..paths import RUNS
 from ..rundir.console import last_error
 from ..study.store import STUDY_ENV, TRIAL_ENV, Pruner, Sampler
-from ..tracking.names import RUN_TAGS_ENV, label
+from ..tracking.names import RUN_TAGS_ENV, folder_name, label
 
 STATE = "sweep.json"
 # The trial's process asks the kernel for SIGTERM when the sweep's process dies (kill -9 included): it then
@@ -234,11 +233,9 @@ def checked_trial(spec: SweepSpec, values: dict[str, str], taken: set[str] = fro
 
 
 def trial_folder(values: dict[str, str], taken: set[str] = frozenset()) -> str:
-    """A trial's folder, shell-friendly (no =, comma, brackets, quotes or spaces): the last part of each key, a -, its
-    value, the pairs joined by _: {"train.lr": "0.01", "train.lr_steps": "[5,10]"} -> "lr-0.01_lr_steps-5-10".
-    A name in `taken` (two values that differ only in such characters) gets the next free -2, -3 ... suffix."""
-    name = "_".join(f"{key.rsplit('.', 1)[-1]}-" + re.sub(r"[^A-Za-z0-9.+-]+", "-", value.strip("[]{}()'\" "))
-                    for key, value in values.items())
+    """A trial's folder, names.folder_name ("lr-0.01_lr_steps-5-10"); a name in `taken` (two values that differ only
+    in characters a folder name leaves out) gets the next free -2, -3 ... suffix."""
+    name = folder_name(values)
     folder, count = name, 1
     while folder in taken:
         count += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -81,3 +82,10 @@ def tags_from_env() -> dict[str, str]:
         logging.getLogger(__name__).warning("%s is not a JSON object of tags: ignored (%r)", RUN_TAGS_ENV, text[:200])
         return {}
     return {str(key): str(value) for key, value in tags.items()}
+
+
+def folder_name(values: dict[str, Any]) -> str:
+    """A folder name for these values, shell-friendly (no =, comma, brackets, quotes or spaces): the last part of each
+    key, a -, its value, the pairs joined by _: {"train.lr": 0.01, "train.lr_steps": [5, 10]} -> "lr-0.01_lr_steps-5-10"."""
+    return "_".join(f"{key.rsplit('.', 1)[-1]}-" + re.sub(r"[^A-Za-z0-9.+-]+", "-", format_value(value).strip("[]{}()'\" "))
+                    for key, value in values.items())

@@ -349,3 +349,23 @@ def resume_run(run_id: str, history: list[dict[str, float]], argv: list[str]) ->
             tracker.log_metrics({k: v for k, v in entry.items() if k != "epoch"}, step=entry["epoch"])
     tracker.set_tags({f"resumed.{int(time.time())}": " ".join(argv)})
     return tracker
+
+
+def record_changes(tracker: Tracker, changes: dict[str, tuple[Any, Any]], epoch: int, recipe: Recipe,
+                   argv: list[str]) -> None:
+    """A run continued with recipe values it did not start with (train.epochs extended; anything else with --resume).
+    MLflow keeps the params a run was started with, so the change is a tag `recipe.changed.<time>` ('at epoch 2:
+    train.lr 0.02 -> 0.05'), the run's name what differs from the recipe file now, and a line of its description."""
+    if not tracker.enabled or not changes:
+        return
+    from .names import format_value
+    text = f"at epoch {epoch}: " + "; ".join(f"{key} {format_value(old)} -> {format_value(new)}"
+                                              for key, (old, new) in changes.items())
+    try:
+        note = tracker.client.get_run(tracker.run_id).data.tags.get("mlflow.note.content", "")
+    except Exception:  # noqa: BLE001 - the description then holds the change alone
+        note = ""
+    line = f"Continued {text}, by `{' '.join(argv)}`"
+    tracker.set_tags({f"recipe.changed.{int(time.time())}": text[:5000], "mlflow.runName": run_name(recipe),
+                      "mlflow.note.content": f"{note}\n\n{line}".strip()[:60000]})
+    log.info("the recipe changed %s: recorded in MLflow run %s", text, tracker.run_id)

@@ -22,7 +22,7 @@ from . import checkpoint, precision
 from .lifecycle import lifecycle_for
 from .loop import Setup, fit
 from .modes import Modes
-from .resume import find_resume
+from .resume import find_resume, recipe_changes, saved_recipe
 from .schedules import lr_at, scaled_lr
 
 log = logging.getLogger("research.training")
@@ -41,6 +41,8 @@ def train(recipe: Recipe, ctxs: list, run_dir: Path, argv: list[str], resume: Re
     modes = Modes(resume, interactive, *workers.placement(kv))       # decided here once; below, only read
     with lifecycle_for(run_dir, recipe, argv, modes) as lifecycle:   # a worker other than rank 0: a stand-in
         content = None if resume == "fresh" else find_resume(run_dir, recipe, require=resume == "require")
+        # what this command changes in the directory's run: train.epochs, or anything with --resume; MLflow records it
+        changes = {} if resume == "fresh" else recipe_changes(saved_recipe(run_dir, content), recipe)
         setup = build_setup(recipe, ctxs, run_dir, kv, modes)
         state = checkpoint.TrainState(recipe=recipe.to_dict())
         if content is not None:
@@ -55,12 +57,12 @@ def train(recipe: Recipe, ctxs: list, run_dir: Path, argv: list[str], resume: Re
                                   recipe.net.classes - labels, labels)
         _join_workers(kv, setup, state)      # several: rank 0's weights and position everywhere, the lr on the servers
         if state.epoch >= recipe.train.epochs and run_state(run_dir) == "finished":
-            lifecycle.already_finished(state.epoch)
+            lifecycle.already_finished(state.epoch, changes)
             return lifecycle.exit_code
         if resume != "require" and run_state(run_dir) == "pruned":    # --fresh set it aside already
             lifecycle.already_pruned()
             return lifecycle.exit_code
-        tracker = lifecycle.start_tracking(ctxs, state.run_id, state.history)
+        tracker = lifecycle.start_tracking(ctxs, state.run_id, state.history, changes=changes)
         state.run_id = tracker.run_id or state.run_id     # a store that is down must not orphan the run id
         if recipe.tracking.enabled and recipe.tracking.system_metrics:
             tracker.start_system_metrics(recipe.tracking.system_metrics_every_s, resumed=bool(state.history))

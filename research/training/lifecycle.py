@@ -27,7 +27,7 @@ from ..rundir.files import CHECKPOINTS, MODEL, RECIPE, RUN_JSON, TRACEBACK, TRAI
 from ..rundir.lock import RunDirLock, remove_leftovers, set_aside
 from ..rundir.run_json import read_run_json, write_run_json
 from ..rundir.status import Status, read_status, write_status
-from ..tracking import Tracker, resume_run, run_url, serve_hint, start_run
+from ..tracking import Tracker, record_changes, resume_run, run_url, serve_hint, start_run
 from . import checkpoint
 from .health import DeadHead, Unhealthy
 from .logs import add_file_log, flush_logs, remove_file_log, setup_logging
@@ -96,14 +96,17 @@ class Lifecycle:
         return self
 
     def start_tracking(self, ctxs: list, resume_id: str | None = None, history: list[dict] = (),
-                       tags: dict[str, str] | None = None) -> Tracker:
+                       tags: dict[str, str] | None = None, changes: dict | None = None) -> Tracker:
         """The directory's MLflow run: `resume_id` (a checkpoint's), else the one run.json names (a run killed
-        before its first checkpoint restarts in it), resumed with the epochs of `history` it lacks; else a
-        new run. Writes run.json and the recipe copy (also an artifact)."""
+        before its first checkpoint restarts in it), resumed with the epochs of `history` it lacks and the
+        recipe `changes` it continues with recorded; else a new run. Writes run.json and the recipe copy (also
+        an artifact)."""
         atomic.write_text(self.run_dir / RECIPE, dump_recipe(self.recipe))
         if self.recipe.tracking.enabled:
             run_id = resume_id or read_run_json(self.run_dir).run_id
             tracker = resume_run(run_id, list(history), self.argv) if run_id else None
+            if tracker is not None and tracker.enabled:
+                record_changes(tracker, changes or {}, len(history), self.recipe, self.argv)
             if tracker is None or tracker.not_found:
                 if run_id:
                     log.warning("MLflow run %s (named by %s) is not in this store: starting a new run", run_id,
@@ -148,12 +151,15 @@ class Lifecycle:
             self._end_watch = on_stop_signal_even_if_blocked(self._mark_killed)
         return stop
 
-    def already_finished(self, epochs: int) -> None:
-        """The run directory holds this recipe's finished run: say how to train again or longer; change nothing."""
+    def already_finished(self, epochs: int, changes: dict | None = None) -> None:
+        """The run directory holds this recipe's finished run: say how to train again or longer, and that the
+        values this command changed (--resume) were not applied; change nothing."""
         again, extend = (("resume='fresh'", "overrides={'train.epochs': N}") if self.modes.interactive
                          else ("--fresh", "--set train.epochs=N"))
+        unused = ", ".join(key for key in changes or {} if key != "train.epochs")
         print(f"{self.run_dir} already holds the finished run ({epochs} epochs). "
-              f"Use {again} to train again, or {extend} to extend it.")
+              f"Use {again} to train again, or {extend} to extend it." +
+              (f" Nothing was trained, so {unused} was not applied." if unused else ""))
         self._settled = True
 
     # -- end --------------------------------------------------------------------------------
@@ -316,7 +322,7 @@ class FollowerLifecycle(Lifecycle):
         return self
 
     def start_tracking(self, ctxs: list, resume_id: str | None = None, history: list[dict] = (),
-                       tags: dict[str, str] | None = None) -> Tracker:
+                       tags: dict[str, str] | None = None, changes: dict | None = None) -> Tracker:
         return self.tracker                  # disabled
 
     def write_status(self, status: str, **figures) -> None:

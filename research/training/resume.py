@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from ..cli import Resume
 from ..config import Recipe, RecipeError
+from ..tracking.names import changed_values, folder_name, format_value
 from ..paths import RUNS
 from ..rundir.files import CHECKPOINTS, RECIPE
 from ..rundir.lock import set_aside
@@ -16,16 +18,51 @@ from . import checkpoint
 log = logging.getLogger("research.training")
 
 
+# A run directory's run continues with a recipe that differs from its own in these keys only: a longer run (the lr
+# schedule is a function of the epochs, so the rest of the run follows the new total). Any other difference is another
+# run, in a folder of its own (default_run_dir), or with --resume this run continued with the change recorded.
+EXTENDS = ("train.epochs",)
+
+
 def default_run_dir(recipe: Recipe) -> Path:
-    return RUNS / recipe.name
+    """runs/<recipe name>/ for the recipe file's values (its train.epochs aside), else runs/<recipe name>-<what differs>/
+    named as the sweep names its trials' folders (runs/lenet_digits-lr-0.05/): the same command finds its run again,
+    and a command with other values never continues another's run. A run begun before these folders, with --set
+    values, in runs/<recipe name>/ (the same values), is continued there."""
+    differs = {key: value for key, value in changed_values(recipe).items() if key not in EXTENDS}
+    plain = RUNS / recipe.name
+    if not differs:
+        return plain
+    named = RUNS / f"{recipe.name}-{folder_name(differs)}"
+    saved = _saved_recipe(plain)
+    if not named.exists() and saved and not set(recipe_changes(saved, recipe)) - set(EXTENDS):
+        return plain
+    return named
+
+
+def recipe_changes(saved: dict, recipe: Recipe) -> dict[str, tuple[Any, Any]]:
+    """key -> (the run directory's value, this recipe's) for every recipe value that differs; {} without a saved recipe."""
+    if not saved:
+        return {}
+    old, new = dict(_flat(saved)), recipe.flat()
+    return {key: (old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)}
+
+
+def _flat(tree: dict, prefix: str = ""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 def find_resume(run_dir: Path, recipe: Recipe, require: bool) -> dict | None:
     """The checkpoint a run resumes from (the newest that verifies), or None for a new run.
 
     Raises:
-        RecipeError: `require` (--resume) without a checkpoint, or a folder holding another recipe's run
-            (its checkpoint's recipe, or, killed before its first checkpoint, its recipe.yaml).
+        RecipeError: `require` (--resume) without a checkpoint; a folder holding another recipe's run (its
+            checkpoint's recipe, or, killed before its first checkpoint, its recipe.yaml); or, without `require`,
+            a run of this recipe with other values than train.epochs (named, with the ways forward).
     """
     latest = checkpoint.find_latest(run_dir / CHECKPOINTS)
     if latest is None:
@@ -33,10 +70,10 @@ def find_resume(run_dir: Path, recipe: Recipe, require: bool) -> dict | None:
             raise RecipeError(f"--resume: no valid checkpoint in {run_dir / CHECKPOINTS}. "
                               f"Drop --resume to start a new run.")
         if read_run_json(run_dir).run_id:        # its MLflow run is continued: the same recipe's?
-            _check_same_recipe(run_dir, _saved_recipe(run_dir), recipe)
+            _check_same_recipe(run_dir, _saved_recipe(run_dir), recipe, require)
         return None
     path, content = latest
-    _check_same_recipe(run_dir, content["state"].recipe, recipe)
+    _check_same_recipe(run_dir, content["state"].recipe, recipe, require)
     log.info("resuming from %s (epoch %d, step %d)", path, content["state"].epoch, content["state"].step)
     return content
 
@@ -58,7 +95,20 @@ def _saved_recipe(run_dir: Path) -> dict:
         return {}
 
 
-def _check_same_recipe(run_dir: Path, saved: dict, recipe: Recipe) -> None:
+def saved_recipe(run_dir: Path, content: dict | None) -> dict:
+    """The recipe the directory's run trained: its checkpoint's, else (killed before one) its recipe.yaml's."""
+    return content["state"].recipe if content is not None else _saved_recipe(run_dir)
+
+
+def _check_same_recipe(run_dir: Path, saved: dict, recipe: Recipe, require: bool = False) -> None:
     if saved.get("name") != recipe.name or saved.get("net") != recipe.to_dict()["net"]:
         raise RecipeError(f"{run_dir} holds a run of recipe '{saved.get('name')}' (net {saved.get('net')}). "
                           f"Use --output for another folder, or --fresh to set the old run aside.")
+    differs = {key: change for key, change in recipe_changes(saved, recipe).items() if key not in EXTENDS}
+    if differs and not require:
+        told = ", ".join(f"{key} {format_value(old)} -> {format_value(new)}" for key, (old, new) in differs.items())
+        raise RecipeError(f"{run_dir} holds a run of {recipe.name} with other values: {told}. Train them as a run of "
+                          f"their own with --output DIR (without --output, a folder named by what differs from the "
+                          f"recipe file), set the old run aside with --fresh, or continue it with these values with "
+                          f"--resume (its MLflow run records the change). From Python: output=..., resume='fresh' "
+                          f"or resume='require'.")
