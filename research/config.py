@@ -179,13 +179,27 @@ class Recipe:
 
     def flat(self) -> dict[str, Any]:
         """`section.key` -> value, the form MLflow params take."""
-        return dict(_flatten(self.to_dict()))
+        return dict(flatten(self.to_dict()))
 
 
-def _flatten(tree: dict, prefix: str = ""):
+# Keys that say how a run is carried out, not what it learns: where its data is read from and how fast, how often
+# it reports and saves, what it records. A run continues with other values of these (the change recorded in MLflow)
+# and they do not name its folder or its MLflow run; another value of any other key but train.epochs (which extends
+# a run) is another run. A key ending in "." stands for its section.
+HOW_KEYS = ("data.train_rec", "data.val_rec", "data.root", "data.download", "data.preprocess_threads",
+            "data.prefetch_buffer", "train.log_every", "train.hybridize", "train.kvstore", "train.chance_epochs",
+            "train.stall_epochs", "checkpoint.", "tracking.", "transfer.cache_dir", "transfer.batch_size")
+
+
+def is_how_key(key: str) -> bool:
+    """Whether another value of this recipe key leaves the run the same run (HOW_KEYS)."""
+    return any(key == how or (how.endswith(".") and key.startswith(how)) for how in HOW_KEYS)
+
+
+def flatten(tree: dict, prefix: str = ""):
     for key, value in tree.items():
         if isinstance(value, dict):
-            yield from _flatten(value, f"{prefix}{key}.")
+            yield from flatten(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}", value
 

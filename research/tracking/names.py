@@ -56,8 +56,11 @@ def changed_values(recipe: Recipe) -> dict[str, Any]:
 
 
 def run_name(recipe: Recipe) -> str:
-    """What differs from the recipe file (short names), else the recipe's name."""
-    return label(changed_values(recipe), short=True) or recipe.name
+    """What differs from the recipe file (short names; config.HOW_KEYS, such as data paths, left out), else the
+    recipe's name."""
+    from ..config import is_how_key
+    return label({key: value for key, value in changed_values(recipe).items() if not is_how_key(key)},
+                 short=True) or recipe.name
 
 
 def model_name(recipe_name: str, name: str) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cli import Resume
-from ..config import Recipe, RecipeError
+from ..config import Recipe, RecipeError, flatten, is_how_key
 from ..tracking.names import changed_values, folder_name, format_value
 from ..paths import RUNS
 from ..rundir.files import CHECKPOINTS, RECIPE
@@ -19,9 +19,15 @@ log = logging.getLogger("research.training")
 
 
 # A run directory's run continues with a recipe that differs from its own in these keys only: a longer run (the lr
-# schedule is a function of the epochs, so the rest of the run follows the new total). Any other difference is another
-# run, in a folder of its own (default_run_dir), or with --resume this run continued with the change recorded.
+# schedule is a function of the epochs, so the rest of the run follows the new total), and config.HOW_KEYS (its data's
+# place, threads, reporting, checkpoints, tracking). Any other difference is another run, in a folder of its own
+# (default_run_dir), or with --resume this run continued with the change recorded.
 EXTENDS = ("train.epochs",)
+
+
+def _another_run(keys) -> list[str]:
+    """The keys among these whose other values make another run (neither EXTENDS nor config.HOW_KEYS)."""
+    return [key for key in keys if key not in EXTENDS and not is_how_key(key)]
 
 
 def default_run_dir(recipe: Recipe) -> Path:
@@ -29,13 +35,14 @@ def default_run_dir(recipe: Recipe) -> Path:
     named as the sweep names its trials' folders (runs/lenet_digits-lr-0.05/): the same command finds its run again,
     and a command with other values never continues another's run. A run begun before these folders, with --set
     values, in runs/<recipe name>/ (the same values), is continued there."""
-    differs = {key: value for key, value in changed_values(recipe).items() if key not in EXTENDS}
+    changed = changed_values(recipe)
+    differs = {key: changed[key] for key in _another_run(changed)}
     plain = RUNS / recipe.name
     if not differs:
         return plain
     named = RUNS / f"{recipe.name}-{folder_name(differs)}"
     saved = _saved_recipe(plain)
-    if not named.exists() and saved and not set(recipe_changes(saved, recipe)) - set(EXTENDS):
+    if not named.exists() and saved and not _another_run(recipe_changes(saved, recipe)):
         return plain
     return named
 
@@ -44,16 +51,8 @@ def recipe_changes(saved: dict, recipe: Recipe) -> dict[str, tuple[Any, Any]]:
     """key -> (the run directory's value, this recipe's) for every recipe value that differs; {} without a saved recipe."""
     if not saved:
         return {}
-    old, new = dict(_flat(saved)), recipe.flat()
+    old, new = dict(flatten(saved)), recipe.flat()
     return {key: (old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)}
-
-
-def _flat(tree: dict, prefix: str = ""):
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            yield from _flat(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
 
 
 def find_resume(run_dir: Path, recipe: Recipe, require: bool) -> dict | None:
@@ -104,7 +103,8 @@ def _check_same_recipe(run_dir: Path, saved: dict, recipe: Recipe, require: bool
     if saved.get("name") != recipe.name or saved.get("net") != recipe.to_dict()["net"]:
         raise RecipeError(f"{run_dir} holds a run of recipe '{saved.get('name')}' (net {saved.get('net')}). "
                           f"Use --output for another folder, or --fresh to set the old run aside.")
-    differs = {key: change for key, change in recipe_changes(saved, recipe).items() if key not in EXTENDS}
+    changes = recipe_changes(saved, recipe)
+    differs = {key: changes[key] for key in _another_run(changes)}
     if differs and not require:
         told = ", ".join(f"{key} {format_value(old)} -> {format_value(new)}" for key, (old, new) in differs.items())
         raise RecipeError(f"{run_dir} holds a run of {recipe.name} with other values: {told}. Train them as a run of "
