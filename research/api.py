@@ -120,21 +120,11 @@ class Run:
     def _checkpoint_net(self):
         import mxnet as mx
 
-        from .nets import build_net
-        from .training.checkpoint import load_net_arrays
+        from .evaluation.crops import load_trained
         if not self._latest():
             raise UserError(f"{self.run_dir}: no exported model and no checkpoint: the run has not trained "
                             f"an epoch yet.")
-        net = build_net(self.recipe.net)                          # the recipe's net options, as the trainer builds it
-        net.initialize(ctx=mx.cpu())
-        net(mx.nd.zeros((1, *_input_shape(self.recipe))))        # finishes deferred init
-        load_net_arrays(net, self._latest()["params"])
-        return net
-
-
-def _input_shape(recipe: Recipe) -> tuple[int, int, int]:
-    from .model.export import input_shape
-    return input_shape(recipe)
+        return load_trained(self.run_dir, [mx.cpu()]).net       # the saved recipe's net, as the trainer builds it
 
 
 def load_run(run_dir: str | Path) -> Run:

@@ -144,7 +144,7 @@ def _disk(report: Report, run_dir: Path) -> None:
     report.lines.append(("run directory", f"{run_dir}: {free:.1f} GiB free"))
     if free < MIN_FREE_GIB:
         report.other_problems.append((f"only {free:.1f} GiB free for {run_dir}",
-                                      f"free space there or choose another run directory with --output"))
+                                      "free space there or choose another run directory with --output"))
 
 
 def _tmux(report: Report) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from research.gpu.fatbin import CUBIN, MAGIC, PTX
+from research.gpu.fatbin import CUBIN, MAGIC
 
 CU112_IMAGES = [(CUBIN, sm) for sm in (50, 60, 70, 80, 86)]      # what mxnet-cu112's libmxnet.so holds
 

@@ -124,7 +124,6 @@ def publish(spec: SweepSpec, rows: list[dict], best: dict | None, parent: Tracke
     for name in ("summary.md", "summary.csv", "sweep.png"):
         parent.log_artifact(sweep_dir / name)
     failed = [row for row in rows if row["state"] == "failed"]
-    finished = [row for row in rows if row["state"] == "finished"]
     pruned = [row for row in rows if row["state"] == "pruned"]
     tags = {"sweep.failed": "; ".join(f"{row['trial']}: {row['reason']}" for row in failed)[:5000] or "none",
             "sweep.pruned": "; ".join(f"{row['trial']}: {row['reason']}" for row in pruned)[:5000] or "none"}

@@ -6,14 +6,14 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
-from .names import RUN_TAGS_ENV, label
+from .names import label
 from .tags import git_state, source_tags
 from .tracker import Tracker
 
 PARENT_TAG = "mlflow.parentRunId"
 NOTE_TAG = "mlflow.note.content"          # a run's description, which its Overview page shows as Markdown
 SUMMARY_MARK = "**Summary**"
-__all__ = ["PARENT_TAG", "RUN_TAGS_ENV", "child_tags", "continue_parent", "describe_summary", "is_sweep_parent",
+__all__ = ["PARENT_TAG", "child_tags", "continue_parent", "describe_summary", "is_sweep_parent",
            "metric_history", "remove_strays", "start_parent"]
 
 

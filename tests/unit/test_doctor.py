@@ -15,7 +15,7 @@ from research.builds import BUILDS
 from research.gpu.fatbin import read_kernels
 from research.gpu.installed import InstalledMxnet
 from research.gpu.machine import Gpu, Machine, probe
-from research.gpu.verdict import Library, Verdict
+from research.gpu.verdict import Verdict
 
 CU112 = next(b for b in BUILDS if b.extra == "cu112")
 
