@@ -1,5 +1,5 @@
 """The data-parallel training loop. `fit` reads top to bottom: the periodic work (progress, stop,
-checkpoint) is plain `if` blocks in the order it runs, then the epoch's end in one block."""
+checkpoint) is plain `if` blocks in the order it runs, then the epoch's end (EpochEnd, in its order)."""
 from __future__ import annotations
 
 import itertools
@@ -28,6 +28,7 @@ from .report import Report
 from .schedules import lr_at
 
 if TYPE_CHECKING:
+    from ..tracking import Tracker
     from .lifecycle import Lifecycle
     from .signals import FollowerStop, StopRequest
 
@@ -82,11 +83,8 @@ def fit(setup: Setup, state: TrainState, lifecycle: Lifecycle, stop: StopRequest
     report = Report(lifecycle, tracker, state, train.epochs, steps_per_epoch, setup.local_batch,
                     setup.modes.num_workers, logged_until=tracker.last_step(ITER_LOSS), enabled=setup.modes.rank0,
                     warn_data_wait=recipe.data.kind == "recordio")
-    logged_epochs = tracker.last_step(VAL_TOP1) or 0       # MLflow's record, ahead of the checkpoint's after a
-                                                           # resume from an older one (a newer one was damaged)
+    epoch_end = EpochEnd(setup, state, tracker, report, writer, curves, loss_fn, steps_per_epoch)
     until = None if steps is None else state.step + steps
-    labels = getattr(setup.train_iter, "labels_in_data", recipe.net.classes)       # chance, for the guard
-    head_activation = recipe.net.activation if recipe.net.name.startswith("squeezenet") else None
     random_layers = _has_dropout(net)
     last_save, skipped_in_a_row = time.monotonic(), 0
     save_every_s = 60 * recipe.checkpoint.every_minutes      # the timed checkpoint inside an epoch; 0: none
@@ -137,38 +135,59 @@ def fit(setup: Setup, state: TrainState, lifecycle: Lifecycle, stop: StopRequest
                     writer.save(state, net, trainer)
                     last_save = time.monotonic()
 
-            # The epoch's end, in the order it runs: validate, guard, keep, checkpoint (MLflow's metrics once
-            # it is on disk), report (log line, status.json, pace), curves, the sweep's pruner.
-            mx.nd.waitall()
-            train_seconds = time.monotonic() - tic
-            val = evaluate(net, setup.val_iter, ctxs, loss_fn, train.dtype)
-            lr = lr_at((state.step - 1) / steps_per_epoch, setup.base_lr, train)     # the epoch's last batch's
-            metrics = epoch_metrics(setup, totals, val, lr, train_seconds, time.monotonic() - tic, report, epoch)
-            entry = {"epoch": epoch + 1, **metrics}
-            problem = health.check(state.history + [entry], recipe.net.classes, labels, train.chance_epochs,
-                                   train.stall_epochs, head_activation)
-            if problem:                                    # before the epoch is kept or checkpointed
-                raise DeadHead(f"{problem}. {health.advice(head_activation)}")
-            state.epoch, state.batch_in_epoch, state.epoch_totals = epoch + 1, 0, None
-            state.elapsed_s += metrics[EPOCH_S]
-            state.history.append(entry)
-            is_best = metrics[VAL_TOP1] > state.best_top1
-            state.best_top1 = max(state.best_top1, metrics[VAL_TOP1])
-            saved = writer.save(state, net, trainer, is_best)
-            if state.epoch > logged_epochs:                # else MLflow has it from before a resume that went back
-                tracker.log_metrics(metrics, step=state.epoch, after=saved)
-            report.end_epoch(metrics, metrics[EPOCH_S])
-            tracker.log_artifact(curves.path, after=curves.update(state.history))
-            last_save = time.monotonic()
-            if setup.trial.report(state.epoch, metrics, last=state.epoch == train.epochs):   # a sweep's trial: pruned?
-                checkpoint_now(writer)                         # the epoch's checkpoint on disk before it stops
+            if epoch_end(epoch, totals, tic):                  # a sweep's trial its pruner stopped
                 return "pruned"
+            last_save = time.monotonic()
         checkpoint_now(writer)                     # the last epoch's file on disk before the run is called done
         return "finished"
     finally:
         report.close()
         writer.close()                             # a checkpoint being written is finished, even on error
         curves.close()
+
+
+class EpochEnd:
+    """An epoch's end, in the order it runs: validate, guard, keep, checkpoint (MLflow's metrics once it is on
+    disk), report (log line, status.json, pace), curves, the sweep's pruner."""
+
+    def __init__(self, setup: Setup, state: TrainState, tracker: Tracker, report: Report,
+                 writer: CheckpointWriter | NoCheckpoints, curves: CurvesWriter | NoCurves, loss_fn: gluon.loss.Loss,
+                 steps_per_epoch: int):
+        self.setup, self.state, self.tracker, self.report = setup, state, tracker, report
+        self.writer, self.curves, self.loss_fn, self.steps_per_epoch = writer, curves, loss_fn, steps_per_epoch
+        recipe = setup.recipe
+        self.labels = getattr(setup.train_iter, "labels_in_data", recipe.net.classes)      # chance, for the guard
+        self.head_activation = recipe.net.activation if recipe.net.name.startswith("squeezenet") else None
+        # MLflow's record, ahead of the checkpoint's after a resume from an older one (a newer one was damaged)
+        self.logged_epochs = tracker.last_step(VAL_TOP1) or 0
+
+    def __call__(self, epoch: int, totals: EpochTotals, tic: float) -> bool:
+        """Ends `epoch` (trained since `tic`); True when a sweep's pruner stops the trial (its checkpoint on disk)."""
+        setup, state, train, writer = self.setup, self.state, self.setup.recipe.train, self.writer
+        mx.nd.waitall()
+        train_seconds = time.monotonic() - tic
+        val = evaluate(setup.net, setup.val_iter, setup.ctxs, self.loss_fn, train.dtype)
+        lr = lr_at((state.step - 1) / self.steps_per_epoch, setup.base_lr, train)     # the epoch's last batch's
+        metrics = epoch_metrics(setup, totals, val, lr, train_seconds, time.monotonic() - tic, self.report, epoch)
+        entry = {"epoch": epoch + 1, **metrics}
+        problem = health.check(state.history + [entry], setup.recipe.net.classes, self.labels, train.chance_epochs,
+                               train.stall_epochs, self.head_activation)
+        if problem:                                    # before the epoch is kept or checkpointed
+            raise DeadHead(f"{problem}. {health.advice(self.head_activation)}")
+        state.epoch, state.batch_in_epoch, state.epoch_totals = epoch + 1, 0, None
+        state.elapsed_s += metrics[EPOCH_S]
+        state.history.append(entry)
+        is_best = metrics[VAL_TOP1] > state.best_top1
+        state.best_top1 = max(state.best_top1, metrics[VAL_TOP1])
+        saved = writer.save(state, setup.net, setup.trainer, is_best)
+        if state.epoch > self.logged_epochs:          # else MLflow has it from before a resume that went back
+            self.tracker.log_metrics(metrics, step=state.epoch, after=saved)
+        self.report.end_epoch(metrics, metrics[EPOCH_S])
+        self.tracker.log_artifact(self.curves.path, after=self.curves.update(state.history))
+        if setup.trial.report(state.epoch, metrics, last=state.epoch == train.epochs):   # a sweep's trial: pruned?
+            checkpoint_now(writer)                     # the epoch's checkpoint on disk before it stops
+            return True
+        return False
 
 
 class EpochTotals:
