@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cli import Resume
-from ..config import Recipe, RecipeError, flatten, is_how_key
+from ..config import Recipe, RecipeError, flatten, is_how_key, recipe_from_dict
 from ..tracking.names import changed_values, folder_name, format_value
 from ..paths import RUNS
 from ..rundir.files import CHECKPOINTS, RECIPE
@@ -51,7 +51,11 @@ def recipe_changes(saved: dict, recipe: Recipe) -> dict[str, tuple[Any, Any]]:
     """key -> (the run directory's value, this recipe's) for every recipe value that differs; {} without a saved recipe."""
     if not saved:
         return {}
-    old, new = dict(flatten(saved)), recipe.flat()
+    try:               # through the schema: a key added since the run was saved has its default (train.amp: off)
+        old = recipe_from_dict(saved, origin="the run directory's recipe").flat()
+    except RecipeError:                       # a key removed or renamed since: compared as saved
+        old = dict(flatten(saved))
+    new = recipe.flat()
     return {key: (old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)}
 
 

@@ -137,7 +137,14 @@ def test_fresh_sets_the_old_run_aside(tmp_path, env):
 def test_resume_with_a_recipe_change_that_alters_a_shape_names_the_key(tmp_path, env):
     one_epoch = ["--set", "train.epochs=1", "--set", "train.lr_steps=[]"]
     run_tool("train.py", SMOKE, "--output", tmp_path / "run", *one_epoch, env=env, check=True)
+    # other values than the folder's run: refused before anything loads, naming them and the ways forward
     proc = run_tool("train.py", SMOKE, "--output", tmp_path / "run", *one_epoch, "--set", "data.size=32", env=env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: ") and "other values: data.size 28 -> 32" in error and "--fresh" in error
+    # --resume continues it with them: the checkpoint's weights no longer fit, and the error says which key
+    proc = run_tool("train.py", SMOKE, "--output", tmp_path / "run", *one_epoch, "--set", "data.size=32", "--resume",
+                    env=env)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     error = proc.stderr.strip().splitlines()[-1]          # after the log's "resuming from" line
     assert error.startswith("error: ") and "Keys changed since: data.size 28 -> 32" in error and "--fresh" in error
