@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from urllib.parse import quote
 
+from ..metrics import VAL_TOP1
 from .store import public_uri, tracking_uri
 
 TRAINING_VIEW = "workflowType=machine_learning"
@@ -72,12 +73,15 @@ def experiment_url(experiment_id: str, port: int | None = None) -> str:
 
 def compare_url(run_ids: list[str], experiment_ids: list[str], port: int | None = None) -> str:
     """These runs' curves overlaid, one chart per metric: the experiment's runs table in its chart view, filtered to
-    them. Runs of several experiments: MLflow's compare-runs page (a parallel-coordinates plot and a table of
-    params and metrics; it draws no curves)."""
+    them and sorted by val/top1, best first. The sort is what shows a sweep's trials: sorted by start time (the
+    default) MLflow 3.17 folds child runs under their parent, and the charts then draw the parent alone. Runs of
+    several experiments: MLflow's compare-runs page (a parallel-coordinates plot and a table of params and
+    metrics; it draws no curves)."""
     experiments, port = sorted(set(experiment_ids)), port or ui_port()
     if len(experiments) == 1:
         only = "attributes.run_id IN (" + ",".join(f"'{run_id}'" for run_id in run_ids) + ")"
         return (f"http://127.0.0.1:{port}/#/experiments/{experiments[0]}/runs?{TRAINING_VIEW}&compareRunsMode=CHART"
+                f"&orderByKey={quote(f'metrics.`{VAL_TOP1}`', safe='')}&orderByAsc=false"
                 f"&searchFilter={quote(only, safe=SAFE_IN_LINK)}")
     runs, experiments = (json.dumps(list(ids), separators=(",", ":")) for ids in (run_ids, experiments))
     return f"http://127.0.0.1:{port}/#/compare-runs?runs={runs}&experiments={experiments}&{TRAINING_VIEW}"
