@@ -3,6 +3,7 @@ runs table's default Run Name column (about 15 characters show), so runs of one 
 table, the chart legends, the models list and tools/compare.py. The full values stay the run's params."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -87,8 +88,16 @@ def tags_from_env() -> dict[str, str]:
     return {str(key): str(value) for key, value in tags.items()}
 
 
+# A folder name's length at the most: file systems refuse names over 255 bytes, and a path should stay readable.
+FOLDER_NAME_MAX = 100
+
+
 def folder_name(values: dict[str, Any]) -> str:
     """A folder name for these values, shell-friendly (no =, comma, brackets, quotes or spaces): the last part of each
-    key, a -, its value, the pairs joined by _: {"train.lr": 0.01, "train.lr_steps": [5, 10]} -> "lr-0.01_lr_steps-5-10"."""
-    return "_".join(f"{key.rsplit('.', 1)[-1]}-" + re.sub(r"[^A-Za-z0-9.+-]+", "-", format_value(value).strip("[]{}()'\" "))
+    key, a -, its value, the pairs joined by _: {"train.lr": 0.01, "train.lr_steps": [5, 10]} -> "lr-0.01_lr_steps-5-10".
+    A longer name than FOLDER_NAME_MAX is cut and ends in a hash of the whole, so it still names these values alone."""
+    name = "_".join(f"{key.rsplit('.', 1)[-1]}-" + re.sub(r"[^A-Za-z0-9.+-]+", "-", format_value(value).strip("[]{}()'\" "))
                     for key, value in values.items())
+    if len(name) <= FOLDER_NAME_MAX:
+        return name
+    return f"{name[:FOLDER_NAME_MAX - 9]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"

@@ -1,6 +1,6 @@
 """A run's MLflow name says what differs from its recipe file."""
 from research.config import load_recipe
-from research.tracking.names import label, model_name, run_name
+from research.tracking.names import FOLDER_NAME_MAX, folder_name, label, model_name, run_name
 
 QUICKSTART = "recipes/lenet_digits.yaml"
 
@@ -24,3 +24,13 @@ def test_names_fit_the_runs_table_and_models_take_them():
         "train.lr_steps=[1,2] sched.lr_steps=[3]"                       # two that would read alike: in full
     assert model_name("lenet_digits", "lr=0.05 warmup=1") == "lenet_digits lr=0\u00b705 warmup=1"   # MLflow: no '.'
     assert model_name("lenet_digits", "lenet_digits") == "lenet_digits"
+
+
+def test_folder_names_are_shell_friendly_and_stay_under_the_file_systems_limit():
+    assert folder_name({"train.lr": 0.01, "train.lr_steps": [5, 10]}) == "lr-0.01_lr_steps-5-10"
+    # a long override (a weights file's path) and many keys: the name was 249 characters, near the 255-byte limit
+    many = {"net.pretrained": "/home/user/" + "very/" * 30 + "lenet-0000.params", "train.lr": 0.05, "train.seed": 3}
+    other = {**many, "train.seed": 4}
+    assert len(folder_name(many)) == FOLDER_NAME_MAX and folder_name(many).startswith("pretrained--home-user-very-")
+    assert folder_name(many) != folder_name(other)            # the cut names still tell the values apart
+    assert folder_name(many) == folder_name(dict(many))        # and the same command finds its folder again
