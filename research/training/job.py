@@ -22,7 +22,7 @@ from . import checkpoint, precision
 from .lifecycle import lifecycle_for
 from .loop import Setup, fit
 from .modes import Modes
-from .resume import find_resume, recipe_changes, saved_recipe
+from .resume import find_resume
 from .schedules import lr_at, scaled_lr
 
 log = logging.getLogger("research.training")
@@ -40,9 +40,9 @@ def train(recipe: Recipe, ctxs: list, run_dir: Path, argv: list[str], resume: Re
     kv = workers.create_kvstore(recipe.train.kvstore)
     modes = Modes(resume, interactive, *workers.placement(kv))       # decided here once; below, only read
     with lifecycle_for(run_dir, recipe, argv, modes) as lifecycle:   # a worker other than rank 0: a stand-in
-        content = None if resume == "fresh" else find_resume(run_dir, recipe, require=resume == "require")
-        # what this command changes in the directory's run: train.epochs, or anything with --resume; MLflow records it
-        changes = {} if resume == "fresh" else recipe_changes(saved_recipe(run_dir, content), recipe)
+        # what this command changes in the directory's run (train.epochs, how it runs, anything with --resume) is
+        # recorded in MLflow
+        content, changes = (None, {}) if resume == "fresh" else find_resume(run_dir, recipe, resume == "require")
         setup = build_setup(recipe, ctxs, run_dir, kv, modes)
         state = checkpoint.TrainState(recipe=recipe.to_dict())
         if content is not None:

@@ -8,11 +8,11 @@ from typing import Any
 
 from ..cli import Resume
 from ..config import Recipe, RecipeError, flatten, is_how_key, recipe_from_dict
-from ..tracking.names import changed_values, folder_name, format_value
 from ..paths import RUNS
 from ..rundir.files import CHECKPOINTS, RECIPE
 from ..rundir.lock import set_aside
 from ..rundir.run_json import read_run_json
+from ..tracking.names import changed_values, folder_name, format_value
 from . import checkpoint
 
 log = logging.getLogger("research.training")
@@ -59,13 +59,15 @@ def recipe_changes(saved: dict, recipe: Recipe) -> dict[str, tuple[Any, Any]]:
     return {key: (old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)}
 
 
-def find_resume(run_dir: Path, recipe: Recipe, require: bool) -> dict | None:
-    """The checkpoint a run resumes from (the newest that verifies), or None for a new run.
+def find_resume(run_dir: Path, recipe: Recipe, require: bool) -> tuple[dict | None, dict[str, tuple[Any, Any]]]:
+    """The checkpoint a run resumes from (the newest that verifies), or None for a new run; and what this recipe
+    changes in the directory's run (recipe_changes; {} for a new run), for its MLflow run to record.
 
     Raises:
         RecipeError: `require` (--resume) without a checkpoint; a folder holding another recipe's run (its
             checkpoint's recipe, or, killed before its first checkpoint, its recipe.yaml); or, without `require`,
-            a run of this recipe with other values than train.epochs (named, with the ways forward).
+            a run of this recipe with other values than train.epochs and config.HOW_KEYS (named, with the ways
+            forward).
     """
     latest = checkpoint.find_latest(run_dir / CHECKPOINTS)
     if latest is None:
@@ -73,21 +75,21 @@ def find_resume(run_dir: Path, recipe: Recipe, require: bool) -> dict | None:
             raise RecipeError(f"--resume: no valid checkpoint in {run_dir / CHECKPOINTS}. "
                               f"Drop --resume to start a new run.")
         if read_run_json(run_dir).run_id:        # its MLflow run is continued: the same recipe's?
-            _check_same_recipe(run_dir, _saved_recipe(run_dir), recipe, require)
-        return None
+            return None, _check_same_recipe(run_dir, _saved_recipe(run_dir), recipe, require)
+        return None, {}
     path, content = latest
-    _check_same_recipe(run_dir, content["state"].recipe, recipe, require)
+    changes = _check_same_recipe(run_dir, content["state"].recipe, recipe, require)
     log.info("resuming from %s (epoch %d, step %d)", path, content["state"].epoch, content["state"].step)
-    return content
+    return content, changes
 
 
-def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: Resume) -> dict | None:
+def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: Resume) -> None:
     """What a trainer started on `run_dir` would do first (tools/launch.py checks it before the session):
     set the old run aside for "fresh", else find the checkpoint to resume. Raises as find_resume."""
     if resume == "fresh":
         set_aside(run_dir)
-        return None
-    return find_resume(run_dir, recipe, require=resume == "require")
+    else:
+        find_resume(run_dir, recipe, require=resume == "require")
 
 
 def _saved_recipe(run_dir: Path) -> dict:
@@ -98,16 +100,13 @@ def _saved_recipe(run_dir: Path) -> dict:
         return {}
 
 
-def saved_recipe(run_dir: Path, content: dict | None) -> dict:
-    """The recipe the directory's run trained: its checkpoint's, else (killed before one) its recipe.yaml's."""
-    return content["state"].recipe if content is not None else _saved_recipe(run_dir)
-
-
-def _check_same_recipe(run_dir: Path, saved: dict, recipe: Recipe, require: bool = False) -> None:
-    if saved.get("name") != recipe.name or saved.get("net") != recipe.to_dict()["net"]:
+def _check_same_recipe(run_dir: Path, saved: dict, recipe: Recipe, require: bool) -> dict[str, tuple[Any, Any]]:
+    """The changes from the run directory's recipe `saved` to `recipe` (recipe_changes), when they leave it the same
+    run or `require` (--resume) continues it with them; else RecipeError."""
+    changes = recipe_changes(saved, recipe)        # through the schema: a net key added since is no other net
+    if saved.get("name") != recipe.name or any(key.startswith("net.") for key in changes):
         raise RecipeError(f"{run_dir} holds a run of recipe '{saved.get('name')}' (net {saved.get('net')}). "
                           f"Use --output for another folder, or --fresh to set the old run aside.")
-    changes = recipe_changes(saved, recipe)
     differs = {key: changes[key] for key in _another_run(changes)}
     if differs and not require:
         told = ", ".join(f"{key} {format_value(old)} -> {format_value(new)}" for key, (old, new) in differs.items())
@@ -116,3 +115,4 @@ def _check_same_recipe(run_dir: Path, saved: dict, recipe: Recipe, require: bool
                           f"recipe file), set the old run aside with --fresh, or continue it with these values with "
                           f"--resume (its MLflow run records the change). From Python: output=..., resume='fresh' "
                           f"or resume='require'.")
+    return changes
