@@ -43,6 +43,11 @@ def format_value(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
+def changes_text(changes: dict[str, tuple[Any, Any]], sep: str = "; ") -> str:
+    """'train.lr 0.02 -> 0.05; train.epochs 2 -> 3' for {key: (old, new)} (training.resume.recipe_changes)."""
+    return sep.join(f"{key} {format_value(old)} -> {format_value(new)}" for key, (old, new) in changes.items())
+
+
 def changed_values(recipe: Recipe) -> dict[str, Any]:
     """The recipe's values that differ from its recipe file's (its --set overrides, in the file's key order);
     {} when it has no file to compare with."""

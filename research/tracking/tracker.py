@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..metrics import VAL_LOSS, VAL_TOP1, VAL_TOP5
 from ..paths import REPO
 from .colors import COLOR_TAG, next_color
-from .names import model_name, run_name, tags_from_env
+from .names import changes_text, model_name, run_name, tags_from_env
 from .store import get_client, get_experiment_id, public_uri, store_lock, tracking_uri
 from .tags import environment_tags
 
@@ -358,9 +358,7 @@ def record_changes(tracker: Tracker, changes: dict[str, tuple[Any, Any]], epoch:
     train.lr 0.02 -> 0.05'), the run's name what differs from the recipe file now, and a line of its description."""
     if not tracker.enabled or not changes:
         return
-    from .names import format_value
-    text = f"at epoch {epoch}: " + "; ".join(f"{key} {format_value(old)} -> {format_value(new)}"
-                                              for key, (old, new) in changes.items())
+    text = f"at epoch {epoch}: {changes_text(changes)}"
     try:
         note = tracker.client.get_run(tracker.run_id).data.tags.get("mlflow.note.content", "")
     except Exception:  # noqa: BLE001 - the description then holds the change alone

@@ -12,7 +12,7 @@ from ..paths import RUNS
 from ..rundir.files import CHECKPOINTS, RECIPE
 from ..rundir.lock import set_aside
 from ..rundir.run_json import read_run_json
-from ..tracking.names import changed_values, folder_name, format_value
+from ..tracking.names import changed_values, changes_text, folder_name
 from . import checkpoint
 
 log = logging.getLogger("research.training")
@@ -109,7 +109,7 @@ def _check_same_recipe(run_dir: Path, saved: dict, recipe: Recipe, require: bool
                           f"Use --output for another folder, or --fresh to set the old run aside.")
     differs = {key: changes[key] for key in _another_run(changes)}
     if differs and not require:
-        told = ", ".join(f"{key} {format_value(old)} -> {format_value(new)}" for key, (old, new) in differs.items())
+        told = changes_text(differs, ", ")
         raise RecipeError(f"{run_dir} holds a run of {recipe.name} with other values: {told}. Train them as a run of "
                           f"their own with --output DIR (without --output, a folder named by what differs from the "
                           f"recipe file), set the old run aside with --fresh, or continue it with these values with "
