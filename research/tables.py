@@ -30,6 +30,17 @@ def text_table(header: tuple[str, ...] | list[str], rows: list[list], fmt: str =
         tabulate_module.MIN_PADDING = padding
 
 
+def fitted_table(header: tuple[str, ...] | list[str], rows: list[list], width: int, column: int, narrowest: int,
+                 fmt: str = "simple") -> str:
+    """text_table, the cells of `column` wrapped (to no fewer than `narrowest` characters) until it fits in `width`."""
+    table = text_table(header, rows, fmt)
+    wrap_at = max((len(row[column]) for row in rows), default=0)
+    while width_of(table) > width and wrap_at > narrowest:
+        wrap_at = max(narrowest, wrap_at - (width_of(table) - width))
+        table = text_table(header, rows, fmt, wrap={column: wrap_at})
+    return table
+
+
 def width_of(text: str) -> int:
     """The widest line of `text`."""
     return max((len(line) for line in text.splitlines()), default=0)

@@ -16,7 +16,7 @@ from ..metrics import IMG_PER_S, TRAIN_LOSS, VAL_TOP1, VAL_TOP5
 from ..paths import REPO
 from ..rundir.run_json import has_run_json, read_run_json
 from ..rundir.status import read_status
-from ..tables import percent, terminal_width, text_table, width_of
+from ..tables import fitted_table, percent, terminal_width, text_table, width_of
 from ..tracking import get_client, public_uri, tracking_uri
 from ..tracking.names import format_value
 from ..tracking.sweeps import PARENT_TAG, is_sweep_parent
@@ -218,29 +218,24 @@ def _summary_text(rows: list[RunRow], width: int) -> str:
     table = text_table([COLUMNS[i] for i in keep], [[c[i] for i in keep] for c in cells])
     if width_of(table) > width:
         keep.remove(COLUMNS.index("output"))
-        table = _fitted([COLUMNS[i] for i in keep], [[c[i] for i in keep] for c in cells], width)
+        table = _names_wrapped(keep, cells, width)
         left_out = []
         for name in NARROW:
             if width_of(table) <= width:
                 break
             keep.remove(COLUMNS.index(name))
             left_out.append(name)
-            table = _fitted([COLUMNS[i] for i in keep], [[c[i] for i in keep] for c in cells], width)
+            table = _names_wrapped(keep, cells, width)
         table += "\n\nRun directories:\n" + "\n".join(f"  {c[0]}  {c[COLUMNS.index('output')]}" for c in cells)
         if left_out:
             table += f"\n(left out to fit: {', '.join(left_out)}; --format csv has every column)"
     return "\n".join(lines + [table])
 
 
-def _fitted(header: list[str], cells: list[list[str]], width: int) -> str:
-    """The table, its name column wrapped (to no less than 12 characters) until it fits in `width`."""
-    table = text_table(header, cells)
-    name = header.index("name")
-    column = max(len(c[name]) for c in cells)
-    while width_of(table) > width and column > 12:
-        column = max(12, column - (width_of(table) - width))
-        table = text_table(header, cells, wrap={name: column})
-    return table
+def _names_wrapped(keep: list[int], cells: list[list[str]], width: int) -> str:
+    """The summary's `keep` columns, the name column wrapped (to no fewer than 12 characters) to fit in `width`."""
+    header = [COLUMNS[i] for i in keep]
+    return fitted_table(header, [[c[i] for i in keep] for c in cells], width, header.index("name"), 12)
 
 
 def param_text(value: str | None) -> str:

@@ -14,7 +14,7 @@ from ..durations import format_duration
 from ..rundir.files import STATUS, SUBFOLDERS
 from ..rundir.status import UNREADABLE, classify, read_status
 from ..rundir.supervision import read_keep_alive, supervisor_alive
-from ..tables import percent, terminal_width, text_table, width_of
+from ..tables import fitted_table, percent, terminal_width
 
 SKIP_DIRS = {*SUBFOLDERS, "__pycache__"}     # a run's own subfolders hold no runs
 
@@ -129,10 +129,7 @@ def format_table(runs: list[StatusRow], width: int | None = None) -> str:
             f"{format_duration(run.age_s)} ago" if run.age_s is not None else "-",
             run.session or "-"] + ([format_restarts(run)] if supervised else []))
     header += ("restarts",) if supervised else ()
-    table, width = text_table(header, rows, "plain"), width or terminal_width()
-    if width_of(table) > width and rows:
-        name = max(len(row[0]) for row in rows) - (width_of(table) - width)
-        table = text_table(header, rows, "plain", wrap={0: max(name, 16)})
+    table = fitted_table(header, rows, width or terminal_width(), 0, 16, "plain")     # run names wrap if need be
     notes = [f"{run.name} resumed {run.went_back}" for run in runs if run.went_back]
     notes += [f"{run.name} pruned {run.pruned}" for run in runs if run.pruned]
     return "\n".join([table, *notes])
